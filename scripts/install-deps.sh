@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# install-deps.sh installs everything the demo, the tests and the benchmarks need:
+# Debian's containerd 1.6, runc, crun and busybox-static, and containerd 1.7, 2.2 and 2.4
+# built from the Go module proxy into $TETHER_DEPS (default /opt/tether). It is
+# idempotent: what is present is not rebuilt. Any failure exits non-zero.
+set -euo pipefail
+
+DEPS=${TETHER_DEPS:-/opt/tether}
+want_apt=()
+for pair in containerd:containerd ctr:containerd runc:runc crun:crun busybox:busybox-static; do
+  bin=${pair%%:*} pkg=${pair##*:}
+  command -v "$bin" >/dev/null 2>&1 || want_apt+=("$pkg")
+done
+# busybox must be the static build: the rootfs copies it as the only binary.
+if command -v busybox >/dev/null 2>&1 && ! file -L "$(command -v busybox)" 2>/dev/null | grep -q static; then
+  want_apt+=(busybox-static)
+fi
+if [ ${#want_apt[@]} -gt 0 ]; then
+  echo "install-deps: apt-get install ${want_apt[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${want_apt[@]}" >/dev/null
+fi
+
+# build_containerd VERSION MODULE: builds containerd and ctr of VERSION into $DEPS/containerd-VERSION/bin.
+# A scratch module that requires the release is used for every version, because 1.7's go.mod
+# has exclude directives that `go install pkg@version` refuses.
+build_containerd() {
+  local ver=$1 mod=$2 out=$DEPS/containerd-$1/bin
+  if [ -x "$out/containerd" ] && [ -x "$out/ctr" ]; then return 0; fi
+  echo "install-deps: building containerd $ver (a few minutes)" >&2
+  local tmp
+  tmp=$(mktemp -d)
+  (
+    cd "$tmp"
+    go mod init scratch >/dev/null 2>&1
+    GOFLAGS=-mod=mod go get "$mod@v$ver" >/dev/null 2>&1
+    mkdir -p "$out"
+    GOFLAGS=-mod=mod CGO_ENABLED=1 go build -tags "no_btrfs no_devmapper no_zfs no_aufs" -o "$out/containerd" "$mod/cmd/containerd"
+    GOFLAGS=-mod=mod CGO_ENABLED=1 go build -tags "no_btrfs no_devmapper no_zfs no_aufs" -o "$out/ctr" "$mod/cmd/ctr"
+  )
+  rm -rf "$tmp"
+}
+
+versions=${TETHER_CONTAINERD_VERSIONS:-"1.7.35 2.2.1 2.4.2"}
+for v in $versions; do
+  case $v in
+    1.*) build_containerd "$v" github.com/containerd/containerd ;;
+    *)   build_containerd "$v" github.com/containerd/containerd/v2 ;;
+  esac
+done
+echo "install-deps: ok" >&2
