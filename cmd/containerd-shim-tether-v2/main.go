@@ -1,0 +1,53 @@
+// Command containerd-shim-tether-v2 is the Tether containerd shim, runtime
+// io.containerd.tether.v2. It only parses flags and hands over to package
+// bootstrap; see docs/design.md.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/tether-shim/tether/internal/bootstrap"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	f, err := bootstrap.ParseFlags(os.Args[1:], os.Stderr)
+	if err != nil {
+		return 2
+	}
+	if f.Version {
+		fmt.Printf("containerd-shim-tether-v2 %s\n", version)
+		return 0
+	}
+	ctx := context.Background()
+	switch f.Action {
+	case bootstrap.ActionStart:
+		self, err := os.Executable()
+		if err == nil {
+			err = bootstrap.Start(ctx, f, self, os.Stdin, os.Stdout)
+		}
+		return report(err)
+	case bootstrap.ActionDelete:
+		return report(bootstrap.Delete(ctx, f, os.Stdout, os.Stderr))
+	case bootstrap.ActionServe:
+		return report(bootstrap.Serve(ctx, f, version))
+	}
+	fmt.Fprintf(os.Stderr, "containerd-shim-tether-v2: unknown action %q (want start, delete or serve)\n", f.Action)
+	return 2
+}
+
+func report(err error) int {
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "containerd-shim-tether-v2: %v\n", err)
+		return 1
+	}
+	return 0
+}

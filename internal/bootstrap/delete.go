@@ -1,0 +1,89 @@
+package bootstrap
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tether-shim/tether/internal/container"
+	"github.com/tether-shim/tether/internal/runtime"
+)
+
+// noHold is the Holder of `delete`, which runs no exit monitor.
+type noHold struct{}
+
+func (noHold) Hold() func() { return func() {} }
+
+// Delete implements `delete`, which containerd runs when a server died or a
+// start failed: it force-deletes the container in the runtime, unmounts the
+// rootfs, removes the dead server's socket and prints a DeleteResponse with
+// exit status 137 (SIGKILL). Problems that do not stop the cleanup go to
+// warn, which containerd logs as warnings.
+func Delete(ctx context.Context, f Flags, stdout, warn io.Writer) error {
+	if err := f.validate(); err != nil {
+		return err
+	}
+	if err := container.ValidateID("container", f.ID); err != nil {
+		return err
+	}
+	bundle, err := f.bundleDir()
+	if err != nil {
+		return err
+	}
+	cfg, err := runtime.LoadConfig(bundle, f.Namespace)
+	if err != nil {
+		fmt.Fprintf(warn, "%v; using %s\n", err, cfg.Binary)
+	}
+	cfg.Log = filepath.Join(bundle, "log.json")
+	rt := runtime.New(cfg, noHold{})
+	pid, _ := runtime.ReadPidFile(filepath.Join(bundle, "init.pid"))
+	if err := rt.Delete(ctx, f.ID, true); err != nil {
+		fmt.Fprintf(warn, "%v\n", err)
+	}
+	if err := container.UnmountRootfs(bundle); err != nil {
+		fmt.Fprintf(warn, "%v\n", err)
+	}
+	removeDeadSocket(bundle)
+	resp, err := proto.Marshal(&taskapi.DeleteResponse{
+		Pid:        uint32(pid),
+		ExitStatus: 128 + uint32(unix.SIGKILL),
+		ExitedAt:   timestamppb.New(time.Now()),
+	})
+	if err != nil {
+		return err
+	}
+	_, err = stdout.Write(resp)
+	return err
+}
+
+// removeDeadSocket removes the socket named in <bundle>/address when no
+// server answers on it any more: a server killed with SIGKILL cannot
+// remove its own.
+func removeDeadSocket(bundle string) {
+	data, err := os.ReadFile(filepath.Join(bundle, "address"))
+	if err != nil {
+		return
+	}
+	path := socketPathOf(strings.TrimSpace(string(data)))
+	if st, err := os.Lstat(path); err != nil || st.Mode().Type() != os.ModeSocket ||
+		!filepath.IsAbs(path) || filepath.Clean(path) != path {
+		return
+	}
+	unlock, err := lockDir(filepath.Dir(path))
+	if err != nil {
+		return
+	}
+	defer unlock()
+	if !serving(path) {
+		os.Remove(path)
+	}
+}

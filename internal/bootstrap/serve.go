@@ -1,0 +1,150 @@
+package bootstrap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/containerd/ttrpc"
+
+	"github.com/tether-shim/tether/internal/container"
+	"github.com/tether-shim/tether/internal/events"
+	"github.com/tether-shim/tether/internal/exits"
+	"github.com/tether-shim/tether/internal/taskservice"
+)
+
+// listenFD is the descriptor `start` hands the listening socket on.
+const listenFD = 3
+
+// Deadlines of the server's teardown: containerd gives Shutdown 3 s; events
+// still queued get a little longer, since a lost TaskExit or TaskDelete
+// leaves containerd with a task it believes alive.
+const (
+	serverStopTimeout = 2 * time.Second
+	eventFlushTimeout = 10 * time.Second
+)
+
+// Serve runs the shim server until a Shutdown request finds no container
+// left. It logs to the bundle's log fifo, which containerd copies into its
+// own log.
+func Serve(ctx context.Context, f Flags, version string) error {
+	if err := f.validate(); err != nil {
+		return err
+	}
+	bundle, err := f.bundleDir()
+	if err != nil {
+		return err
+	}
+	logw := openLog(filepath.Join(bundle, "log"))
+	defer logw.Close()
+	level := slog.LevelInfo
+	if f.Debug {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level})).
+		With("runtime", "io.containerd.tether.v2", "namespace", f.Namespace, "shim", f.ID)
+
+	sock := os.NewFile(listenFD, "socket")
+	fl, err := net.FileListener(sock)
+	sock.Close()
+	if err != nil {
+		return fmt.Errorf("listening socket on fd %d: %w", listenFD, err)
+	}
+	ln, ok := fl.(*net.UnixListener)
+	if !ok {
+		fl.Close()
+		return fmt.Errorf("fd %d is not a unix socket", listenFD)
+	}
+	socketPath := ln.Addr().String()
+
+	reaper, err := exits.New(logger)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	publisher := events.NewPublisher(os.Getenv("TTRPC_ADDRESS"), f.Namespace, logger)
+
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	svc := taskservice.New(taskservice.Config{
+		Namespace:    f.Namespace,
+		BundleParent: filepath.Dir(bundle),
+		Deps: container.Deps{
+			Watcher: reaper,
+			Events:  publisher,
+			Logger:  logger,
+		},
+		Holder:   reaper,
+		Logger:   logger,
+		Shutdown: stop,
+		Version:  version,
+	})
+	server, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()))
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	svc.Register(server)
+
+	// SIGTERM and SIGINT are ignored while containers run: the shim is what
+	// keeps them, and containerd asks it to leave through Shutdown.
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGPIPE)
+	defer signal.Stop(signals)
+
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(ctx, ln) }()
+	logger.Debug("serving", "socket", socketPath, "pid", os.Getpid())
+
+	var serveErr error
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case err := <-served:
+			served = nil
+			if err != nil && !errors.Is(err, ttrpc.ErrServerClosed) {
+				serveErr = err
+				logger.Error("ttrpc server failed", "error", err)
+			}
+			break wait
+		case sig := <-signals:
+			logger.Debug("signal ignored", "signal", sig)
+		}
+	}
+
+	// Unlink first, under the directory lock, so that a concurrent `start`
+	// either finds no socket and launches a new server, or found this one
+	// before it began to go away.
+	if unlock, err := lockDir(filepath.Dir(socketPath)); err == nil {
+		os.Remove(socketPath)
+		unlock()
+	} else {
+		os.Remove(socketPath)
+	}
+	stopCtx, cancel := context.WithTimeout(context.Background(), serverStopTimeout)
+	if err := server.Shutdown(stopCtx); err != nil {
+		server.Close()
+	}
+	cancel()
+	if served != nil {
+		<-served
+	}
+	flushCtx, cancel := context.WithTimeout(context.Background(), eventFlushTimeout)
+	if err := publisher.Close(flushCtx); err != nil {
+		logger.Error("events left undelivered", "error", err)
+	}
+	cancel()
+	if err := reaper.Close(); err != nil {
+		logger.Warn("close exit monitor", "error", err)
+	}
+	return serveErr
+}

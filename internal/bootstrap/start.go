@@ -1,0 +1,137 @@
+package bootstrap
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+)
+
+// maxStdin bounds what `start` reads from containerd: a BootstrapParams or
+// an options Any is a few KiB.
+const maxStdin = 1 << 20
+
+// stdinTimeout bounds the wait for containerd to close stdin.
+const stdinTimeout = 5 * time.Second
+
+// Start implements `start`: it finds or launches the server of the
+// container's group and writes the answer to stdout. self is the shim binary
+// to run as the server.
+func Start(ctx context.Context, f Flags, self string, stdin *os.File, stdout io.Writer) error {
+	if err := f.validate(); err != nil {
+		return err
+	}
+	in, err := readStdin(stdin)
+	if err != nil {
+		return err
+	}
+	req, err := ParseStartInput(in, f)
+	if err != nil {
+		return err
+	}
+	bundle, err := f.bundleDir()
+	if err != nil {
+		return err
+	}
+	group, err := GroupID(bundle, f.ID)
+	if err != nil {
+		return err
+	}
+	dir := DefaultSocketDir
+	if req.Params != nil && req.Params.GetSocketDir() != "" {
+		dir = req.Params.GetSocketDir()
+	}
+	path, err := SocketPath(dir, f.Address, f.Namespace, group)
+	if err != nil {
+		return err
+	}
+	address := SocketAddress(path)
+	if err := ensureServer(f, self, bundle, dir, path); err != nil {
+		return err
+	}
+	if err := writeAddress(bundle, address); err != nil {
+		return err
+	}
+	answer, err := Answer(req.Dialect, address)
+	if err != nil {
+		return err
+	}
+	_, err = stdout.Write(answer)
+	return err
+}
+
+// readStdin reads what containerd wrote, up to maxStdin, waiting at most
+// stdinTimeout for EOF. A stdin that cannot take a deadline (/dev/null, a
+// file) ends on its own.
+func readStdin(f *os.File) ([]byte, error) {
+	if f == nil {
+		return nil, nil
+	}
+	_ = f.SetReadDeadline(time.Now().Add(stdinTimeout))
+	data, err := io.ReadAll(io.LimitReader(f, maxStdin))
+	if err != nil {
+		return nil, fmt.Errorf("read stdin: %w", err)
+	}
+	return data, nil
+}
+
+// ensureServer makes sure a server listens on path: the group's running
+// server, or a new one.
+func ensureServer(f Flags, self, bundle, dir, path string) error {
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if serving(path) {
+		return nil
+	}
+	ln, err := listen(path)
+	if err != nil {
+		return err
+	}
+	// The server owns the socket from now on; closing our listener must not
+	// unlink it.
+	ln.SetUnlinkOnClose(false)
+	defer ln.Close()
+	lf, err := ln.File()
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("socket file: %w", err)
+	}
+	defer lf.Close()
+	if err := launch(f, self, bundle, lf); err != nil {
+		os.Remove(path)
+		return err
+	}
+	return nil
+}
+
+// launch runs the server detached: in the bundle, in its own process group,
+// with the listening socket as fd 3 and /dev/null as stdio, so that it holds
+// none of containerd's pipes. It does not wait for the server.
+func launch(f Flags, self, bundle string, socket *os.File) error {
+	args := []string{
+		"-namespace", f.Namespace,
+		"-id", f.ID,
+		"-address", f.Address,
+		"-publish-binary", f.PublishBinary,
+		"-bundle", bundle,
+	}
+	if f.Debug {
+		args = append(args, "-debug")
+	}
+	args = append(args, ActionServe)
+	cmd := exec.Command(self, args...)
+	cmd.Dir = bundle
+	cmd.ExtraFiles = []*os.File{socket}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("launch server: %w", err)
+	}
+	// The server is not our child for long: we exit and it is reparented.
+	return cmd.Process.Release()
+}

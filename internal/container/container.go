@@ -1,0 +1,256 @@
+// Package container holds Tether's model of a container and its processes.
+//
+// A Container owns its init Process, its rootfs mounts and its runtime. Its
+// lifecycle is the transition table in state.go; every operation checks the
+// table before it runs the runtime and applies it afterwards, so that a
+// refusal is a typed *TransitionError and never a runtime round trip.
+//
+// Locking: each Process has one mutex that guards its state, pid and exit.
+// No mutex is held across a runtime call, an RPC or a publish; callers may
+// call Status at any time and get an answer without waiting on the runtime.
+//
+// Events: each Process has an events.Outbox. Create publishes TaskCreate,
+// Start TaskStart (after the runtime's start, with the exit held back until
+// then), onExit TaskExit, Delete TaskDelete.
+package container
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	eventsapi "github.com/containerd/containerd/api/events"
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tether-shim/tether/internal/events"
+	"github.com/tether-shim/tether/internal/exits"
+	"github.com/tether-shim/tether/internal/runtime"
+	"github.com/tether-shim/tether/internal/stdio"
+)
+
+// deleteWaitTimeout bounds how long Delete of a created container waits for
+// the killed init's exit to be collected.
+const deleteWaitTimeout = 10 * time.Second
+
+// Watcher is the part of the exits monitor a container needs.
+// *exits.Reaper implements it.
+type Watcher interface {
+	Watch(pid int, onExit func(exits.Exit)) error
+}
+
+// Deps are the shim-wide services a container uses.
+type Deps struct {
+	Watcher Watcher
+	Events  events.Sink
+	Logger  *slog.Logger
+}
+
+// Config describes a container to create.
+type Config struct {
+	ID     string
+	Bundle string
+	Rootfs []Mount
+	Stdio  stdio.Config
+	// Runtime runs the OCI runtime for this container.
+	Runtime      *runtime.Runtime
+	NoPivot      bool
+	NoNewKeyring bool
+}
+
+// Container is one OCI container managed by the shim.
+type Container struct {
+	id     string
+	bundle string
+	rootfs []Mount
+	rt     *runtime.Runtime
+	init   *Process
+	deps   Deps
+}
+
+// Create mounts the rootfs, opens the stdio, runs the runtime's create and
+// starts watching the init process. On error nothing is left behind: no
+// mount, no runtime state, no open fifo.
+func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr error) {
+	if err := ValidateID("container", cfg.ID); err != nil {
+		return nil, err
+	}
+	if err := cfg.Stdio.Validate(); err != nil {
+		return nil, err
+	}
+	if err := validateMounts(cfg.Rootfs); err != nil {
+		return nil, err
+	}
+	c := &Container{
+		id:     cfg.ID,
+		bundle: cfg.Bundle,
+		rootfs: cfg.Rootfs,
+		rt:     cfg.Runtime,
+		deps:   deps,
+		init:   newProcess(cfg.ID, "", cfg.Stdio, deps.Events),
+	}
+	rootfs := filepath.Join(cfg.Bundle, "rootfs")
+	if err := mountRootfs(rootfs, cfg.Rootfs); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			if err := unmountAll(rootfs); err != nil {
+				deps.Logger.Warn("create failed; unmount rootfs", "id", cfg.ID, "error", err)
+			}
+		}
+	}()
+	var pipes *stdio.Pipes
+	if !cfg.Stdio.IsNull() {
+		var err error
+		if pipes, err = stdio.Open(context.WithoutCancel(ctx), cfg.Stdio); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if retErr != nil {
+				pipes.Close()
+			}
+		}()
+	}
+	c.init.pipes = pipes
+	opts := runtime.CreateOpts{
+		PidFile:      filepath.Join(cfg.Bundle, "init.pid"),
+		NoPivot:      cfg.NoPivot,
+		NoNewKeyring: cfg.NoNewKeyring,
+	}
+	if pipes != nil {
+		opts.IO = pipes
+	}
+	pid, err := c.rt.Create(ctx, c.id, c.bundle, opts, func(pid int) error {
+		c.init.mu.Lock()
+		c.init.pid = pid
+		c.init.mu.Unlock()
+		return deps.Watcher.Watch(pid, c.init.onExit)
+	})
+	if err != nil {
+		if pid != 0 || !errors.Is(err, errdefs.ErrAlreadyExists) {
+			// The runtime may have left state behind; a duplicate id is
+			// another container's state and must not be touched.
+			if derr := c.rt.Delete(context.WithoutCancel(ctx), c.id, true); derr != nil {
+				deps.Logger.Warn("create failed; runtime delete", "id", c.id, "error", derr)
+			}
+		}
+		return nil, fmt.Errorf("create %s: %w", c.id, err)
+	}
+	c.init.outbox.Send(events.TopicCreate, &eventsapi.TaskCreate{
+		ContainerID: c.id,
+		Bundle:      c.bundle,
+		Rootfs:      mountsToAPI(cfg.Rootfs),
+		IO: &eventsapi.TaskIO{
+			Stdin:    cfg.Stdio.Stdin,
+			Stdout:   cfg.Stdio.Stdout,
+			Stderr:   cfg.Stdio.Stderr,
+			Terminal: cfg.Stdio.Terminal,
+		},
+		Pid: uint32(pid),
+	})
+	return c, nil
+}
+
+// ID returns the container id.
+func (c *Container) ID() string { return c.id }
+
+// Bundle returns the bundle path.
+func (c *Container) Bundle() string { return c.bundle }
+
+// Init returns the init process.
+func (c *Container) Init() *Process { return c.init }
+
+// Process returns the process with execID ("" for init), or ErrNotFound.
+func (c *Container) Process(execID string) (*Process, error) {
+	if execID == "" {
+		return c.init, nil
+	}
+	return nil, fmt.Errorf("exec %q in container %q: %w", execID, c.id, errdefs.ErrNotFound)
+}
+
+// Start starts the init process and publishes TaskStart. Its exit, if it
+// comes first, is published after the start.
+func (c *Container) Start(ctx context.Context) (int, error) {
+	p := c.init
+	if err := p.check(OpStart); err != nil {
+		return 0, fmt.Errorf("start %s: %w", c.id, err)
+	}
+	p.outbox.ExpectStart()
+	if err := c.rt.Start(ctx, c.id); err != nil {
+		p.outbox.AbortStart()
+		return 0, fmt.Errorf("start %s: %w", c.id, err)
+	}
+	p.apply(OpStart)
+	pid := p.Pid()
+	p.outbox.Started(events.TopicStart, &eventsapi.TaskStart{ContainerID: c.id, Pid: uint32(pid)})
+	return pid, nil
+}
+
+// Kill signals the init process, or with all every process of the container.
+// Killing a process that has exited is ErrNotFound, as containerd expects.
+func (c *Container) Kill(ctx context.Context, signal uint32, all bool) error {
+	if err := c.init.check(OpKill); err != nil {
+		return fmt.Errorf("kill %s: %w", c.id, err)
+	}
+	err := c.rt.Kill(ctx, c.id, signal, all)
+	if err == nil {
+		return nil
+	}
+	if runtime.IsNotFound(err) || errors.Is(err, errdefs.ErrFailedPrecondition) {
+		// The runtime saw the container stop before we collected the exit.
+		return fmt.Errorf("kill %s: process already finished (%s): %w", c.id, err.Error(), errdefs.ErrNotFound)
+	}
+	return fmt.Errorf("kill %s: %w", c.id, err)
+}
+
+// Delete deletes a created or stopped container: the runtime's state, the
+// stdio and the rootfs mounts. It publishes TaskDelete and returns the init
+// process's final status.
+func (c *Container) Delete(ctx context.Context) (Status, error) {
+	p := c.init
+	if err := p.check(OpDelete); err != nil {
+		return Status{}, fmt.Errorf("delete %s: %w", c.id, err)
+	}
+	if err := c.rt.Delete(ctx, c.id, true); err != nil {
+		return Status{}, fmt.Errorf("delete %s: %w", c.id, err)
+	}
+	// A created container's init was just killed by the forced delete; wait
+	// for its exit so that TaskExit comes before TaskDelete.
+	select {
+	case <-p.done:
+	case <-time.After(deleteWaitTimeout):
+		c.deps.Logger.Warn("delete: init exit not collected", "id", c.id, "pid", p.Pid())
+	}
+	p.mu.Lock()
+	pipes := p.pipes
+	p.mu.Unlock()
+	if pipes != nil {
+		pipes.Close()
+	}
+	if err := unmountAll(filepath.Join(c.bundle, "rootfs")); err != nil {
+		return Status{}, fmt.Errorf("delete %s: %w", c.id, err)
+	}
+	p.apply(OpDelete)
+	st := p.Status()
+	p.outbox.Send(events.TopicDelete, &eventsapi.TaskDelete{
+		ContainerID: c.id,
+		ID:          c.id,
+		Pid:         uint32(st.Pid),
+		ExitStatus:  st.ExitStatus,
+		ExitedAt:    timestamppb.New(st.ExitedAt),
+	})
+	return st, nil
+}
+
+// Pids lists the pids of the container's processes.
+func (c *Container) Pids(ctx context.Context) ([]int, error) {
+	pids, err := c.rt.Ps(ctx, c.id)
+	if err != nil {
+		return nil, fmt.Errorf("pids %s: %w", c.id, err)
+	}
+	return pids, nil
+}

@@ -1,0 +1,171 @@
+package container
+
+import (
+	"context"
+	"time"
+
+	"sync"
+
+	"github.com/tether-shim/tether/internal/events"
+	"github.com/tether-shim/tether/internal/exits"
+	"github.com/tether-shim/tether/internal/stdio"
+
+	eventsapi "github.com/containerd/containerd/api/events"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// drainTimeout bounds how long an exit waits for the process's output to
+// reach the client. Output the process wrote is at most a pipe buffer away;
+// only a process left behind holding the pipe makes the drain time out.
+const drainTimeout = 2 * time.Second
+
+// Status is a snapshot of a process, as State reports it.
+type Status struct {
+	State      State
+	Pid        int
+	ExitStatus uint32
+	ExitedAt   time.Time
+	Stdio      stdio.Config
+}
+
+// Process is a container's init process or one of its exec processes.
+//
+// Its exit is collected by the exits monitor, which calls onExit exactly once
+// on the watcher goroutine. onExit drains the output, records the exit,
+// closes done and only then publishes TaskExit, so that a Wait that returns
+// and a TaskExit that arrives both mean all output has been delivered.
+type Process struct {
+	containerID string
+	execID      string // "" for the init process
+	stdioCfg    stdio.Config
+	outbox      *events.Outbox
+	// done is closed by onExit once the exit is recorded. Only onExit
+	// closes it.
+	done chan struct{}
+	// afterExit, if set, runs on the watcher goroutine after TaskExit was
+	// handed to the outbox. It is set before the process is watched.
+	afterExit func()
+
+	mu sync.Mutex
+	// state, pid, exit and pipes are guarded by mu.
+	state State
+	pid   int
+	exit  exits.Exit
+	pipes *stdio.Pipes
+}
+
+func newProcess(containerID, execID string, cfg stdio.Config, sink events.Sink) *Process {
+	return &Process{
+		containerID: containerID,
+		execID:      execID,
+		stdioCfg:    cfg,
+		outbox:      events.NewOutbox(sink),
+		done:        make(chan struct{}),
+		state:       Created,
+	}
+}
+
+// ID returns the exec id, or the container id for the init process.
+func (p *Process) ID() string {
+	if p.execID == "" {
+		return p.containerID
+	}
+	return p.execID
+}
+
+// Status returns a snapshot of the process. It never blocks on anything but
+// the process's own mutex, which is never held across a runtime call.
+func (p *Process) Status() Status {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return Status{
+		State:      p.state,
+		Pid:        p.pid,
+		ExitStatus: uint32(p.exit.Status),
+		ExitedAt:   p.exit.At,
+		Stdio:      p.stdioCfg,
+	}
+}
+
+// Pid returns the process's pid, 0 before it was created.
+func (p *Process) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pid
+}
+
+// check reports whether op is allowed in the current state, without
+// changing it.
+func (p *Process) check(op Op) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, err := Next(p.state, op)
+	return err
+}
+
+// apply moves the process along op if the lifecycle still allows it; an
+// exit that raced ahead wins over a late start or pause.
+func (p *Process) apply(op Op) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if next, err := Next(p.state, op); err == nil {
+		p.state = next
+	}
+}
+
+// Wait blocks until the process exited or ctx is done.
+func (p *Process) Wait(ctx context.Context) (Status, error) {
+	select {
+	case <-p.done:
+		return p.Status(), nil
+	case <-ctx.Done():
+		return Status{}, ctx.Err()
+	}
+}
+
+// Exited reports whether the exit has been recorded.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// onExit is the exits.Reaper callback.
+func (p *Process) onExit(e exits.Exit) {
+	p.mu.Lock()
+	pipes := p.pipes
+	p.mu.Unlock()
+	if pipes != nil {
+		pipes.Drain(drainTimeout)
+	}
+	p.mu.Lock()
+	p.exit = e
+	if next, err := Next(p.state, OpExit); err == nil {
+		p.state = next
+	}
+	p.mu.Unlock()
+	close(p.done)
+	p.outbox.Exit(events.TopicExit, &eventsapi.TaskExit{
+		ContainerID: p.containerID,
+		ID:          p.ID(),
+		Pid:         uint32(e.Pid),
+		ExitStatus:  uint32(e.Status),
+		ExitedAt:    timestamppb.New(e.At),
+	})
+	if p.afterExit != nil {
+		p.afterExit()
+	}
+}
+
+// CloseStdin closes the process's stdin so that it reads EOF.
+func (p *Process) CloseStdin() {
+	p.mu.Lock()
+	pipes := p.pipes
+	p.mu.Unlock()
+	if pipes != nil {
+		pipes.CloseStdin()
+	}
+}

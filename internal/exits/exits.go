@@ -1,0 +1,289 @@
+// Package exits collects the exit status of the shim's child processes.
+//
+// The shim is a child subreaper: container processes left behind by
+// `runc create` and `runc exec --detach` are reparented to it, and so is every
+// orphaned descendant. This package reaps all of them without stealing exits
+// from os/exec and without ever attributing an exit to the wrong process.
+//
+// Invariants:
+//
+//   - Holds. While any Hold is active the orphan sweep does not reap anything.
+//     Every os/exec command (runc create, exec, kill, ...) and every launch
+//     whose pid is learnt afterwards must run under a Hold, from before the
+//     process is started until its pid is passed to Watch or its cmd.Wait has
+//     returned. A sweep asked for during a Hold runs when the last Hold is
+//     released.
+//   - Watch. A watched pid is reaped only by its own watcher, through a pidfd
+//     (waitid(P_PIDFD)), so a pid that is reused cannot be misattributed. The
+//     watcher waits in Go's netpoller: no OS thread is blocked per process.
+//     onExit is called exactly once per successful Watch, from the watcher
+//     goroutine, without any lock held, unless Close cancels the watch first.
+//   - Sweep. On every SIGCHLD (and once at start), if no Hold is active, every
+//     zombie child of the process that is not watched is reaped with
+//     wait4(pid, WNOHANG). The sweep never blocks and never touches a watched
+//     pid.
+//   - Close stops every goroutine the Reaper started and waits for it. No exit
+//     is collected after Close has begun; onExit calls for exits collected
+//     before that are allowed to finish, and Close waits for them.
+package exits
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// lostStatus is reported when a watched process was reaped by someone else
+// (a bug outside this package) and its real status is unknown. It matches
+// what containerd reports for an exit it could not collect.
+const lostStatus = 255
+
+// Exit is how a process ended.
+type Exit struct {
+	Pid int
+	// Status is the exit code, or 128+signal number if a signal killed the
+	// process. It is 255 if the status was lost because something else reaped
+	// the process (logged at Warn).
+	Status int
+	At     time.Time // when the shim collected it
+}
+
+// options are internal switches; the tests use them to exercise the fallback
+// paths on a kernel that does not need them.
+type options struct {
+	// noPidfd makes Watch behave as if pidfd_open answered ENOSYS.
+	noPidfd bool
+	// statScan makes the sweep list children by scanning /proc/*/stat, as if
+	// /proc/self/task/*/children did not exist.
+	statScan bool
+}
+
+// Reaper reaps the children of this process: watched ones through their own
+// watcher goroutine, which reports the exit to a callback, and every other one
+// (orphans) through the SIGCHLD-driven sweep, which is suspended while a Hold
+// is active. A Reaper must be created with New and is safe for concurrent use.
+// Create at most one per process: the sweep reaps every unwatched zombie child.
+type Reaper struct {
+	logger *slog.Logger
+	opts   options
+	self   int // os.Getpid()
+	// childrenFile is true if /proc/<pid>/task/<tid>/children exists.
+	childrenFile bool
+
+	sigCh chan os.Signal // SIGCHLD notifications; sent by os/signal, never closed
+	kick  chan struct{}  // buffered 1; the last Hold release asks for a deferred sweep
+	done  chan struct{}  // closed by Close; stops the sweeper and fallback watchers
+
+	// wg counts the goroutines the Reaper started (the sweeper and one watcher
+	// per watched pid). Add is only called with mu held and closed false.
+	wg sync.WaitGroup
+
+	// mu guards holds, pending, closed, watched and chld. Reaping (waitid,
+	// wait4) is done with mu held so that a sweep can never reap a pid that is
+	// being watched or reap anything while a Hold is active.
+	mu sync.Mutex
+	// holds is the number of active Holds.
+	holds int
+	// pending is true if a sweep was skipped because of a Hold.
+	pending bool
+	// closed is set by Close.
+	closed bool
+	// watched maps each watched pid to its pidfd (nil on the wait4 fallback).
+	// A pid is removed when its exit is collected.
+	watched map[int]*os.File
+	// chld is closed and replaced by the sweeper on every SIGCHLD; it wakes
+	// the fallback watchers, which have no pidfd to wait on.
+	chld chan struct{}
+}
+
+// New makes this process a child subreaper, starts listening for SIGCHLD and
+// runs a first sweep. A nil logger discards logs. The caller must Close the
+// Reaper. The subreaper attribute is not cleared by Close.
+func New(logger *slog.Logger) (*Reaper, error) {
+	return newReaper(logger, options{})
+}
+
+func newReaper(logger *slog.Logger, opts options) (*Reaper, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return nil, fmt.Errorf("exits: set child subreaper: %w", err)
+	}
+	self := os.Getpid()
+	_, err := os.Stat(fmt.Sprintf("/proc/%d/task/%d/children", self, self))
+	r := &Reaper{
+		logger:       logger,
+		opts:         opts,
+		self:         self,
+		childrenFile: err == nil && !opts.statScan,
+		sigCh:        make(chan os.Signal, 1),
+		kick:         make(chan struct{}, 1),
+		done:         make(chan struct{}),
+		watched:      make(map[int]*os.File),
+		chld:         make(chan struct{}),
+	}
+	signal.Notify(r.sigCh, syscall.SIGCHLD)
+	r.wg.Add(1)
+	go r.runSweeper()
+	return r, nil
+}
+
+// Hold suspends the orphan sweep until the returned release func is called.
+// Holds nest: the sweep resumes when the last one is released, and a sweep
+// requested meanwhile runs then. Calling release more than once is harmless.
+// Take a Hold before starting any process that os/exec will Wait for, or
+// whose pid will be passed to Watch, and release it after cmd.Wait returned
+// or Watch was called.
+func (r *Reaper) Hold() (release func()) {
+	r.mu.Lock()
+	r.holds++
+	r.mu.Unlock()
+	var once sync.Once
+	return func() { once.Do(r.release) }
+}
+
+func (r *Reaper) release() {
+	r.mu.Lock()
+	r.holds--
+	sweep := r.holds == 0 && r.pending && !r.closed
+	if sweep {
+		r.pending = false
+	}
+	r.mu.Unlock()
+	if sweep {
+		select {
+		case r.kick <- struct{}{}:
+		default: // a sweep is already queued
+		}
+	}
+}
+
+// Watch reports the exit of pid, a child of this process, by calling onExit
+// exactly once from a goroutine owned by the Reaper (unless Close cancels the
+// watch first). Call it while a Hold taken before the process was started is
+// active, so that the process, even if it has already exited, cannot be reaped
+// by the sweep before Watch. The process may already be a zombie.
+//
+// Watch fails if pid does not exist, is not a child of this process, is
+// already watched, or if the Reaper is closed. onExit must not call Close.
+func (r *Reaper) Watch(pid int, onExit func(Exit)) error {
+	if pid <= 0 {
+		return fmt.Errorf("exits: watch pid %d: invalid pid", pid)
+	}
+	if onExit == nil {
+		return fmt.Errorf("exits: watch pid %d: nil onExit", pid)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return fmt.Errorf("exits: watch pid %d: reaper is closed", pid)
+	}
+	if _, ok := r.watched[pid]; ok {
+		return fmt.Errorf("exits: watch pid %d: already watched", pid)
+	}
+	// The child check and the insertion into watched happen under mu, so no
+	// sweep can reap pid in between.
+	f, err := r.openLocked(pid)
+	if err != nil {
+		return fmt.Errorf("exits: watch pid %d: %w", pid, err)
+	}
+	r.watched[pid] = f
+	r.wg.Add(1)
+	if f != nil {
+		go r.watchPidfd(pid, f, onExit)
+	} else {
+		go r.watchWait4(pid, onExit)
+	}
+	return nil
+}
+
+// openLocked checks that pid is a child of this process and returns a
+// pollable pidfd for it, or nil if pidfd_open is not available (the caller
+// then uses the wait4 fallback).
+func (r *Reaper) openLocked(pid int) (*os.File, error) {
+	fd := -1
+	var err error = unix.ENOSYS
+	if !r.opts.noPidfd {
+		fd, err = unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	}
+	if errors.Is(err, unix.ENOSYS) {
+		return nil, r.checkChildLocked(pid)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open: %w", err)
+	}
+	var info siginfo
+	if err := waitid(unix.P_PIDFD, fd, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.ECHILD) {
+			return nil, fmt.Errorf("not a child of this process (pid %d): %w", r.self, err)
+		}
+		return nil, fmt.Errorf("waitid: %w", err)
+	}
+	return os.NewFile(uintptr(fd), fmt.Sprintf("pidfd:%d", pid)), nil
+}
+
+// checkChildLocked is the child check of the wait4 fallback: waitid(P_PID)
+// with WNOWAIT answers ECHILD for a process that is not our child.
+func (r *Reaper) checkChildLocked(pid int) error {
+	var info siginfo
+	err := waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, unix.ECHILD) {
+		if kerr := unix.Kill(pid, 0); errors.Is(kerr, unix.ESRCH) {
+			return fmt.Errorf("no such process: %w", kerr)
+		}
+		return fmt.Errorf("not a child of this process (pid %d): %w", r.self, err)
+	}
+	return fmt.Errorf("waitid: %w", err)
+}
+
+// Close stops the sweep, cancels every watch whose exit has not been
+// collected (their onExit is never called), closes every pidfd and waits for
+// every goroutine the Reaper started, including running onExit calls. It is
+// idempotent and always returns nil. Cancelled processes are left unreaped.
+func (r *Reaper) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		r.wg.Wait()
+		return nil
+	}
+	r.closed = true
+	files := make([]*os.File, 0, len(r.watched))
+	for _, f := range r.watched {
+		if f != nil {
+			files = append(files, f)
+		}
+	}
+	r.mu.Unlock()
+
+	signal.Stop(r.sigCh)
+	close(r.done)
+	for _, f := range files {
+		// Wakes the watcher's rc.Read. The watcher may have closed f
+		// already (os.ErrClosed), which is fine.
+		_ = f.Close()
+	}
+	r.wg.Wait()
+	return nil
+}
+
+// exitStatus converts a wait status to the shim's convention: the exit code,
+// or 128+signal if a signal killed the process.
+func exitStatus(ws unix.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}

@@ -1,0 +1,129 @@
+package runtime
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// OptionsTypeURL is the type URL of containerd.runc.v1.Options.
+const OptionsTypeURL = "containerd.runc.v1.Options"
+
+// Options are the runtime options of a container, in containerd's
+// containerd.runc.v1.Options form.
+type Options struct {
+	BinaryName    string
+	Root          string
+	SystemdCgroup bool
+	NoPivotRoot   bool
+	NoNewKeyring  bool
+	IoUID         uint32
+	IoGID         uint32
+	ShimCgroup    string
+	CriuImagePath string
+	CriuWorkPath  string
+}
+
+// ParseOptions decodes the options Any of a CreateTaskRequest. A nil or empty
+// Any means defaults. Unknown types, undecodable bytes and unsafe paths are
+// errdefs.ErrInvalidArgument.
+func ParseOptions(a *anypb.Any) (Options, error) {
+	if a == nil || (a.GetTypeUrl() == "" && len(a.GetValue()) == 0) {
+		return Options{}, nil
+	}
+	url := strings.TrimPrefix(a.GetTypeUrl(), "type.googleapis.com/")
+	if url != OptionsTypeURL {
+		return Options{}, fmt.Errorf("runtime options of type %q are not supported (want %s): %w", a.GetTypeUrl(), OptionsTypeURL, errdefs.ErrInvalidArgument)
+	}
+	var o runcoptions.Options
+	if err := proto.Unmarshal(a.GetValue(), &o); err != nil {
+		return Options{}, fmt.Errorf("decode %s: %v: %w", OptionsTypeURL, err, errdefs.ErrInvalidArgument)
+	}
+	opts := Options{
+		BinaryName:    o.GetBinaryName(),
+		Root:          o.GetRoot(),
+		SystemdCgroup: o.GetSystemdCgroup(),
+		NoPivotRoot:   o.GetNoPivotRoot(),
+		NoNewKeyring:  o.GetNoNewKeyring(),
+		IoUID:         o.GetIoUid(),
+		IoGID:         o.GetIoGid(),
+		ShimCgroup:    o.GetShimCgroup(),
+		CriuImagePath: o.GetCriuImagePath(),
+		CriuWorkPath:  o.GetCriuWorkPath(),
+	}
+	return opts, opts.Validate()
+}
+
+// Validate checks that the binary is a bare name or a clean absolute path and
+// that the directories are clean absolute paths.
+func (o Options) Validate() error {
+	if b := o.BinaryName; b != "" && strings.ContainsRune(b, '/') && !cleanAbs(b) {
+		return fmt.Errorf("runtime binary %q must be a name or a clean absolute path: %w", b, errdefs.ErrInvalidArgument)
+	}
+	for _, p := range []string{o.Root, o.CriuImagePath, o.CriuWorkPath} {
+		if p != "" && !cleanAbs(p) {
+			return fmt.Errorf("path %q must be absolute and clean: %w", p, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+func cleanAbs(p string) bool { return filepath.IsAbs(p) && filepath.Clean(p) == p }
+
+// DefaultRoot is the runtime state directory containerd's runc shim uses for
+// namespace ns; Tether uses the same, so that tools find the containers.
+func DefaultRoot(ns string) string { return filepath.Join("/run/containerd/runc", ns) }
+
+// stateFile is where Create records, in the bundle, which runtime and root
+// a container uses, so that `delete` after a dead shim runs the same ones.
+const stateFile = "tether-runtime.json"
+
+// Save records the binary and root of cfg in the bundle.
+func (c Config) Save(bundle string) error {
+	data, err := json.Marshal(struct {
+		Binary string `json:"binary"`
+		Root   string `json:"root"`
+	}{c.Binary, c.Root})
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(bundle, stateFile), data, 0o600); err != nil {
+		return fmt.Errorf("save runtime config: %w", err)
+	}
+	return nil
+}
+
+// LoadConfig reads what Save recorded in the bundle. A missing file gives
+// runc with the default root of namespace ns.
+func LoadConfig(bundle, ns string) (Config, error) {
+	cfg := Config{Binary: "runc", Root: DefaultRoot(ns)}
+	data, err := os.ReadFile(filepath.Join(bundle, stateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return cfg, nil
+	}
+	if err != nil {
+		return cfg, fmt.Errorf("load runtime config: %w", err)
+	}
+	var saved struct {
+		Binary string `json:"binary"`
+		Root   string `json:"root"`
+	}
+	if err := json.Unmarshal(data, &saved); err != nil {
+		return cfg, fmt.Errorf("load runtime config: %w", err)
+	}
+	if saved.Binary != "" {
+		cfg.Binary = saved.Binary
+	}
+	if saved.Root != "" {
+		cfg.Root = saved.Root
+	}
+	return cfg, Options{BinaryName: cfg.Binary, Root: cfg.Root}.Validate()
+}

@@ -1,0 +1,311 @@
+// Package runtime is Tether's adapter to an OCI runtime binary (runc, crun or
+// any runtime with runc's command line), built on go-runc.
+//
+// Invariants:
+//   - Every runtime command runs under a Hold of the exit monitor, so that the
+//     orphan sweep never reaps the runtime process itself, nor a container
+//     process whose pid is not yet registered (see package exits).
+//   - Create and Exec hand the new process's pid to a register callback while
+//     the Hold is still active: the pid cannot be reaped, and so not reused,
+//     before the caller watches it.
+//   - This is the only package that reads runtime output as text. Failures are
+//     *Error values that unwrap to an errdefs class (see Classify).
+//   - Runtime commands never inherit the caller's cancellation: a containerd
+//     RPC that times out must not kill `runc create` halfway. Each command has
+//     its own deadline instead.
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	runc "github.com/containerd/go-runc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Deadlines for runtime commands. Creating and starting run hooks and can be
+// slow on a loaded node; the rest only touch runtime state.
+const (
+	launchTimeout  = 5 * time.Minute
+	controlTimeout = time.Minute
+)
+
+// Holder suspends the exit monitor's orphan sweep while runtime commands run.
+// *exits.Reaper implements it.
+type Holder interface {
+	Hold() (release func())
+}
+
+// Config selects and configures the runtime binary for one container.
+type Config struct {
+	// Binary is the runtime's name or path; empty means "runc".
+	Binary string
+	// Root is the runtime's state directory (--root).
+	Root string
+	// Log is the file the runtime writes its JSON log to (--log); the
+	// adapter reads the last error from it when a command fails.
+	Log string
+	// SystemdCgroup makes the runtime use systemd cgroup paths.
+	SystemdCgroup bool
+	// Debug turns on the runtime's debug logging.
+	Debug bool
+}
+
+// Runtime runs commands of one OCI runtime binary. It is safe for concurrent
+// use; it holds no state besides its configuration.
+type Runtime struct {
+	cfg  Config
+	rc   *runc.Runc
+	hold Holder
+}
+
+// New returns a Runtime for cfg. hold must not be nil.
+func New(cfg Config, hold Holder) *Runtime {
+	if cfg.Binary == "" {
+		cfg.Binary = "runc"
+	}
+	rc := &runc.Runc{
+		Command:       cfg.Binary,
+		Root:          cfg.Root,
+		Log:           cfg.Log,
+		LogFormat:     runc.JSON,
+		SystemdCgroup: cfg.SystemdCgroup,
+		Debug:         cfg.Debug,
+	}
+	return &Runtime{cfg: cfg, rc: rc, hold: hold}
+}
+
+// Binary returns the runtime binary this Runtime runs.
+func (r *Runtime) Binary() string { return r.cfg.Binary }
+
+// Root returns the runtime's state directory.
+func (r *Runtime) Root() string { return r.cfg.Root }
+
+// CreateOpts are the options of Create.
+type CreateOpts struct {
+	// IO connects the container's stdio; nil means /dev/null.
+	IO runc.IO
+	// ConsoleSocket receives the pty master when the process has a terminal.
+	ConsoleSocket runc.ConsoleSocket
+	// PidFile is where the runtime writes the container's pid. Required.
+	PidFile      string
+	NoPivot      bool
+	NoNewKeyring bool
+}
+
+// Create runs `<runtime> create` for the bundle, reads the container's pid
+// from opts.PidFile and calls register(pid) before the monitor's Hold is
+// released. When register fails, Create returns its error; the caller owns
+// the cleanup (a forced delete).
+func (r *Runtime) Create(ctx context.Context, id, bundle string, opts CreateOpts, register func(pid int) error) (int, error) {
+	release := r.hold.Hold()
+	defer release()
+	ctx, cancel := detached(ctx, launchTimeout)
+	defer cancel()
+	mark := r.logMark()
+	err := r.rc.Create(ctx, id, bundle, &runc.CreateOpts{
+		IO:            opts.IO,
+		ConsoleSocket: opts.ConsoleSocket,
+		PidFile:       opts.PidFile,
+		NoPivot:       opts.NoPivot,
+		NoNewKeyring:  opts.NoNewKeyring,
+	})
+	if err != nil {
+		return 0, r.fail("create", id, mark, err)
+	}
+	pid, err := ReadPidFile(opts.PidFile)
+	if err != nil {
+		return 0, fmt.Errorf("runtime create %s: %w", id, err)
+	}
+	if err := register(pid); err != nil {
+		return pid, err
+	}
+	return pid, nil
+}
+
+// ExecOpts are the options of Exec.
+type ExecOpts struct {
+	IO            runc.IO
+	ConsoleSocket runc.ConsoleSocket
+	// PidFile is where the runtime writes the process's pid. Required.
+	PidFile string
+}
+
+// Exec runs `<runtime> exec --detach` with the process spec and registers the
+// new process's pid like Create does.
+func (r *Runtime) Exec(ctx context.Context, id string, spec specs.Process, opts ExecOpts, register func(pid int) error) (int, error) {
+	release := r.hold.Hold()
+	defer release()
+	ctx, cancel := detached(ctx, launchTimeout)
+	defer cancel()
+	mark := r.logMark()
+	err := r.rc.Exec(ctx, id, spec, &runc.ExecOpts{
+		IO:            opts.IO,
+		ConsoleSocket: opts.ConsoleSocket,
+		PidFile:       opts.PidFile,
+		Detach:        true,
+	})
+	if err != nil {
+		return 0, r.fail("exec", id, mark, err)
+	}
+	pid, err := ReadPidFile(opts.PidFile)
+	if err != nil {
+		return 0, fmt.Errorf("runtime exec %s: %w", id, err)
+	}
+	if err := register(pid); err != nil {
+		return pid, err
+	}
+	return pid, nil
+}
+
+// Start runs `<runtime> start`.
+func (r *Runtime) Start(ctx context.Context, id string) error {
+	release := r.hold.Hold()
+	defer release()
+	ctx, cancel := detached(ctx, launchTimeout)
+	defer cancel()
+	mark := r.logMark()
+	return r.fail("start", id, mark, r.rc.Start(ctx, id))
+}
+
+// Kill runs `<runtime> kill [--all] <id> <signal>`.
+func (r *Runtime) Kill(ctx context.Context, id string, signal uint32, all bool) error {
+	release := r.hold.Hold()
+	defer release()
+	ctx, cancel := detached(ctx, controlTimeout)
+	defer cancel()
+	mark := r.logMark()
+	return r.fail("kill", id, mark, r.rc.Kill(ctx, id, int(signal), &runc.KillOpts{All: all}))
+}
+
+// Delete runs `<runtime> delete [--force] <id>`. A container the runtime no
+// longer knows is not an error: deleting is idempotent.
+func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
+	release := r.hold.Hold()
+	defer release()
+	ctx, cancel := detached(ctx, controlTimeout)
+	defer cancel()
+	mark := r.logMark()
+	err := r.fail("delete", id, mark, r.rc.Delete(ctx, id, &runc.DeleteOpts{Force: force}))
+	if IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+// Ps lists the pids of the container's processes.
+func (r *Runtime) Ps(ctx context.Context, id string) ([]int, error) {
+	release := r.hold.Hold()
+	defer release()
+	ctx, cancel := detached(ctx, controlTimeout)
+	defer cancel()
+	mark := r.logMark()
+	pids, err := r.rc.Ps(ctx, id)
+	return pids, r.fail("ps", id, mark, err)
+}
+
+// logMark returns the current size of the runtime's log, so that fail reads
+// only what the command being run appended.
+func (r *Runtime) logMark() int64 {
+	if r.cfg.Log == "" {
+		return 0
+	}
+	st, err := os.Stat(r.cfg.Log)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+// fail turns a go-runc error into an *Error carrying the runtime's own
+// message: the last error entry of the JSON log, else the command output that
+// go-runc put into err. It returns nil for a nil err.
+func (r *Runtime) fail(op, id string, mark int64, err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := lastLogError(r.cfg.Log, mark)
+	if msg == "" {
+		msg = outputOf(err)
+	}
+	return &Error{Op: op, ID: id, Message: msg, Err: err}
+}
+
+// detached returns a context that keeps ctx's values but not its
+// cancellation, with its own deadline.
+func detached(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), d)
+}
+
+// ReadPidFile reads a pid written by an OCI runtime.
+func ReadPidFile(path string) (int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("read pid file: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("pid file %s holds %q, not a pid", filepath.Base(path), data)
+	}
+	return pid, nil
+}
+
+// logTail is how much of the end of the runtime's log lastLogError reads.
+const logTail = 64 << 10
+
+// lastLogError returns the message of the last error-level entry written to
+// the runtime's JSON log at or after offset from, or "". Truncating the log is
+// not needed: runc and crun log only warnings and errors unless Debug is set.
+func lastLogError(path string, from int64) string {
+	if path == "" {
+		return ""
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	from = max(from, st.Size()-logTail)
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return ""
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return ""
+	}
+	lines := bytes.Split(bytes.TrimSpace(data), []byte("\n"))
+	for i := len(lines) - 1; i >= 0; i-- {
+		var entry struct {
+			Level string `json:"level"`
+			Msg   string `json:"msg"`
+		}
+		if json.Unmarshal(lines[i], &entry) == nil && (entry.Level == "error" || entry.Level == "fatal") {
+			return entry.Msg
+		}
+	}
+	return ""
+}
+
+// outputOf extracts the runtime's output from a go-runc error of the form
+// "exit status N: <output>".
+func outputOf(err error) string {
+	var ee *runc.ExitError
+	s := err.Error()
+	if i := strings.Index(s, ": "); i >= 0 && (errors.As(err, &ee) || strings.HasPrefix(s, "exit status")) {
+		return strings.TrimSpace(s[i+2:])
+	}
+	return strings.TrimSpace(s)
+}

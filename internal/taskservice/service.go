@@ -1,0 +1,382 @@
+// Package taskservice is the ttrpc boundary of the shim: it serves
+// containerd.task.v2.Task and containerd.task.v3.Task, validates every
+// request, finds the container it is about and delegates to package
+// container.
+//
+// It is the only place where errors become ttrpc status codes (see method in
+// register.go). Handlers hold Service.mu only to read or change the container
+// table, never across a runtime call, so State answers within containerd's
+// 2 s deadline even while another container's create is slow.
+package taskservice
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
+	tasktypes "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tether-shim/tether/internal/container"
+	"github.com/tether-shim/tether/internal/runtime"
+	"github.com/tether-shim/tether/internal/stdio"
+)
+
+// Config configures a Service.
+type Config struct {
+	// Namespace is the containerd namespace the shim serves.
+	Namespace string
+	// BundleParent is the directory that holds the bundles this shim may
+	// serve (its own bundle's parent). Empty disables the check.
+	BundleParent string
+	// Deps are handed to every container.
+	Deps container.Deps
+	// Holder suspends the orphan sweep around runtime commands.
+	Holder runtime.Holder
+	// Logger logs requests at Debug and failures at Warn.
+	Logger *slog.Logger
+	// Shutdown is called once, on a Shutdown request that finds no
+	// container left. It must not block: the server stops after the reply.
+	Shutdown func()
+	// Version is reported by Connect.
+	Version string
+}
+
+// Service implements the task API. Create it with New.
+type Service struct {
+	cfg          Config
+	shutdownOnce sync.Once
+
+	mu sync.Mutex
+	// containers maps ids to created containers; guarded by mu.
+	containers map[string]*container.Container
+	// creating holds the ids whose Create is in flight; guarded by mu.
+	creating map[string]struct{}
+}
+
+// New returns a Service with no containers.
+func New(cfg Config) *Service {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Shutdown == nil {
+		cfg.Shutdown = func() {}
+	}
+	return &Service{
+		cfg:        cfg,
+		containers: make(map[string]*container.Container),
+		creating:   make(map[string]struct{}),
+	}
+}
+
+// get returns the container id, or ErrNotFound.
+func (s *Service) get(id string) (*container.Container, error) {
+	if err := container.ValidateID("container", id); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
+	}
+	return c, nil
+}
+
+// process returns the process execID of container id, or ErrNotFound.
+func (s *Service) process(id, execID string) (*container.Container, *container.Process, error) {
+	c, err := s.get(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if execID != "" {
+		if err := container.ValidateID("exec", execID); err != nil {
+			return nil, nil, err
+		}
+	}
+	p, err := c.Process(execID)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, p, nil
+}
+
+// reserve claims id for a Create in flight.
+func (s *Service) reserve(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.containers[id]; ok {
+		return fmt.Errorf("container %q: %w", id, errdefs.ErrAlreadyExists)
+	}
+	if _, ok := s.creating[id]; ok {
+		return fmt.Errorf("container %q is being created: %w", id, errdefs.ErrAlreadyExists)
+	}
+	s.creating[id] = struct{}{}
+	return nil
+}
+
+// settle ends the reservation of id, adding c to the table if it is not nil.
+func (s *Service) settle(id string, c *container.Container) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.creating, id)
+	if c != nil {
+		s.containers[id] = c
+	}
+}
+
+// Create creates a container from its bundle.
+func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*taskapi.CreateTaskResponse, error) {
+	s.cfg.Logger.Debug("create", "id", r.GetID(), "bundle", r.GetBundle())
+	if err := container.ValidateID("container", r.GetID()); err != nil {
+		return nil, err
+	}
+	if err := container.ValidateBundle(r.GetID(), r.GetBundle(), s.cfg.BundleParent); err != nil {
+		return nil, err
+	}
+	if st, err := os.Stat(filepath.Join(r.GetBundle(), "config.json")); err != nil || !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("bundle %s has no config.json: %w", r.GetBundle(), errdefs.ErrNotFound)
+	}
+	if r.GetCheckpoint() != "" || r.GetParentCheckpoint() != "" {
+		return nil, fmt.Errorf("restore from a checkpoint: %w", errdefs.ErrNotImplemented)
+	}
+	opts, err := runtime.ParseOptions(r.GetOptions())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.reserve(r.GetID()); err != nil {
+		return nil, err
+	}
+	var created *container.Container
+	defer func() { s.settle(r.GetID(), created) }()
+
+	root := opts.Root
+	if root == "" {
+		root = runtime.DefaultRoot(s.cfg.Namespace)
+	}
+	rtCfg := runtime.Config{
+		Binary:        opts.BinaryName,
+		Root:          root,
+		Log:           filepath.Join(r.GetBundle(), "log.json"),
+		SystemdCgroup: opts.SystemdCgroup,
+	}
+	if err := rtCfg.Save(r.GetBundle()); err != nil {
+		return nil, err
+	}
+	rt := runtime.New(rtCfg, s.cfg.Holder)
+	c, err := container.Create(ctx, container.Config{
+		ID:     r.GetID(),
+		Bundle: r.GetBundle(),
+		Rootfs: container.MountsFromAPI(r.GetRootfs()),
+		Stdio: stdio.Config{
+			Stdin:    r.GetStdin(),
+			Stdout:   r.GetStdout(),
+			Stderr:   r.GetStderr(),
+			Terminal: r.GetTerminal(),
+		},
+		Runtime:      rt,
+		NoPivot:      opts.NoPivotRoot,
+		NoNewKeyring: opts.NoNewKeyring,
+	}, s.cfg.Deps)
+	if err != nil {
+		s.cfg.Logger.Warn("create failed", "id", r.GetID(), "error", err)
+		return nil, err
+	}
+	created = c
+	return &taskapi.CreateTaskResponse{Pid: uint32(c.Init().Pid())}, nil
+}
+
+// Start starts the init process (an exec process once exec is supported).
+func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.StartResponse, error) {
+	c, _, err := s.process(r.GetID(), r.GetExecID())
+	if err != nil {
+		return nil, err
+	}
+	pid, err := c.Start(ctx)
+	if err != nil {
+		s.cfg.Logger.Warn("start failed", "id", r.GetID(), "error", err)
+		return nil, err
+	}
+	return &taskapi.StartResponse{Pid: uint32(pid)}, nil
+}
+
+// State reports a process's state from memory; it never calls the runtime.
+func (s *Service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.StateResponse, error) {
+	c, p, err := s.process(r.GetID(), r.GetExecID())
+	if err != nil {
+		return nil, err
+	}
+	st := p.Status()
+	return &taskapi.StateResponse{
+		ID:         p.ID(),
+		Bundle:     c.Bundle(),
+		Pid:        uint32(st.Pid),
+		Status:     taskStatus(st.State),
+		Stdin:      st.Stdio.Stdin,
+		Stdout:     st.Stdio.Stdout,
+		Stderr:     st.Stdio.Stderr,
+		Terminal:   st.Stdio.Terminal,
+		ExitStatus: st.ExitStatus,
+		ExitedAt:   timestamppb.New(st.ExitedAt),
+		ExecID:     r.GetExecID(),
+	}, nil
+}
+
+func taskStatus(s container.State) tasktypes.Status {
+	switch s {
+	case container.Created:
+		return tasktypes.Status_CREATED
+	case container.Running:
+		return tasktypes.Status_RUNNING
+	case container.Paused:
+		return tasktypes.Status_PAUSED
+	case container.Stopped:
+		return tasktypes.Status_STOPPED
+	}
+	return tasktypes.Status_UNKNOWN
+}
+
+// Wait blocks until the process exits or the request is cancelled.
+func (s *Service) Wait(ctx context.Context, r *taskapi.WaitRequest) (*taskapi.WaitResponse, error) {
+	_, p, err := s.process(r.GetID(), r.GetExecID())
+	if err != nil {
+		return nil, err
+	}
+	st, err := p.Wait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &taskapi.WaitResponse{ExitStatus: st.ExitStatus, ExitedAt: timestamppb.New(st.ExitedAt)}, nil
+}
+
+// Kill signals the init process, or every process with All.
+func (s *Service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Empty, error) {
+	c, _, err := s.process(r.GetID(), r.GetExecID())
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Kill(ctx, r.GetSignal(), r.GetAll()); err != nil {
+		return nil, err
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Delete deletes a created or stopped container and forgets it.
+func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskapi.DeleteResponse, error) {
+	c, _, err := s.process(r.GetID(), r.GetExecID())
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.Delete(ctx)
+	if err != nil {
+		s.cfg.Logger.Warn("delete failed", "id", r.GetID(), "error", err)
+		return nil, err
+	}
+	s.mu.Lock()
+	delete(s.containers, r.GetID())
+	s.mu.Unlock()
+	return &taskapi.DeleteResponse{
+		Pid:        uint32(st.Pid),
+		ExitStatus: st.ExitStatus,
+		ExitedAt:   timestamppb.New(st.ExitedAt),
+	}, nil
+}
+
+// Pids lists the container's processes.
+func (s *Service) Pids(ctx context.Context, r *taskapi.PidsRequest) (*taskapi.PidsResponse, error) {
+	c, err := s.get(r.GetID())
+	if err != nil {
+		return nil, err
+	}
+	pids, err := c.Pids(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &taskapi.PidsResponse{Processes: make([]*tasktypes.ProcessInfo, 0, len(pids))}
+	for _, pid := range pids {
+		resp.Processes = append(resp.Processes, &tasktypes.ProcessInfo{Pid: uint32(pid)})
+	}
+	return resp, nil
+}
+
+// CloseIO closes the process's stdin.
+func (s *Service) CloseIO(ctx context.Context, r *taskapi.CloseIORequest) (*emptypb.Empty, error) {
+	_, p, err := s.process(r.GetID(), r.GetExecID())
+	if err != nil {
+		return nil, err
+	}
+	if r.GetStdin() {
+		p.CloseStdin()
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Connect reports the shim's and the task's pids.
+func (s *Service) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
+	c, err := s.get(r.GetID())
+	if err != nil {
+		return nil, err
+	}
+	return &taskapi.ConnectResponse{
+		ShimPid: uint32(os.Getpid()),
+		TaskPid: uint32(c.Init().Pid()),
+		Version: s.cfg.Version,
+	}, nil
+}
+
+// Shutdown stops the shim once it serves no container. containerd calls it
+// after each Delete; a group shim stays up while other containers remain.
+func (s *Service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	empty := len(s.containers) == 0 && len(s.creating) == 0
+	s.mu.Unlock()
+	if empty {
+		s.shutdownOnce.Do(s.cfg.Shutdown)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+func notImplemented(what string) error {
+	return fmt.Errorf("%s is not supported by this shim yet: %w", what, errdefs.ErrNotImplemented)
+}
+
+// Pause is not implemented yet.
+func (s *Service) Pause(ctx context.Context, r *taskapi.PauseRequest) (*emptypb.Empty, error) {
+	return nil, notImplemented("pause")
+}
+
+// Resume is not implemented yet.
+func (s *Service) Resume(ctx context.Context, r *taskapi.ResumeRequest) (*emptypb.Empty, error) {
+	return nil, notImplemented("resume")
+}
+
+// Checkpoint is not implemented yet.
+func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskRequest) (*emptypb.Empty, error) {
+	return nil, notImplemented("checkpoint")
+}
+
+// Exec is not implemented yet.
+func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emptypb.Empty, error) {
+	return nil, notImplemented("exec")
+}
+
+// ResizePty is not implemented yet.
+func (s *Service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*emptypb.Empty, error) {
+	return nil, notImplemented("resize pty")
+}
+
+// Update is not implemented yet.
+func (s *Service) Update(ctx context.Context, r *taskapi.UpdateTaskRequest) (*emptypb.Empty, error) {
+	return nil, notImplemented("update")
+}
+
+// Stats is not implemented yet.
+func (s *Service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.StatsResponse, error) {
+	return nil, notImplemented("stats")
+}
