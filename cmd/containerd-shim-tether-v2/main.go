@@ -28,6 +28,9 @@ func run() int {
 		return 0
 	}
 	ctx := context.Background()
+	if f.Info {
+		return report(bootstrap.Info(ctx, version, os.Stdin, os.Stdout, os.Stderr))
+	}
 	switch f.Action {
 	case bootstrap.ActionStart:
 		self, err := os.Executable()
