@@ -123,6 +123,13 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	}
 	if pipes != nil {
 		opts.IO = pipes
+	} else {
+		null, err := stdio.OpenNull()
+		if err != nil {
+			return nil, err
+		}
+		defer null.Close()
+		opts.IO = null
 	}
 	pid, err := c.rt.Create(ctx, c.id, c.bundle, opts, func(pid int) error {
 		c.init.mu.Lock()

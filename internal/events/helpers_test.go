@@ -15,6 +15,7 @@ import (
 	apievents "github.com/containerd/containerd/api/events"
 	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
 	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/grpc/codes"
@@ -226,7 +227,9 @@ func (f *fakeContainerd) start() {
 	eventsapi.RegisterTTRPCEventsService(srv, &fakeService{f: f, gen: gen})
 	go func() {
 		defer close(done)
-		_ = srv.Serve(context.Background(), &trackingListener{Listener: ln, f: f, gen: gen})
+		// The server's own complaints about killed connections are noise.
+		ctx := log.WithLogger(context.Background(), slog.New(slog.DiscardHandler))
+		_ = srv.Serve(ctx, &trackingListener{Listener: ln, f: f, gen: gen})
 	}()
 }
 

@@ -696,6 +696,20 @@ func TestPublisherEmptyAddress(t *testing.T) {
 	}
 }
 
+// An address that is not a unix socket is reported at Error once; the
+// Publisher then behaves as without an address.
+func TestPublisherUnusableAddress(t *testing.T) {
+	testutil.CheckLeaks(t)
+	p, logs := startPublisher(t, "tcp://127.0.0.1:1", defaultConfig())
+	p.Publish(TopicExit, exitEvent(1))
+	if err := p.Close(context.Background()); err != nil {
+		t.Errorf("Close = %v", err)
+	}
+	if e := logs.matching(slog.LevelError, "events: unusable containerd ttrpc address, events will be discarded"); len(e) != 1 {
+		t.Errorf("reported %d times, want once", len(e))
+	}
+}
+
 // A nil event is a caller bug: logged at Error, dropped, and the stream goes on.
 func TestPublisherNilEvent(t *testing.T) {
 	testutil.CheckLeaks(t)

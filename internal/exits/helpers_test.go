@@ -53,6 +53,25 @@ func primeRuntime() {
 	signal.Stop(c)
 }
 
+// childEnviron is the environment of a child running mode: this process's
+// environment with childEnv replaced (with a duplicate, the first occurrence
+// wins). Under the race detector, a child exiting 0 sleeps atexit_sleep_ms
+// (1s by default) before it exits; GORACE turns that off.
+func childEnviron(mode string) []string {
+	env := []string{childEnv + "=" + mode}
+	gorace := "atexit_sleep_ms=0"
+	for _, kv := range os.Environ() {
+		switch {
+		case strings.HasPrefix(kv, childEnv+"="):
+		case strings.HasPrefix(kv, "GORACE="):
+			gorace = strings.TrimPrefix(kv, "GORACE=") + " " + gorace
+		default:
+			env = append(env, kv)
+		}
+	}
+	return append(env, "GORACE="+gorace)
+}
+
 func runChild(mode string) int {
 	name, arg, _ := strings.Cut(mode, ":")
 	switch name {
@@ -73,8 +92,12 @@ func runChild(mode string) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 100
 		}
+		if strings.HasPrefix(arg, "orphan") {
+			fmt.Fprintln(os.Stderr, "refusing a chain of orphan makers")
+			return 103
+		}
 		pid, err := syscall.ForkExec(exe, []string{exe}, &syscall.ProcAttr{
-			Env:   append(os.Environ(), childEnv+"="+arg),
+			Env:   childEnviron(arg),
 			Files: []uintptr{0, 2, 2},
 		})
 		if err != nil {
@@ -157,7 +180,7 @@ func testExe(t testing.TB) string {
 func spawn(t testing.TB, mode string, stdin *os.File) int {
 	t.Helper()
 	exe := testExe(t)
-	return spawnArgv(t, []string{exe}, append(os.Environ(), childEnv+"="+mode), stdin, nil)
+	return spawnArgv(t, []string{exe}, childEnviron(mode), stdin, nil)
 }
 
 // spawnArgv starts argv[0] with no os/exec bookkeeping (no pidfd kept, no
@@ -209,7 +232,7 @@ func startOrphan(t testing.TB, r *Reaper, grandMode string) (int, *os.File) {
 		t.Fatal(err)
 	}
 	defer outR.Close()
-	pid := spawnArgv(t, []string{testExe(t)}, append(os.Environ(), childEnv+"=orphan:"+grandMode), inR, outW)
+	pid := spawnArgv(t, []string{testExe(t)}, childEnviron("orphan:"+grandMode), inR, outW)
 	inR.Close()
 	outW.Close()
 	exits := make(chan Exit, 1)

@@ -293,3 +293,43 @@ func (p *Pipes) closeFiles() {
 		in.Close()
 	}
 }
+
+// Null is the stdio of a process with no stdio at all: /dev/null for all
+// three streams. Giving the runtime /dev/null explicitly matters: without
+// it, go-runc captures the runtime's output through a pipe that the
+// container would inherit and hold.
+type Null struct {
+	devNull *os.File
+}
+
+// OpenNull opens /dev/null for a process without stdio.
+func OpenNull() (*Null, error) {
+	f, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("stdio: %w", err)
+	}
+	return &Null{devNull: f}, nil
+}
+
+// Stdin returns nil: there is no shim-side end.
+func (n *Null) Stdin() io.WriteCloser { return nil }
+
+// Stdout returns nil: there is no shim-side end.
+func (n *Null) Stdout() io.ReadCloser { return nil }
+
+// Stderr returns nil: there is no shim-side end.
+func (n *Null) Stderr() io.ReadCloser { return nil }
+
+// Set gives /dev/null to the runtime command for all three streams.
+func (n *Null) Set(cmd *exec.Cmd) {
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = n.devNull, n.devNull, n.devNull
+}
+
+// CloseAfterStart closes the shim's /dev/null.
+func (n *Null) CloseAfterStart() error { return n.devNull.Close() }
+
+// Close closes the shim's /dev/null; it is idempotent.
+func (n *Null) Close() error {
+	_ = n.devNull.Close()
+	return nil
+}

@@ -22,12 +22,12 @@ const settle = 5 * time.Second
 // in parallel tests: it counts process-wide.
 func CheckLeaks(t testing.TB) {
 	t.Helper()
-	g0 := runtime.NumGoroutine()
+	g0 := goroutines()
 	f0 := fdCount(t)
 	t.Cleanup(func() {
 		deadline := time.Now().Add(settle)
 		for {
-			g, f := runtime.NumGoroutine(), fdCount(t)
+			g, f := goroutines(), fdCount(t)
 			if g <= g0 && f <= f0 {
 				return
 			}
@@ -40,6 +40,38 @@ func CheckLeaks(t testing.TB) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	})
+}
+
+// goroutines counts the running goroutines that are not permanent.
+func goroutines() int {
+	// Goroutines that, once started, live as long as the process: os/signal
+	// starts its loop at the first signal.Notify and never stops it.
+	permanent := []string{"os/signal.loop"}
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	count := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.TrimSpace(g) == "" {
+			continue
+		}
+		skip := false
+		for _, p := range permanent {
+			if strings.Contains(g, p) {
+				skip = true
+			}
+		}
+		if !skip {
+			count++
+		}
+	}
+	return count
 }
 
 func fdCount(t testing.TB) int {

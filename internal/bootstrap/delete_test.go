@@ -1,0 +1,276 @@
+package bootstrap
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tether-shim/tether/internal/runtime"
+	"github.com/tether-shim/tether/internal/testutil"
+)
+
+const runcBinary = "/usr/sbin/runc"
+
+var deleteSeq atomic.Int64
+
+// deleteBundle returns a bundle for container id whose runtime config names
+// runc with a fresh state directory, in which the runtime knows no
+// container, and the flags of a `delete` for it.
+func deleteBundle(t *testing.T) (string, Flags) {
+	t.Helper()
+	if _, err := os.Stat(runcBinary); err != nil {
+		t.Fatalf("%s is required: %v", runcBinary, err)
+	}
+	id := fmt.Sprintf("tether-delete-%d-%d", os.Getpid(), deleteSeq.Add(1))
+	bundle := filepath.Join(t.TempDir(), id)
+	if err := os.Mkdir(bundle, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(t.TempDir(), "runc")
+	if err := (runtime.Config{Binary: runcBinary, Root: root}).Save(bundle); err != nil {
+		t.Fatal(err)
+	}
+	return bundle, Flags{Namespace: "tether-test", ID: id, Bundle: bundle, Action: ActionDelete}
+}
+
+// runDelete runs Delete and decodes its DeleteResponse.
+func runDelete(t *testing.T, f Flags) (*taskapi.DeleteResponse, string) {
+	t.Helper()
+	var stdout, warn bytes.Buffer
+	if err := Delete(context.Background(), f, &stdout, &warn); err != nil {
+		t.Fatalf("Delete: %v (warnings: %s)", err, warn.String())
+	}
+	var resp taskapi.DeleteResponse
+	if err := proto.Unmarshal(stdout.Bytes(), &resp); err != nil {
+		t.Fatalf("stdout %q is not a DeleteResponse: %v", stdout.Bytes(), err)
+	}
+	return &resp, warn.String()
+}
+
+func TestDeleteResponse(t *testing.T) {
+	testutil.CheckLeaks(t)
+	tests := []struct {
+		name    string
+		pidFile string // "-": none
+		wantPid uint32
+	}{
+		{"pid from init.pid", "4242\n", 4242},
+		{"no init.pid", "-", 0},
+		{"garbage init.pid", "nope", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bundle, f := deleteBundle(t)
+			if tt.pidFile != "-" {
+				if err := os.WriteFile(filepath.Join(bundle, "init.pid"), []byte(tt.pidFile), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			resp, warn := runDelete(t, f)
+			if resp.GetExitStatus() != 137 {
+				t.Errorf("exit status = %d, want 137", resp.GetExitStatus())
+			}
+			if resp.GetPid() != tt.wantPid {
+				t.Errorf("pid = %d, want %d", resp.GetPid(), tt.wantPid)
+			}
+			if resp.GetExitedAt() == nil || resp.GetExitedAt().AsTime().IsZero() {
+				t.Errorf("exited_at = %v, want a time", resp.GetExitedAt())
+			}
+			if warn != "" {
+				t.Errorf("warnings for a container the runtime does not know: %q", warn)
+			}
+		})
+	}
+}
+
+func TestDeleteUnmountsRootfs(t *testing.T) {
+	bundle, f := deleteBundle(t)
+	rootfs := filepath.Join(bundle, "rootfs")
+	if err := os.Mkdir(rootfs, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", rootfs, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatalf("mount: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(rootfs, unix.MNT_DETACH) })
+	if err := os.WriteFile(filepath.Join(rootfs, "on-tmpfs"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	resp, warn := runDelete(t, f)
+	if resp.GetExitStatus() != 137 || warn != "" {
+		t.Fatalf("Delete = %v, warnings %q", resp, warn)
+	}
+	if _, err := os.Stat(filepath.Join(rootfs, "on-tmpfs")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the rootfs is still mounted after delete: %v", err)
+	}
+}
+
+func TestDeleteSockets(t *testing.T) {
+	testutil.CheckLeaks(t)
+	t.Run("dead socket removed", func(t *testing.T) {
+		bundle, f := deleteBundle(t)
+		path := filepath.Join(shortDir(t), "dead")
+		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln.SetUnlinkOnClose(false)
+		ln.Close()
+		if err := writeAddress(bundle, SocketAddress(path)); err != nil {
+			t.Fatal(err)
+		}
+		runDelete(t, f)
+		if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("dead socket still there: %v", err)
+		}
+	})
+	t.Run("dead socket named without scheme", func(t *testing.T) {
+		bundle, f := deleteBundle(t)
+		path := filepath.Join(shortDir(t), "dead")
+		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln.SetUnlinkOnClose(false)
+		ln.Close()
+		if err := os.WriteFile(filepath.Join(bundle, "address"), []byte(path+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		runDelete(t, f)
+		if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("dead socket still there: %v", err)
+		}
+	})
+	t.Run("live socket kept", func(t *testing.T) {
+		bundle, f := deleteBundle(t)
+		path := filepath.Join(shortDir(t), "live")
+		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		if err := writeAddress(bundle, SocketAddress(path)); err != nil {
+			t.Fatal(err)
+		}
+		runDelete(t, f)
+		if st, err := os.Lstat(path); err != nil || st.Mode().Type() != os.ModeSocket {
+			t.Fatalf("live socket removed: %v", err)
+		}
+		if !serving(path) {
+			t.Fatal("the live server no longer answers")
+		}
+	})
+	t.Run("regular file kept", func(t *testing.T) {
+		bundle, f := deleteBundle(t)
+		path := filepath.Join(shortDir(t), "file")
+		if err := os.WriteFile(path, []byte("not a socket"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeAddress(bundle, SocketAddress(path)); err != nil {
+			t.Fatal(err)
+		}
+		runDelete(t, f)
+		if data, err := os.ReadFile(path); err != nil || string(data) != "not a socket" {
+			t.Fatalf("regular file named in the address touched: %q, %v", data, err)
+		}
+	})
+	t.Run("no address file", func(t *testing.T) {
+		_, f := deleteBundle(t)
+		resp, warn := runDelete(t, f)
+		if resp.GetExitStatus() != 137 || warn != "" {
+			t.Fatalf("Delete = %v, warnings %q", resp, warn)
+		}
+	})
+}
+
+func TestDeleteRefusesBadFlags(t *testing.T) {
+	bundle, good := deleteBundle(t)
+	tests := []struct {
+		name  string
+		f     Flags
+		class error // nil: any error
+	}{
+		{"no namespace", Flags{ID: good.ID, Bundle: bundle}, nil},
+		{"no id", Flags{Namespace: "ns", Bundle: bundle}, nil},
+		{"id with path", Flags{Namespace: "ns", ID: "../x", Bundle: bundle}, errdefs.ErrInvalidArgument},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, warn bytes.Buffer
+			err := Delete(context.Background(), tt.f, &stdout, &warn)
+			if err == nil {
+				t.Fatal("Delete succeeded")
+			}
+			if tt.class != nil && !errors.Is(err, tt.class) {
+				t.Fatalf("Delete = %v, want %v", err, tt.class)
+			}
+			if stdout.Len() != 0 {
+				t.Fatalf("Delete printed %q on a refusal", stdout.Bytes())
+			}
+		})
+	}
+}
+
+// writeScript writes an executable shell script that records its run by
+// creating marker.
+func writeScript(t *testing.T, path, marker string) {
+	t.Helper()
+	script := "#!/bin/sh\necho ran >'" + marker + "'\nexit 0\n"
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRegressionDeleteRunsRefusedRuntimeBinary: when the runtime config
+// saved in the bundle fails validation, LoadConfig returns the error
+// together with the config it refused, and Delete warns "<error>; using
+// <binary>" and then runs that very binary. A binary LoadConfig calls
+// unsafe ("../runc", resolved against the working directory, which is the
+// bundle when containerd runs the shim) must not be run.
+func TestRegressionDeleteRunsRefusedRuntimeBinary(t *testing.T) {
+	bundle, f := deleteBundle(t)
+	markers := t.TempDir()
+	refused := filepath.Join(markers, "refused-binary-ran")
+	fallback := filepath.Join(markers, "fallback-runc-ran")
+	// "../runc" from the bundle.
+	writeScript(t, filepath.Join(filepath.Dir(bundle), "runc"), refused)
+	// "runc" on PATH, the default a refused config should fall back to.
+	pathDir := t.TempDir()
+	writeScript(t, filepath.Join(pathDir, "runc"), fallback)
+	t.Setenv("PATH", pathDir)
+	t.Chdir(bundle)
+	root := filepath.Join(t.TempDir(), "root")
+	cfg := `{"binary":"../runc","root":"` + root + `"}`
+	if err := os.WriteFile(filepath.Join(bundle, "tether-runtime.json"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.Bundle = "" // the working directory, as containerd runs it
+
+	var stdout, warn bytes.Buffer
+	if err := Delete(context.Background(), f, &stdout, &warn); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	if !strings.Contains(warn.String(), "must be a name or a clean absolute path") {
+		t.Errorf("warnings = %q, want the config error", warn.String())
+	}
+	var resp taskapi.DeleteResponse
+	if err := proto.Unmarshal(stdout.Bytes(), &resp); err != nil || resp.GetExitStatus() != 137 {
+		t.Errorf("DeleteResponse = %v, %v", &resp, err)
+	}
+	t.Logf("warnings: %q", warn.String())
+	if _, err := os.Stat(refused); err == nil {
+		t.Fatalf("Delete ran the refused runtime binary ../runc (warnings: %q)", warn.String())
+	}
+}

@@ -1,0 +1,137 @@
+package runtime
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	runc "github.com/containerd/go-runc"
+)
+
+// TestClassify pins every message fragment against the full message runc 1.1
+// (the "msg" of its JSON log) or crun 1.8 (its log and stderr) really prints.
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		runtime string
+		msg     string
+		want    error
+	}{
+		// runc 1.1
+		{"runc", "container does not exist", errdefs.ErrNotFound},
+		{"runc", "runc create failed: container with given ID already exists", errdefs.ErrAlreadyExists},
+		{"runc", "container not running", errdefs.ErrFailedPrecondition},
+		{"runc", "cannot start a container that has stopped", errdefs.ErrFailedPrecondition},
+		{"runc", "cannot start an already running container", errdefs.ErrFailedPrecondition},
+		{"runc", "container not paused", errdefs.ErrFailedPrecondition},
+		// crun 1.8
+		{"crun", "error opening file `/run/x/nope/status`: No such file or directory", errdefs.ErrNotFound},
+		{"crun", "cannot open directory '/run/x/nope': No such file or directory", errdefs.ErrNotFound},
+		{"crun", "container `c1` already exists", errdefs.ErrAlreadyExists},
+		{"crun", "kill container: No such process", errdefs.ErrNotFound},
+		{"crun", "container `c1` is not running", errdefs.ErrFailedPrecondition},
+		{"crun", "the container `c1` is not running", errdefs.ErrFailedPrecondition},
+		{"crun", "cannot open `/run/x/c1/exec.fifo`: No such file or directory", errdefs.ErrFailedPrecondition},
+		// Case does not matter.
+		{"runc", "CONTAINER DOES NOT EXIST", errdefs.ErrNotFound},
+		// Not recognised.
+		{"", "", nil},
+		{"runc", "exec: \"runc\": executable file not found in $PATH", nil},
+		{"runc", "unable to apply cgroup configuration: permission denied", nil},
+		{"crun", "open `/run/x/c1/config.json`: Permission denied", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.runtime+"/"+tt.msg, func(t *testing.T) {
+			got := Classify(tt.msg)
+			if got != tt.want {
+				t.Fatalf("Classify(%q) = %v, want %v", tt.msg, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestErrorUnwrapsToClass(t *testing.T) {
+	exit := &runc.ExitError{Status: 1}
+	tests := []struct {
+		name    string
+		message string
+		want    error
+		notWant []error
+	}{
+		{"not found", "container does not exist", errdefs.ErrNotFound,
+			[]error{errdefs.ErrUnknown, errdefs.ErrAlreadyExists, errdefs.ErrFailedPrecondition}},
+		{"already exists", "runc create failed: container with given ID already exists", errdefs.ErrAlreadyExists,
+			[]error{errdefs.ErrUnknown, errdefs.ErrNotFound}},
+		{"failed precondition", "cannot start a container that has stopped", errdefs.ErrFailedPrecondition,
+			[]error{errdefs.ErrUnknown, errdefs.ErrNotFound}},
+		{"unclassified", "something odd happened", errdefs.ErrUnknown,
+			[]error{errdefs.ErrNotFound, errdefs.ErrAlreadyExists, errdefs.ErrFailedPrecondition}},
+		{"empty message", "", errdefs.ErrUnknown,
+			[]error{errdefs.ErrNotFound}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var err error = &Error{Op: "kill", ID: "c1", Message: tt.message, Err: exit}
+			if !errors.Is(err, tt.want) {
+				t.Errorf("errors.Is(%v, %v) = false", err, tt.want)
+			}
+			for _, nw := range tt.notWant {
+				if errors.Is(err, nw) {
+					t.Errorf("errors.Is(%v, %v) = true", err, nw)
+				}
+			}
+			// The underlying error stays reachable.
+			var ee *runc.ExitError
+			if !errors.As(err, &ee) || ee.Status != 1 {
+				t.Errorf("errors.As(*runc.ExitError) lost the exit status: %v", ee)
+			}
+			if got := IsNotFound(err); got != (tt.want == errdefs.ErrNotFound) {
+				t.Errorf("IsNotFound = %v", got)
+			}
+		})
+	}
+}
+
+func TestErrorString(t *testing.T) {
+	exit := &runc.ExitError{Status: 1}
+	withMsg := &Error{Op: "start", ID: "c1", Message: "container not running", Err: exit}
+	if got, want := withMsg.Error(), "runtime start c1: container not running"; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+	noMsg := &Error{Op: "delete", ID: "c2", Err: exit}
+	if got, want := noMsg.Error(), "runtime delete c2: exit status 1"; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+	// Wrapped by callers, the class is still visible.
+	wrapped := errors.Join(errors.New("context"), withMsg)
+	if !errors.Is(wrapped, errdefs.ErrFailedPrecondition) {
+		t.Errorf("wrapped *Error lost its class: %v", wrapped)
+	}
+	if !strings.Contains(wrapped.Error(), "container not running") {
+		t.Errorf("wrapped error text %q lost the runtime message", wrapped)
+	}
+}
+
+func TestIsNotFoundOfOtherErrors(t *testing.T) {
+	if IsNotFound(nil) {
+		t.Error("IsNotFound(nil) = true")
+	}
+	if IsNotFound(errors.New("container does not exist")) {
+		t.Error("a plain error is not classified by its text")
+	}
+	if !IsNotFound(errdefs.ErrNotFound) {
+		t.Error("IsNotFound(ErrNotFound) = false")
+	}
+}
+
+// TestRegressionClassifyCrunKillOfReapedContainer: crun 1.8 answers a kill
+// of a container whose init was already reaped (as the shim's exit monitor
+// does) with "open pidfd: No such process". Classify does not know the
+// message, so the kill is ErrUnknown instead of ErrNotFound (found by
+// TestLiveLifecycle/crun).
+func TestRegressionClassifyCrunKillOfReapedContainer(t *testing.T) {
+	const msg = "open pidfd: No such process"
+	if got := Classify(msg); got != errdefs.ErrNotFound {
+		t.Fatalf("Classify(%q) = %v, want %v", msg, got, errdefs.ErrNotFound)
+	}
+}

@@ -1,0 +1,336 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/tether-shim/tether/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	primeRuntime()
+	os.Exit(m.Run())
+}
+
+// primeRuntime starts the netpoller, which the first exec.Cmd with pipes
+// would otherwise start inside a test, where CheckLeaks would count its
+// descriptors as leaks.
+func primeRuntime() {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		panic(err)
+	}
+	pr.Close()
+	pw.Close()
+}
+
+// countingHolder is a Holder that counts Hold calls and releases and notices
+// a release called twice.
+type countingHolder struct {
+	mu       sync.Mutex
+	holds    int
+	releases int
+	active   int
+	doubles  int
+}
+
+func (h *countingHolder) Hold() func() {
+	h.mu.Lock()
+	h.holds++
+	h.active++
+	h.mu.Unlock()
+	var once sync.Once
+	released := false
+	return func() {
+		once.Do(func() {
+			released = true
+			h.mu.Lock()
+			h.releases++
+			h.active--
+			h.mu.Unlock()
+		})
+		if !released {
+			h.mu.Lock()
+			h.doubles++
+			h.mu.Unlock()
+		}
+	}
+}
+
+// Active returns how many holds are not released.
+func (h *countingHolder) Active() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.active
+}
+
+// check fails the test unless exactly n holds were taken and all released.
+func (h *countingHolder) check(t *testing.T, n int) {
+	t.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.holds != n || h.releases != n || h.active != 0 || h.doubles != 0 {
+		t.Fatalf("holder: %d holds, %d releases, %d active, %d double releases; want %d holds all released once",
+			h.holds, h.releases, h.active, h.doubles, n)
+	}
+}
+
+func TestReadPidFile(t *testing.T) {
+	tests := []struct {
+		name    string
+		content string // "-" means no file
+		want    int
+		wantErr bool
+	}{
+		{"plain", "4242", 4242, false},
+		{"trailing newline", "4242\n", 4242, false},
+		{"surrounding space", " 17 \n", 17, false},
+		{"garbage", "pid", 0, true},
+		{"number and garbage", "42abc", 0, true},
+		{"zero", "0", 0, true},
+		{"negative", "-5", 0, true},
+		{"empty", "", 0, true},
+		{"missing", "-", 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "init.pid")
+			if tt.content != "-" {
+				if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := ReadPidFile(path)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("ReadPidFile(%q) = %d, want an error", tt.content, got)
+				}
+				if tt.content == "-" && !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("missing pid file error = %v, want ErrNotExist", err)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("ReadPidFile(%q) = %d, %v; want %d", tt.content, got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestNewDefaults(t *testing.T) {
+	h := &countingHolder{}
+	rt := New(Config{Root: "/run/x"}, h)
+	if rt.Binary() != "runc" {
+		t.Errorf("Binary() = %q, want runc", rt.Binary())
+	}
+	if rt.Root() != "/run/x" {
+		t.Errorf("Root() = %q, want /run/x", rt.Root())
+	}
+	h.check(t, 0)
+}
+
+// fakeRuntime copies testdata/fake-runtime.sh into a temporary directory and
+// returns its path. What it logs and prints is set with FAKE_RUNTIME_LOG and
+// FAKE_RUNTIME_STDERR.
+func fakeRuntime(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", "fake-runtime.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "fake-runtime")
+	if err := os.WriteFile(path, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// oldError is an error an earlier command left in the log.
+const oldError = `{"level":"error","msg":"runc create failed: container with given ID already exists","time":"2026-01-01T00:00:00Z"}`
+
+// TestLogMark checks that a failing command reports its own message, never
+// an error an earlier command left in the same log.
+func TestLogMark(t *testing.T) {
+	testutil.CheckLeaks(t)
+	binary := fakeRuntime(t)
+	tests := []struct {
+		name      string
+		oldLog    bool   // the log holds oldError before the command
+		logLine   string // what the command appends to the log
+		stderr    string // what the command prints
+		wantMsg   string // must be contained in Error.Message
+		wantClass error
+	}{
+		{
+			name: "message only on stderr", oldLog: true,
+			stderr:  "container not running",
+			wantMsg: "container not running", wantClass: errdefs.ErrFailedPrecondition,
+		},
+		{
+			name: "warning in log, message on stderr", oldLog: true,
+			logLine: `{"level":"warning","msg":"cgroup v1 is deprecated"}`,
+			stderr:  "container not running",
+			wantMsg: "container not running", wantClass: errdefs.ErrFailedPrecondition,
+		},
+		{
+			name: "new error in log", oldLog: true,
+			logLine: `{"level":"error","msg":"container not running"}`,
+			stderr:  "something else",
+			wantMsg: "container not running", wantClass: errdefs.ErrFailedPrecondition,
+		},
+		{
+			name: "fatal entry in log", oldLog: true,
+			logLine: `{"level":"fatal","msg":"cannot start a container that has stopped"}`,
+			wantMsg: "cannot start a container that has stopped", wantClass: errdefs.ErrFailedPrecondition,
+		},
+		{
+			name:    "no log before the command",
+			logLine: `{"level":"error","msg":"container not paused"}`,
+			wantMsg: "container not paused", wantClass: errdefs.ErrFailedPrecondition,
+		},
+		{
+			name: "nothing said at all", oldLog: true,
+			wantClass: errdefs.ErrUnknown,
+		},
+	}
+	type op struct {
+		name string
+		run  func(rt *Runtime) error
+	}
+	ops := []op{
+		{"kill", func(rt *Runtime) error { return rt.Kill(context.Background(), "c1", 9, false) }},
+		{"start", func(rt *Runtime) error { return rt.Start(context.Background(), "c1") }},
+		{"delete", func(rt *Runtime) error { return rt.Delete(context.Background(), "c1", true) }},
+		{"ps", func(rt *Runtime) error { _, err := rt.Ps(context.Background(), "c1"); return err }},
+		{"create", func(rt *Runtime) error {
+			_, err := rt.Create(context.Background(), "c1", "/nonexistent", CreateOpts{PidFile: "/nonexistent/init.pid"},
+				func(int) error { return errors.New("register called for a failed create") })
+			return err
+		}},
+		{"exec", func(rt *Runtime) error {
+			_, err := rt.Exec(context.Background(), "c1", specs.Process{Args: []string{"true"}, Cwd: "/"},
+				ExecOpts{PidFile: "/nonexistent/exec.pid"},
+				func(int) error { return errors.New("register called for a failed exec") })
+			return err
+		}},
+	}
+	for _, tt := range tests {
+		for _, o := range ops {
+			t.Run(tt.name+"/"+o.name, func(t *testing.T) {
+				t.Setenv("FAKE_RUNTIME_LOG", tt.logLine)
+				t.Setenv("FAKE_RUNTIME_STDERR", tt.stderr)
+				log := filepath.Join(t.TempDir(), "log.json")
+				if tt.oldLog {
+					if err := os.WriteFile(log, []byte(oldError+"\n"), 0o600); err != nil {
+						t.Fatal(err)
+					}
+				}
+				h := &countingHolder{}
+				rt := New(Config{Binary: binary, Root: t.TempDir(), Log: log}, h)
+				err := o.run(rt)
+				h.check(t, 1)
+				var rerr *Error
+				if !errors.As(err, &rerr) {
+					t.Fatalf("%s error = %v (%T), want *Error", o.name, err, err)
+				}
+				if rerr.Op != o.name || rerr.ID != "c1" {
+					t.Errorf("Error.Op, ID = %q, %q; want %q, c1", rerr.Op, rerr.ID, o.name)
+				}
+				if strings.Contains(rerr.Message, "already exists") || errors.Is(err, errdefs.ErrAlreadyExists) {
+					t.Fatalf("%s reported the old log entry: %v", o.name, err)
+				}
+				if !strings.Contains(rerr.Message, tt.wantMsg) {
+					t.Errorf("Error.Message = %q, want it to contain %q", rerr.Message, tt.wantMsg)
+				}
+				if !errors.Is(err, tt.wantClass) {
+					t.Errorf("%s error %v is not %v", o.name, err, tt.wantClass)
+				}
+			})
+		}
+	}
+}
+
+// TestLogMarkDeleteNotFound checks that Delete's idempotence looks at the
+// command's own message: an old "does not exist" in the log must not turn a
+// real failure into success, and a new one must.
+func TestLogMarkDeleteNotFound(t *testing.T) {
+	testutil.CheckLeaks(t)
+	binary := fakeRuntime(t)
+	const oldNotFound = `{"level":"error","msg":"container does not exist"}`
+
+	t.Run("old not-found, new failure", func(t *testing.T) {
+		t.Setenv("FAKE_RUNTIME_LOG", `{"level":"error","msg":"unable to remove cgroup: device or resource busy"}`)
+		t.Setenv("FAKE_RUNTIME_STDERR", "")
+		log := filepath.Join(t.TempDir(), "log.json")
+		if err := os.WriteFile(log, []byte(oldNotFound+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		h := &countingHolder{}
+		err := New(Config{Binary: binary, Log: log}, h).Delete(context.Background(), "c1", true)
+		h.check(t, 1)
+		if err == nil || !errors.Is(err, errdefs.ErrUnknown) || !strings.Contains(err.Error(), "device or resource busy") {
+			t.Fatalf("Delete = %v, want the unknown cgroup error", err)
+		}
+	})
+	t.Run("new not-found", func(t *testing.T) {
+		t.Setenv("FAKE_RUNTIME_LOG", oldNotFound)
+		t.Setenv("FAKE_RUNTIME_STDERR", "")
+		log := filepath.Join(t.TempDir(), "log.json")
+		if err := os.WriteFile(log, []byte(oldError+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		h := &countingHolder{}
+		if err := New(Config{Binary: binary, Log: log}, h).Delete(context.Background(), "c1", false); err != nil {
+			t.Fatalf("Delete of a container the runtime does not know = %v, want nil", err)
+		}
+		h.check(t, 1)
+	})
+}
+
+// TestRegressionErrorMessageCarriesGoRuncPrefix pins Error.Message to what
+// the runtime said, as its documentation promises ("Message is what the
+// runtime said, trimmed"), when the runtime said it on stderr rather than
+// in its log (crun does so for ps). outputOf strips only an "exit status N: "
+// prefix, but go-runc 1.2 formats its errors as "<binary> did not terminate
+// successfully: exit status N: <output>".
+func TestRegressionErrorMessageCarriesGoRuncPrefix(t *testing.T) {
+	binary := fakeRuntime(t)
+	t.Setenv("FAKE_RUNTIME_LOG", "")
+	t.Setenv("FAKE_RUNTIME_STDERR", "container not running")
+	h := &countingHolder{}
+	rt := New(Config{Binary: binary, Log: filepath.Join(t.TempDir(), "log.json")}, h)
+	err := rt.Kill(context.Background(), "c1", 9, false)
+	var rerr *Error
+	if !errors.As(err, &rerr) {
+		t.Fatalf("Kill = %v, want *Error", err)
+	}
+	if rerr.Message != "container not running" {
+		t.Errorf("Error.Message = %q, want %q", rerr.Message, "container not running")
+	}
+}
+
+func TestMissingBinary(t *testing.T) {
+	h := &countingHolder{}
+	rt := New(Config{Binary: filepath.Join(t.TempDir(), "no-such-runtime"), Log: filepath.Join(t.TempDir(), "log.json")}, h)
+	err := rt.Kill(context.Background(), "c1", 9, false)
+	var rerr *Error
+	if !errors.As(err, &rerr) {
+		t.Fatalf("Kill = %v, want *Error", err)
+	}
+	if !errors.Is(err, errdefs.ErrUnknown) || IsNotFound(err) {
+		t.Fatalf("a missing runtime binary must be ErrUnknown, got %v", err)
+	}
+	// A missing binary is not a missing container: Delete must not hide it.
+	if err := rt.Delete(context.Background(), "c1", true); err == nil {
+		t.Fatal("Delete with a missing runtime binary returned nil")
+	}
+	h.check(t, 2)
+}
