@@ -390,7 +390,10 @@ func TestBadInput(t *testing.T) {
 			_, err := h.svc.Checkpoint(ctx, &taskv2.CheckpointTaskRequest{ID: "good"})
 			return err
 		}, codes.Unimplemented},
-		{"exec", func() error { _, err := h.svc.Exec(ctx, &taskv2.ExecProcessRequest{ID: "good", ExecID: "e"}); return err }, codes.Unimplemented},
+		{"exec", func() error {
+			_, err := h.svc.Exec(ctx, &taskv2.ExecProcessRequest{ID: "good", ExecID: "e"})
+			return err
+		}, codes.Unimplemented},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
