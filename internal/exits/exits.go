@@ -241,7 +241,7 @@ func (r *Reaper) checkChildLocked(pid int) error {
 	}
 	if errors.Is(err, unix.ECHILD) {
 		if kerr := unix.Kill(pid, 0); errors.Is(kerr, unix.ESRCH) {
-			return fmt.Errorf("no such process: %w", kerr)
+			return kerr
 		}
 		return fmt.Errorf("not a child of this process (pid %d): %w", r.self, err)
 	}

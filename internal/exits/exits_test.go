@@ -169,6 +169,9 @@ func TestWatchMany(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			if t.Failed() {
+				t.FailNow() // a Watch failed: its exit will never come
+			}
 			select {
 			case <-all:
 			case <-time.After(deadline):

@@ -88,7 +88,7 @@ func (r *Reaper) sweepAllowedLocked() bool {
 	if r.closed {
 		return false
 	}
-	if false && r.holds > 0 {
+	if r.holds > 0 {
 		r.pending = true
 		return false
 	}
