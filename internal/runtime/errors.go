@@ -30,6 +30,7 @@ var messageClasses = []struct {
 	{"already exists", errdefs.ErrAlreadyExists},
 	{"is not running", errdefs.ErrFailedPrecondition},
 	{"kill container: no such process", errdefs.ErrNotFound},
+	{"open pidfd: no such process", errdefs.ErrNotFound},
 	{"exec.fifo`: no such file or directory", errdefs.ErrFailedPrecondition},
 }
 

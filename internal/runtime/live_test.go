@@ -266,8 +266,8 @@ func reap(t *testing.T, pid int) (ws unix.WaitStatus, ok bool) {
 	}
 }
 
-// nullIO returns go-runc's /dev/null IO; Create closes it after the start.
-func nullIO(t *testing.T) runc.IO {
+// testNullIO returns go-runc's /dev/null IO; Create closes it after the start.
+func testNullIO(t *testing.T) runc.IO {
 	t.Helper()
 	io, err := runc.NewNullIO()
 	if err != nil {
@@ -364,7 +364,7 @@ func TestLiveLifecycle(t *testing.T) {
 			pidFile := filepath.Join(state, "init.pid")
 			registered := 0
 			activeInRegister := -1
-			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: nullIO(t), PidFile: pidFile}, func(pid int) error {
+			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: testNullIO(t), PidFile: pidFile}, func(pid int) error {
 				registered = pid
 				activeInRegister = h.Active()
 				return nil
@@ -398,7 +398,7 @@ func TestLiveLifecycle(t *testing.T) {
 
 			// A second create with the same id.
 			dupRegistered := false
-			dupPid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: nullIO(t), PidFile: filepath.Join(state, "dup.pid")}, func(int) error {
+			dupPid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: testNullIO(t), PidFile: filepath.Join(state, "dup.pid")}, func(int) error {
 				dupRegistered = true
 				return nil
 			})
@@ -505,7 +505,7 @@ func TestLiveRegisterFailure(t *testing.T) {
 			rt := New(Config{Binary: lr.binary, Root: filepath.Join(state, "root"), Log: filepath.Join(state, "log.json")}, h)
 			id := uniqueID(lr.name + "-reg")
 			boom := errors.New("watch failed")
-			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: nullIO(t), PidFile: filepath.Join(state, "init.pid")},
+			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: testNullIO(t), PidFile: filepath.Join(state, "init.pid")},
 				func(int) error { return boom })
 			h.check(t, 1)
 			if pid > 0 {
@@ -545,7 +545,7 @@ func TestLiveExec(t *testing.T) {
 			h := &countingHolder{}
 			rt := New(Config{Binary: lr.binary, Root: filepath.Join(state, "root"), Log: filepath.Join(state, "log.json")}, h)
 			id := uniqueID(lr.name + "-exec")
-			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: nullIO(t), PidFile: filepath.Join(state, "init.pid")},
+			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: testNullIO(t), PidFile: filepath.Join(state, "init.pid")},
 				func(int) error { return nil })
 			if err != nil {
 				t.Fatalf("Create: %v", err)
@@ -574,7 +574,7 @@ func TestLiveExec(t *testing.T) {
 			registered := 0
 			activeInRegister := -1
 			proc := specs.Process{Args: []string{"/bin/sleep", "100"}, Cwd: "/", Env: []string{"PATH=/bin"}}
-			execPid, err = rt.Exec(ctx, id, proc, ExecOpts{IO: nullIO(t), PidFile: execPidFile}, func(p int) error {
+			execPid, err = rt.Exec(ctx, id, proc, ExecOpts{IO: testNullIO(t), PidFile: execPidFile}, func(p int) error {
 				registered = p
 				activeInRegister = h.Active()
 				return nil
@@ -599,7 +599,7 @@ func TestLiveExec(t *testing.T) {
 			h.check(t, 4)
 
 			// Exec in a container that is gone.
-			_, err = rt.Exec(ctx, uniqueID("gone"), proc, ExecOpts{IO: nullIO(t), PidFile: filepath.Join(state, "gone.pid")},
+			_, err = rt.Exec(ctx, uniqueID("gone"), proc, ExecOpts{IO: testNullIO(t), PidFile: filepath.Join(state, "gone.pid")},
 				func(int) error { return errors.New("register called for a failed exec") })
 			h.check(t, 5)
 			wantClass(t, "exec in a missing container", err, errdefs.ErrNotFound)
@@ -629,63 +629,129 @@ func TestLiveLogMark(t *testing.T) {
 	}
 }
 
-// TestRegressionCreateWithNilIOWaitsForContainerExit checks what CreateOpts
-// documents: "IO connects the container's stdio; nil means /dev/null".
-// With a nil IO go-runc runs the runtime with pipes to a buffer as its
-// stdout and stderr; the container inherits them, so the command's Wait,
-// and Create with it, does not return until the container exits.
-// container.Create passes a nil IO for every container without stdio.
-func TestRegressionCreateWithNilIOWaitsForContainerExit(t *testing.T) {
+// nilIOWait is how long the nil-IO tests give a launch to return: far more
+// than runc or crun need.
+const nilIOWait = 20 * time.Second
+
+// launchBounded runs launch in a goroutine and waits up to nilIOWait for it.
+// When it does not return, the test fails, unblock runs (it kills the
+// process holding the pipes) and launch gets liveWait more to return.
+func launchBounded(t *testing.T, what string, launch func() (int, error), unblock func()) (int, error) {
+	t.Helper()
+	type result struct {
+		pid int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		pid, err := launch()
+		done <- result{pid, err}
+	}()
+	select {
+	case r := <-done:
+		return r.pid, r.err
+	case <-time.After(nilIOWait):
+		t.Errorf("%s with a nil IO did not return within %v while its process runs", what, nilIOWait)
+		unblock()
+		select {
+		case r := <-done:
+			return r.pid, r.err
+		case <-time.After(liveWait):
+			t.Fatalf("%s did not return after its process was killed", what)
+			return 0, nil
+		}
+	}
+}
+
+// TestRegressionNilIOWaitsForProcessExit checks what CreateOpts documents:
+// "IO connects the container's stdio; nil means /dev/null" (and the same
+// for ExecOpts). With a nil IO go-runc runs the runtime with pipes to a
+// buffer as its stdout and stderr; the container (or exec) process inherits
+// them, so the command's Wait, and Create or Exec with it, does not return
+// until that process exits. container.Create passes a nil IO for every
+// container without stdio.
+func TestRegressionNilIOWaitsForProcessExit(t *testing.T) {
 	for _, lr := range liveRuntimes {
-		t.Run(lr.name, func(t *testing.T) {
+		t.Run(lr.name+"/create", func(t *testing.T) {
 			requireBinary(t, lr.binary)
 			lr.setup(t)
 			becomeSubreaper(t)
 			ctx := context.Background()
 			bundle := busyboxBundle(t, "/bin/sleep", "100")
 			state := t.TempDir()
-			h := &countingHolder{}
 			cfg := Config{Binary: lr.binary, Root: filepath.Join(state, "root"), Log: filepath.Join(state, "log.json")}
-			rt := New(cfg, h)
+			rt := New(cfg, &countingHolder{})
 			id := uniqueID(lr.name + "-nilio")
 			pidFile := filepath.Join(state, "init.pid")
-			type result struct {
-				pid int
-				err error
+			pid, err := launchBounded(t, "Create",
+				func() (int, error) {
+					return rt.Create(ctx, id, bundle, CreateOpts{PidFile: pidFile}, func(int) error { return nil })
+				},
+				func() {
+					if err := New(cfg, &countingHolder{}).Kill(ctx, id, uint32(unix.SIGKILL), false); err != nil {
+						t.Errorf("kill to unblock Create: %v", err)
+					}
+				})
+			if p, rerr := ReadPidFile(pidFile); rerr == nil {
+				t.Cleanup(func() { reap(t, p) })
 			}
-			done := make(chan result, 1)
-			go func() {
-				pid, err := rt.Create(ctx, id, bundle, CreateOpts{PidFile: pidFile}, func(int) error { return nil })
-				done <- result{pid, err}
-			}()
-			const wait = 30 * time.Second
-			var res result
-			select {
-			case res = <-done:
-			case <-time.After(wait):
-				t.Errorf("Create with a nil IO did not return within %v while the container runs", wait)
-				// Kill the container, which holds the pipes, to let
-				// Create return.
-				other := New(cfg, &countingHolder{})
-				if err := other.Kill(ctx, id, uint32(unix.SIGKILL), false); err != nil {
-					t.Errorf("kill to unblock Create: %v", err)
+			t.Cleanup(func() {
+				if err := rt.Delete(context.Background(), id, true); err != nil {
+					t.Errorf("forced delete: %v", err)
 				}
-				if pid, err := ReadPidFile(pidFile); err == nil {
-					reap(t, pid)
+			})
+			if err != nil || pid <= 0 {
+				t.Fatalf("Create = %d, %v", pid, err)
+			}
+		})
+		t.Run(lr.name+"/exec", func(t *testing.T) {
+			requireBinary(t, lr.binary)
+			lr.setup(t)
+			becomeSubreaper(t)
+			ctx := context.Background()
+			bundle := busyboxBundle(t, "/bin/sleep", "100")
+			state := t.TempDir()
+			cfg := Config{Binary: lr.binary, Root: filepath.Join(state, "root"), Log: filepath.Join(state, "log.json")}
+			rt := New(cfg, &countingHolder{})
+			id := uniqueID(lr.name + "-nilio-exec")
+			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: testNullIO(t), PidFile: filepath.Join(state, "init.pid")}, func(int) error { return nil })
+			if err != nil {
+				t.Fatalf("Create: %v", err)
+			}
+			execPidFile := filepath.Join(state, "exec.pid")
+			t.Cleanup(func() {
+				if err := rt.Kill(context.Background(), id, uint32(unix.SIGKILL), true); err != nil {
+					t.Errorf("cleanup: kill --all: %v", err)
 				}
-				select {
-				case res = <-done:
-				case <-time.After(liveWait):
-					t.Fatalf("Create did not return after the container was killed")
+				if p, err := ReadPidFile(execPidFile); err == nil {
+					reap(t, p)
 				}
+				reap(t, pid)
+				if err := rt.Delete(context.Background(), id, true); err != nil {
+					t.Errorf("cleanup: forced delete: %v", err)
+				}
+			})
+			if err := rt.Start(ctx, id); err != nil {
+				t.Fatalf("Start: %v", err)
 			}
-			if res.err != nil {
-				t.Fatalf("Create: %v", res.err)
+			proc := specs.Process{Args: []string{"/bin/sleep", "100"}, Cwd: "/", Env: []string{"PATH=/bin"}}
+			execPid, err := launchBounded(t, "Exec",
+				func() (int, error) {
+					return rt.Exec(ctx, id, proc, ExecOpts{PidFile: execPidFile}, func(int) error { return nil })
+				},
+				func() {
+					p, err := ReadPidFile(execPidFile)
+					if err != nil {
+						t.Errorf("unblock Exec: %v", err)
+						return
+					}
+					if err := unix.Kill(p, unix.SIGKILL); err != nil {
+						t.Errorf("kill the exec process %d: %v", p, err)
+					}
+				})
+			if err != nil || execPid <= 0 {
+				t.Fatalf("Exec = %d, %v", execPid, err)
 			}
-			if err := rt.Delete(ctx, id, true); err != nil {
-				t.Errorf("forced delete: %v", err)
-			}
-			reap(t, res.pid)
 		})
 	}
 }

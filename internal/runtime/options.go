@@ -102,7 +102,8 @@ func (c Config) Save(bundle string) error {
 }
 
 // LoadConfig reads what Save recorded in the bundle. A missing file gives
-// runc with the default root of namespace ns.
+// runc with the default root of namespace ns; so does a file that cannot be
+// read or holds values validation refuses, together with the error.
 func LoadConfig(bundle, ns string) (Config, error) {
 	cfg := Config{Binary: "runc", Root: DefaultRoot(ns)}
 	data, err := os.ReadFile(filepath.Join(bundle, stateFile))
@@ -119,11 +120,16 @@ func LoadConfig(bundle, ns string) (Config, error) {
 	if err := json.Unmarshal(data, &saved); err != nil {
 		return cfg, fmt.Errorf("load runtime config: %w", err)
 	}
+	loaded := cfg
 	if saved.Binary != "" {
-		cfg.Binary = saved.Binary
+		loaded.Binary = saved.Binary
 	}
 	if saved.Root != "" {
-		cfg.Root = saved.Root
+		loaded.Root = saved.Root
 	}
-	return cfg, Options{BinaryName: cfg.Binary, Root: cfg.Root}.Validate()
+	if err := (Options{BinaryName: loaded.Binary, Root: loaded.Root}).Validate(); err != nil {
+		// Never run what validation refused: fall back to the defaults.
+		return cfg, fmt.Errorf("load runtime config: %w", err)
+	}
+	return loaded, nil
 }

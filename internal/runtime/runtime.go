@@ -19,10 +19,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -90,6 +90,32 @@ func (r *Runtime) Binary() string { return r.cfg.Binary }
 // Root returns the runtime's state directory.
 func (r *Runtime) Root() string { return r.cfg.Root }
 
+// nullIO is the stdio of a process without any: /dev/null, read-write, for
+// all three streams (go-runc's NullIO opens it read-only, so writes to
+// stdout fail with EBADF). Giving it explicitly matters: with no stdio at
+// all, go-runc captures the runtime's output through a pipe that the
+// container inherits, and the command does not return until the container
+// exits.
+type nullIO struct {
+	devNull *os.File
+}
+
+func newNullIO() (*nullIO, error) {
+	f, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("runtime: /dev/null stdio: %w", err)
+	}
+	return &nullIO{devNull: f}, nil
+}
+
+func (n *nullIO) Stdin() io.WriteCloser { return nil }
+func (n *nullIO) Stdout() io.ReadCloser { return nil }
+func (n *nullIO) Stderr() io.ReadCloser { return nil }
+func (n *nullIO) Set(cmd *exec.Cmd) {
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = n.devNull, n.devNull, n.devNull
+}
+func (n *nullIO) Close() error { return n.devNull.Close() }
+
 // CreateOpts are the options of Create.
 type CreateOpts struct {
 	// IO connects the container's stdio; nil means /dev/null.
@@ -112,6 +138,14 @@ func (r *Runtime) Create(ctx context.Context, id, bundle string, opts CreateOpts
 	ctx, cancel := detached(ctx, launchTimeout)
 	defer cancel()
 	mark := r.logMark()
+	if opts.IO == nil {
+		null, err := newNullIO()
+		if err != nil {
+			return 0, err
+		}
+		defer null.Close()
+		opts.IO = null
+	}
 	err := r.rc.Create(ctx, id, bundle, &runc.CreateOpts{
 		IO:            opts.IO,
 		ConsoleSocket: opts.ConsoleSocket,
@@ -134,6 +168,7 @@ func (r *Runtime) Create(ctx context.Context, id, bundle string, opts CreateOpts
 
 // ExecOpts are the options of Exec.
 type ExecOpts struct {
+	// IO connects the process's stdio; nil means /dev/null.
 	IO            runc.IO
 	ConsoleSocket runc.ConsoleSocket
 	// PidFile is where the runtime writes the process's pid. Required.
@@ -148,6 +183,14 @@ func (r *Runtime) Exec(ctx context.Context, id string, spec specs.Process, opts 
 	ctx, cancel := detached(ctx, launchTimeout)
 	defer cancel()
 	mark := r.logMark()
+	if opts.IO == nil {
+		null, err := newNullIO()
+		if err != nil {
+			return 0, err
+		}
+		defer null.Close()
+		opts.IO = null
+	}
 	err := r.rc.Exec(ctx, id, spec, &runc.ExecOpts{
 		IO:            opts.IO,
 		ConsoleSocket: opts.ConsoleSocket,
@@ -299,13 +342,16 @@ func lastLogError(path string, from int64) string {
 	return ""
 }
 
-// outputOf extracts the runtime's output from a go-runc error of the form
-// "exit status N: <output>".
+// outputOf extracts the runtime's output from a go-runc error, which reads
+// "exit status N: <output>" or "<binary> did not terminate successfully:
+// exit status N: <output>".
 func outputOf(err error) string {
-	var ee *runc.ExitError
 	s := err.Error()
-	if i := strings.Index(s, ": "); i >= 0 && (errors.As(err, &ee) || strings.HasPrefix(s, "exit status")) {
-		return strings.TrimSpace(s[i+2:])
+	if i := strings.Index(s, "exit status "); i >= 0 {
+		if j := strings.Index(s[i:], ": "); j >= 0 {
+			return strings.TrimSpace(s[i+j+2:])
+		}
+		return ""
 	}
 	return strings.TrimSpace(s)
 }

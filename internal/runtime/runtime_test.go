@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -47,21 +48,16 @@ func (h *countingHolder) Hold() func() {
 	h.holds++
 	h.active++
 	h.mu.Unlock()
-	var once sync.Once
-	released := false
+	var calls atomic.Int32
 	return func() {
-		once.Do(func() {
-			released = true
-			h.mu.Lock()
-			h.releases++
-			h.active--
-			h.mu.Unlock()
-		})
-		if !released {
-			h.mu.Lock()
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if calls.Add(1) > 1 {
 			h.doubles++
-			h.mu.Unlock()
+			return
 		}
+		h.releases++
+		h.active--
 	}
 }
 
@@ -122,6 +118,21 @@ func TestReadPidFile(t *testing.T) {
 				t.Fatalf("ReadPidFile(%q) = %d, %v; want %d", tt.content, got, err, tt.want)
 			}
 		})
+	}
+}
+
+func TestCountingHolder(t *testing.T) {
+	h := &countingHolder{}
+	r1, r2 := h.Hold(), h.Hold()
+	if h.Active() != 2 {
+		t.Fatalf("Active() = %d, want 2", h.Active())
+	}
+	r1()
+	r2()
+	h.check(t, 2)
+	r1()
+	if h.doubles != 1 {
+		t.Fatalf("a second release was not noticed: %+v", h)
 	}
 }
 
@@ -224,6 +235,13 @@ func TestLogMark(t *testing.T) {
 	}
 	for _, tt := range tests {
 		for _, o := range ops {
+			// Create and exec give the process /dev/null (or the client's
+			// pipes) as stdio, and the runtime shares it: what it says on
+			// stderr never reaches the shim, only its --log does (runc
+			// and crun write both).
+			if tt.wantMsg != "" && !strings.Contains(tt.logLine, tt.wantMsg) && (o.name == "create" || o.name == "exec") {
+				continue
+			}
 			t.Run(tt.name+"/"+o.name, func(t *testing.T) {
 				t.Setenv("FAKE_RUNTIME_LOG", tt.logLine)
 				t.Setenv("FAKE_RUNTIME_STDERR", tt.stderr)
