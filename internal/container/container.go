@@ -16,14 +16,19 @@ package container
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"sync"
+	"syscall"
 	"time"
 
 	eventsapi "github.com/containerd/containerd/api/events"
 	"github.com/containerd/errdefs"
+	runc "github.com/containerd/go-runc"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tether-shim/tether/internal/events"
@@ -39,7 +44,11 @@ const deleteWaitTimeout = 10 * time.Second
 // Watcher is the part of the exits monitor a container needs.
 // *exits.Reaper implements it.
 type Watcher interface {
+	// Watch calls onExit once when the child pid exits.
 	Watch(pid int, onExit func(exits.Exit)) error
+	// Signal signals a watched pid through its pidfd, so that a pid that
+	// has been reaped and reused is never signalled.
+	Signal(pid int, sig syscall.Signal) error
 }
 
 // Deps are the shim-wide services a container uses.
@@ -69,6 +78,19 @@ type Container struct {
 	rt     *runtime.Runtime
 	init   *Process
 	deps   Deps
+	// sharedPidNS is set when the container has no pid namespace of its
+	// own: its processes do not die with the init, so the init's exit
+	// kills them.
+	sharedPidNS bool
+
+	mu sync.Mutex
+	// execs maps exec ids to exec processes; guarded by mu.
+	execs map[string]*Process
+	// runningExecs counts execs whose start began and whose exit is not
+	// yet published; execsIdle is closed when it drops to zero. Both are
+	// guarded by mu.
+	runningExecs int
+	execsIdle    chan struct{}
 }
 
 // Create mounts the rootfs, opens the stdio, runs the runtime's create and
@@ -91,7 +113,10 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		rt:     cfg.Runtime,
 		deps:   deps,
 		init:   newProcess(cfg.ID, "", cfg.Stdio, deps.Events),
+		execs:  make(map[string]*Process),
 	}
+	c.init.beforeExitEvent = c.initExiting
+	c.sharedPidNS = sharesPidNamespace(cfg.Bundle)
 	rootfs := filepath.Join(cfg.Bundle, "rootfs")
 	if err := mountRootfs(rootfs, cfg.Rootfs); err != nil {
 		return nil, err
@@ -103,33 +128,21 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 			}
 		}
 	}()
-	var pipes *stdio.Pipes
-	if !cfg.Stdio.IsNull() {
-		var err error
-		if pipes, err = stdio.Open(context.WithoutCancel(ctx), cfg.Stdio); err != nil {
-			return nil, err
-		}
-		defer func() {
-			if retErr != nil {
-				pipes.Close()
-			}
-		}()
+	io, err := openIO(ctx, cfg.Stdio)
+	if err != nil {
+		return nil, err
 	}
-	c.init.pipes = pipes
+	defer func() {
+		if retErr != nil && io.pipes != nil {
+			io.pipes.Close()
+		}
+	}()
+	c.init.pipes = io.pipes
 	opts := runtime.CreateOpts{
+		IO:           io.runcIO(),
 		PidFile:      filepath.Join(cfg.Bundle, "init.pid"),
 		NoPivot:      cfg.NoPivot,
 		NoNewKeyring: cfg.NoNewKeyring,
-	}
-	if pipes != nil {
-		opts.IO = pipes
-	} else {
-		null, err := stdio.OpenNull()
-		if err != nil {
-			return nil, err
-		}
-		defer null.Close()
-		opts.IO = null
 	}
 	pid, err := c.rt.Create(ctx, c.id, c.bundle, opts, func(pid int) error {
 		c.init.mu.Lock()
@@ -176,13 +189,28 @@ func (c *Container) Process(execID string) (*Process, error) {
 	if execID == "" {
 		return c.init, nil
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p, ok := c.execs[execID]; ok {
+		return p, nil
+	}
 	return nil, fmt.Errorf("exec %q in container %q: %w", execID, c.id, errdefs.ErrNotFound)
 }
 
-// Start starts the init process and publishes TaskStart. Its exit, if it
-// comes first, is published after the start.
-func (c *Container) Start(ctx context.Context) (int, error) {
-	p := c.init
+// Start starts the init process (execID "") and publishes TaskStart, or an
+// exec process and publishes TaskExecStarted. An exit that comes first is
+// published after the start event.
+func (c *Container) Start(ctx context.Context, execID string) (int, error) {
+	p, err := c.Process(execID)
+	if err != nil {
+		return 0, err
+	}
+	if err := p.tryStart(); err != nil {
+		return 0, err
+	}
+	if execID != "" {
+		return c.startExec(ctx, p)
+	}
 	if err := p.check(OpStart); err != nil {
 		return 0, fmt.Errorf("start %s: %w", c.id, err)
 	}
@@ -197,9 +225,17 @@ func (c *Container) Start(ctx context.Context) (int, error) {
 	return pid, nil
 }
 
-// Kill signals the init process, or with all every process of the container.
-// Killing a process that has exited is ErrNotFound, as containerd expects.
-func (c *Container) Kill(ctx context.Context, signal uint32, all bool) error {
+// Kill signals the init process (execID ""), with all every process of the
+// container, or an exec process. Killing a process that has exited is
+// ErrNotFound, as containerd expects.
+func (c *Container) Kill(ctx context.Context, execID string, signal uint32, all bool) error {
+	if execID != "" {
+		p, err := c.Process(execID)
+		if err != nil {
+			return err
+		}
+		return c.killExec(p, signal)
+	}
 	if err := c.init.check(OpKill); err != nil {
 		return fmt.Errorf("kill %s: %w", c.id, err)
 	}
@@ -214,10 +250,17 @@ func (c *Container) Kill(ctx context.Context, signal uint32, all bool) error {
 	return fmt.Errorf("kill %s: %w", c.id, err)
 }
 
-// Delete deletes a created or stopped container: the runtime's state, the
-// stdio and the rootfs mounts. It publishes TaskDelete and returns the init
-// process's final status.
-func (c *Container) Delete(ctx context.Context) (Status, error) {
+// Delete deletes a created or stopped exec process, or (execID "") the
+// container: the runtime's state, the stdio and the rootfs mounts, which
+// publishes TaskDelete. It returns the process's final status.
+func (c *Container) Delete(ctx context.Context, execID string) (Status, error) {
+	if execID != "" {
+		p, err := c.Process(execID)
+		if err != nil {
+			return Status{}, err
+		}
+		return c.deleteExec(p)
+	}
 	p := c.init
 	if err := p.check(OpDelete); err != nil {
 		return Status{}, fmt.Errorf("delete %s: %w", c.id, err)
@@ -260,4 +303,64 @@ func (c *Container) Pids(ctx context.Context) ([]int, error) {
 		return nil, fmt.Errorf("pids %s: %w", c.id, err)
 	}
 	return pids, nil
+}
+
+// initExiting runs on the init's watcher goroutine before its TaskExit is
+// published: in a shared pid namespace it kills what the init leaves
+// behind, and it waits for the execs' exits to be published first.
+func (c *Container) initExiting() {
+	if c.sharedPidNS {
+		if err := c.rt.Kill(context.Background(), c.id, uint32(syscall.SIGKILL), true); err != nil && !runtime.IsNotFound(err) {
+			c.deps.Logger.Warn("kill the processes the init left", "id", c.id, "error", err)
+		}
+	}
+	c.awaitExecs()
+}
+
+// sharesPidNamespace reports whether the bundle's spec gives the container
+// no pid namespace of its own (none listed, or one joined by path).
+func sharesPidNamespace(bundle string) bool {
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return false
+	}
+	var spec struct {
+		Linux *struct {
+			Namespaces []struct {
+				Type string `json:"type"`
+				Path string `json:"path"`
+			} `json:"namespaces"`
+		} `json:"linux"`
+	}
+	if json.Unmarshal(data, &spec) != nil || spec.Linux == nil {
+		return false
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == "pid" {
+			return ns.Path != ""
+		}
+	}
+	return true
+}
+
+// procIO is the stdio of one process: pipes to the client's fifos, or nil
+// when it asked for none (the runtime then gives it /dev/null).
+type procIO struct {
+	pipes *stdio.Pipes
+}
+
+func openIO(ctx context.Context, cfg stdio.Config) (procIO, error) {
+	if cfg.IsNull() {
+		return procIO{}, nil
+	}
+	pipes, err := stdio.Open(context.WithoutCancel(ctx), cfg)
+	return procIO{pipes: pipes}, err
+}
+
+// runcIO is what the runtime command gets: an untyped nil for no stdio.
+func (io procIO) runcIO() runc.IO {
+	if io.pipes == nil {
+		return nil
+	}
+	return io.pipes
 }

@@ -2,9 +2,12 @@ package container
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"time"
 
-	"sync"
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/tether-shim/tether/internal/events"
 	"github.com/tether-shim/tether/internal/exits"
@@ -32,8 +35,10 @@ type Status struct {
 //
 // Its exit is collected by the exits monitor, which calls onExit exactly once
 // on the watcher goroutine. onExit drains the output, records the exit,
-// closes done and only then publishes TaskExit, so that a Wait that returns
-// and a TaskExit that arrives both mean all output has been delivered.
+// hands TaskExit to the outbox and only then closes done. So a Wait that
+// returns and a TaskExit that arrives both mean all output has been
+// delivered, and a TaskDelete (which Delete publishes after done) always
+// follows the TaskExit.
 type Process struct {
 	containerID string
 	execID      string // "" for the init process
@@ -42,26 +47,38 @@ type Process struct {
 	// done is closed by onExit once the exit is recorded. Only onExit
 	// closes it.
 	done chan struct{}
-	// afterExit, if set, runs on the watcher goroutine after TaskExit was
-	// handed to the outbox. It is set before the process is watched.
-	afterExit func()
+	// beforeExitEvent, if set, runs on the watcher goroutine after the exit
+	// is recorded and before TaskExit is handed to the outbox (the init
+	// waits there for its execs). afterExit, if set, runs after. Both are
+	// set before the process is watched.
+	beforeExitEvent func()
+	afterExit       func()
+	// spec is the process spec of an exec process; nil for the init.
+	spec *specs.Process
+	// startResolved is closed by an exec's Start once its start event was
+	// published or abandoned; the exec's onExit waits for it before it
+	// counts the exec as done, so that the init's exit cannot overtake a
+	// held exec exit.
+	startResolved chan struct{}
 
 	mu sync.Mutex
-	// state, pid, exit and pipes are guarded by mu.
-	state State
-	pid   int
-	exit  exits.Exit
-	pipes *stdio.Pipes
+	// state, pid, exit, pipes and startTried are guarded by mu.
+	state      State
+	pid        int
+	exit       exits.Exit
+	pipes      *stdio.Pipes
+	startTried bool
 }
 
 func newProcess(containerID, execID string, cfg stdio.Config, sink events.Sink) *Process {
 	return &Process{
-		containerID: containerID,
-		execID:      execID,
-		stdioCfg:    cfg,
-		outbox:      events.NewOutbox(sink),
-		done:        make(chan struct{}),
-		state:       Created,
+		containerID:   containerID,
+		execID:        execID,
+		stdioCfg:      cfg,
+		outbox:        events.NewOutbox(sink),
+		done:          make(chan struct{}),
+		startResolved: make(chan struct{}),
+		state:         Created,
 	}
 }
 
@@ -147,7 +164,9 @@ func (p *Process) onExit(e exits.Exit) {
 		p.state = next
 	}
 	p.mu.Unlock()
-	close(p.done)
+	if p.beforeExitEvent != nil {
+		p.beforeExitEvent()
+	}
 	p.outbox.Exit(events.TopicExit, &eventsapi.TaskExit{
 		ContainerID: p.containerID,
 		ID:          p.ID(),
@@ -155,6 +174,9 @@ func (p *Process) onExit(e exits.Exit) {
 		ExitStatus:  uint32(e.Status),
 		ExitedAt:    timestamppb.New(e.At),
 	})
+	// Only now may Wait return and Delete publish TaskDelete: TaskExit is
+	// queued ahead of anything they cause.
+	close(p.done)
 	if p.afterExit != nil {
 		p.afterExit()
 	}
@@ -168,4 +190,16 @@ func (p *Process) CloseStdin() {
 	if pipes != nil {
 		pipes.CloseStdin()
 	}
+}
+
+// tryStart marks the one start attempt a process gets; a second one is
+// ErrFailedPrecondition.
+func (p *Process) tryStart() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.startTried {
+		return fmt.Errorf("process %s was already started: %w", p.ID(), errdefs.ErrFailedPrecondition)
+	}
+	p.startTried = true
+	return nil
 }

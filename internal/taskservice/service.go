@@ -18,8 +18,11 @@ import (
 	"sync"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -27,6 +30,10 @@ import (
 	"github.com/tether-shim/tether/internal/runtime"
 	"github.com/tether-shim/tether/internal/stdio"
 )
+
+// processDetailsTypeURL names containerd.runc.v1.ProcessDetails, the Pids
+// info that tells an exec's pid by its exec id.
+const processDetailsTypeURL = "containerd.runc.v1.ProcessDetails"
 
 // Config configures a Service.
 type Config struct {
@@ -198,7 +205,7 @@ func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.
 	if err != nil {
 		return nil, err
 	}
-	pid, err := c.Start(ctx)
+	pid, err := c.Start(ctx, r.GetExecID())
 	if err != nil {
 		s.cfg.Logger.Warn("start failed", "id", r.GetID(), "error", err)
 		return nil, err
@@ -261,7 +268,7 @@ func (s *Service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Em
 	if err != nil {
 		return nil, err
 	}
-	if err := c.Kill(ctx, r.GetSignal(), r.GetAll()); err != nil {
+	if err := c.Kill(ctx, r.GetExecID(), r.GetSignal(), r.GetAll()); err != nil {
 		return nil, err
 	}
 	return &emptypb.Empty{}, nil
@@ -273,14 +280,16 @@ func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 	if err != nil {
 		return nil, err
 	}
-	st, err := c.Delete(ctx)
+	st, err := c.Delete(ctx, r.GetExecID())
 	if err != nil {
-		s.cfg.Logger.Warn("delete failed", "id", r.GetID(), "error", err)
+		s.cfg.Logger.Warn("delete failed", "id", r.GetID(), "exec", r.GetExecID(), "error", err)
 		return nil, err
 	}
-	s.mu.Lock()
-	delete(s.containers, r.GetID())
-	s.mu.Unlock()
+	if r.GetExecID() == "" {
+		s.mu.Lock()
+		delete(s.containers, r.GetID())
+		s.mu.Unlock()
+	}
 	return &taskapi.DeleteResponse{
 		Pid:        uint32(st.Pid),
 		ExitStatus: st.ExitStatus,
@@ -298,9 +307,18 @@ func (s *Service) Pids(ctx context.Context, r *taskapi.PidsRequest) (*taskapi.Pi
 	if err != nil {
 		return nil, err
 	}
+	execs := c.ExecIDs()
 	resp := &taskapi.PidsResponse{Processes: make([]*tasktypes.ProcessInfo, 0, len(pids))}
 	for _, pid := range pids {
-		resp.Processes = append(resp.Processes, &tasktypes.ProcessInfo{Pid: uint32(pid)})
+		info := &tasktypes.ProcessInfo{Pid: uint32(pid)}
+		if execID, ok := execs[pid]; ok {
+			details, err := proto.Marshal(&runcoptions.ProcessDetails{ExecID: execID})
+			if err != nil {
+				return nil, err
+			}
+			info.Info = &anypb.Any{TypeUrl: processDetailsTypeURL, Value: details}
+		}
+		resp.Processes = append(resp.Processes, info)
 	}
 	return resp, nil
 }
@@ -361,9 +379,25 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskReque
 	return nil, notImplemented("checkpoint")
 }
 
-// Exec is not implemented yet.
+// Exec adds an exec process; Start runs it.
 func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emptypb.Empty, error) {
-	return nil, notImplemented("exec")
+	c, err := s.get(r.GetID())
+	if err != nil {
+		return nil, err
+	}
+	if r.GetSpec() == nil {
+		return nil, fmt.Errorf("exec %s: no process spec: %w", r.GetExecID(), errdefs.ErrInvalidArgument)
+	}
+	err = c.Exec(ctx, r.GetExecID(), r.GetSpec().GetValue(), stdio.Config{
+		Stdin:    r.GetStdin(),
+		Stdout:   r.GetStdout(),
+		Stderr:   r.GetStderr(),
+		Terminal: r.GetTerminal(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &emptypb.Empty{}, nil
 }
 
 // ResizePty is not implemented yet.

@@ -390,8 +390,28 @@ func TestBadInput(t *testing.T) {
 			_, err := h.svc.Checkpoint(ctx, &taskv2.CheckpointTaskRequest{ID: "good"})
 			return err
 		}, codes.Unimplemented},
-		{"exec", func() error {
+		{"exec without spec", func() error {
 			_, err := h.svc.Exec(ctx, &taskv2.ExecProcessRequest{ID: "good", ExecID: "e"})
+			return err
+		}, codes.InvalidArgument},
+		{"exec with malformed spec", func() error {
+			_, err := h.svc.Exec(ctx, &taskv2.ExecProcessRequest{ID: "good", ExecID: "e", Spec: &anypb.Any{Value: []byte("{not json")}})
+			return err
+		}, codes.InvalidArgument},
+		{"exec with empty args", func() error {
+			_, err := h.svc.Exec(ctx, &taskv2.ExecProcessRequest{ID: "good", ExecID: "e", Spec: &anypb.Any{Value: []byte(`{"args":[]}`)}})
+			return err
+		}, codes.InvalidArgument},
+		{"exec with bad exec id", func() error {
+			_, err := h.svc.Exec(ctx, &taskv2.ExecProcessRequest{ID: "good", ExecID: "../e", Spec: &anypb.Any{Value: []byte(`{"args":["x"]}`)}})
+			return err
+		}, codes.InvalidArgument},
+		{"exec in unknown container", func() error {
+			_, err := h.svc.Exec(ctx, &taskv2.ExecProcessRequest{ID: "nope", ExecID: "e", Spec: &anypb.Any{Value: []byte(`{"args":["x"]}`)}})
+			return err
+		}, codes.NotFound},
+		{"resize pty", func() error {
+			_, err := h.svc.ResizePty(ctx, &taskv2.ResizePtyRequest{ID: "good", Width: 80, Height: 24})
 			return err
 		}, codes.Unimplemented},
 	}

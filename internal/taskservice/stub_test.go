@@ -8,6 +8,9 @@ package taskservice
 //
 //	stub-block   create waits until the file is removed (a slow create)
 //	stub-fail    create fails with the file's content as the message
+// Exec'd processes run the test binary with TETHER_STUB_EXEC set to the
+// process args: "exit N" or "sleep".
+//
 //	exit-code    the init process prints "hello <id>" and exits with this
 //	             code as soon as it is started; without it, it sleeps until
 //	             killed
@@ -33,6 +36,7 @@ import (
 const (
 	stubRuntimeEnv = "TETHER_STUB_RUNTIME"
 	stubInitEnv    = "TETHER_STUB_INIT"
+	stubExecEnv    = "TETHER_STUB_EXEC"
 )
 
 // stubMain runs the stub if the environment asks for it, and reports
@@ -40,6 +44,9 @@ const (
 func stubMain() (int, bool) {
 	if dir := os.Getenv(stubInitEnv); dir != "" {
 		return stubInit(dir), true
+	}
+	if args := os.Getenv(stubExecEnv); args != "" {
+		return stubExec(strings.Fields(args)), true
 	}
 	if os.Getenv(stubRuntimeEnv) != "" {
 		return stubRuntime(os.Args[1:]), true
@@ -55,7 +62,7 @@ type stubArgs struct {
 
 func parseStubArgs(args []string) stubArgs {
 	a := stubArgs{flags: map[string]string{}}
-	withValue := map[string]bool{"--root": true, "--log": true, "--log-format": true, "--bundle": true, "--pid-file": true, "--format": true, "--console-socket": true}
+	withValue := map[string]bool{"--process": true, "--root": true, "--log": true, "--log-format": true, "--bundle": true, "--pid-file": true, "--format": true, "--console-socket": true}
 	for i := 0; i < len(args); i++ {
 		arg := args[i]
 		switch {
@@ -169,6 +176,31 @@ func stubRuntime(args []string) int {
 		}
 		os.RemoveAll(dir)
 		return 0
+	case "exec":
+		if !exists() || !alive() {
+			return fail("container not running")
+		}
+		data, err := os.ReadFile(a.flags["--process"])
+		if err != nil {
+			return fail(err.Error())
+		}
+		var spec struct {
+			Args []string `json:"args"`
+		}
+		if err := json.Unmarshal(data, &spec); err != nil {
+			return fail(err.Error())
+		}
+		self, _ := os.Executable()
+		cmd := exec.Command(self)
+		cmd.Env = append(os.Environ(), stubExecEnv+"="+strings.Join(spec.Args, " "))
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		if err := cmd.Start(); err != nil {
+			return fail(err.Error())
+		}
+		if pf := a.flags["--pid-file"]; pf != "" {
+			os.WriteFile(pf, []byte(strconv.Itoa(cmd.Process.Pid)), 0o600)
+		}
+		return 0
 	case "ps":
 		if !exists() {
 			return fail("container does not exist")
@@ -212,4 +244,17 @@ func zombie(pid int) bool {
 	s := string(data)
 	i := strings.LastIndexByte(s, ')')
 	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z'
+}
+
+// stubExec is an exec'd process: "exit N" prints "hi" and exits N, "sleep"
+// sleeps until killed.
+func stubExec(args []string) int {
+	if len(args) == 2 && args[0] == "exit" {
+		fmt.Println("hi")
+		n, _ := strconv.Atoi(args[1])
+		return n
+	}
+	for {
+		time.Sleep(time.Hour)
+	}
 }
