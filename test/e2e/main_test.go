@@ -1,0 +1,199 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Environment knobs.
+const (
+	envShimBin  = "TETHER_SHIM_BIN"     // prebuilt shim binary; otherwise it is built from the repo
+	envVersions = "TETHER_E2E_VERSIONS" // comma list of containerd versions; default all
+	envRuntime  = "TETHER_E2E_RUNTIME"  // runtime name; default io.containerd.tether.v2
+
+	tetherRuntime = "io.containerd.tether.v2"
+	imageName     = "docker.io/tether/busybox:e2e"
+
+	// Everything the tests put outside their temp dir lives below these, so
+	// that a run can clean up what an earlier, killed run left behind.
+	runBase = "/run/tether-e2e"
+	libBase = "/var/lib/tether-e2e"
+)
+
+// defaultVersions are the containerd versions tested when TETHER_E2E_VERSIONS is unset.
+var defaultVersions = []string{"1.6", "1.7.35", "2.2.1", "2.4.2"}
+
+// Set up by TestMain.
+var (
+	runtimeName    string // the runtime ctr asks for
+	shimBinaryName string // containerd-shim-<name>-<version>
+	shimBin        string // the shim binary the tests run directly
+	shimDir        string // directory put first on containerd's PATH
+	rootfsDir      string // busybox rootfs for ctr run --rootfs
+	imageTar       string // OCI image layout tarball of the same rootfs
+	versions       []*cdVersion
+	daemons        = map[string]*daemon{}
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "e2e: these tests start containerd and containers and must run as root")
+		return 1
+	}
+	tmp, err := os.MkdirTemp("", "tether-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+
+	if err := setup(tmp); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: setup:", err)
+		return 1
+	}
+	// Clean up what an earlier run may have left behind before starting anything.
+	globalCleanup()
+	code := m.Run()
+	for _, d := range daemons {
+		if err := d.stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: stopping containerd %s: %v\n", d.v.name, err)
+		}
+	}
+	globalCleanup()
+	return code
+}
+
+func setup(tmp string) error {
+	runtimeName = os.Getenv(envRuntime)
+	if runtimeName == "" {
+		runtimeName = tetherRuntime
+	}
+	var err error
+	if shimBinaryName, err = binaryName(runtimeName); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "e2e: runtime %s (shim binary %s)\n", runtimeName, shimBinaryName)
+
+	for _, tool := range []string{"runc", "busybox", "mount", "umount"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s is missing (run scripts/install-deps.sh): %w", tool, err)
+		}
+	}
+
+	list := defaultVersions
+	if s := strings.TrimSpace(os.Getenv(envVersions)); s != "" {
+		list = nil
+		for _, v := range strings.Split(s, ",") {
+			if v = strings.TrimSpace(v); v != "" {
+				list = append(list, v)
+			}
+		}
+	}
+	for _, name := range list {
+		v, err := lookupVersion(name)
+		if err != nil {
+			return err
+		}
+		versions = append(versions, v)
+	}
+
+	shimDir = filepath.Join(tmp, "bin")
+	if err := os.MkdirAll(shimDir, 0o755); err != nil {
+		return err
+	}
+	switch {
+	case os.Getenv(envShimBin) != "":
+		src, err := filepath.Abs(os.Getenv(envShimBin))
+		if err != nil {
+			return err
+		}
+		if st, err := os.Stat(src); err != nil || st.Mode()&0o111 == 0 {
+			return fmt.Errorf("%s=%s is not an executable file (%v)", envShimBin, src, err)
+		}
+		shimBin = filepath.Join(shimDir, shimBinaryName)
+		if err := copyFile(src, shimBin, 0o755); err != nil {
+			return err
+		}
+	case runtimeName == tetherRuntime:
+		root, err := repoRoot()
+		if err != nil {
+			return err
+		}
+		shimBin = filepath.Join(shimDir, shimBinaryName)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", shimBin, "./cmd/containerd-shim-tether-v2")
+		cmd.Dir = root
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		fmt.Fprintf(os.Stderr, "e2e: building the shim in %s\n", root)
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("go build ./cmd/containerd-shim-tether-v2: %w", err)
+		}
+	default:
+		// Validating the harness against another runtime: use its installed shim.
+		p, err := exec.LookPath(shimBinaryName)
+		if err != nil {
+			return fmt.Errorf("runtime %s: %w", runtimeName, err)
+		}
+		shimBin = p
+		shimDir = filepath.Dir(p)
+	}
+	fmt.Fprintf(os.Stderr, "e2e: shim binary %s\n", shimBin)
+
+	rootfsDir = filepath.Join(tmp, "rootfs")
+	if err := buildRootfs(rootfsDir); err != nil {
+		return fmt.Errorf("busybox rootfs: %w", err)
+	}
+	imageTar = filepath.Join(tmp, "busybox-oci.tar")
+	if err := buildImageTar(rootfsDir, imageTar, imageName); err != nil {
+		return fmt.Errorf("OCI image: %w", err)
+	}
+	return nil
+}
+
+// binaryName maps a runtime name io.containerd.<name>.<version> to the shim binary name.
+func binaryName(runtime string) (string, error) {
+	parts := strings.Split(runtime, ".")
+	if len(parts) < 2 || parts[0] == "" {
+		return "", fmt.Errorf("invalid runtime name %q", runtime)
+	}
+	return fmt.Sprintf("containerd-shim-%s-%s", parts[len(parts)-2], parts[len(parts)-1]), nil
+}
+
+// isTether tells whether the runtime under test is Tether.
+func isTether() bool { return runtimeName == tetherRuntime }
+
+// repoRoot finds the root of the Tether repository from the test's directory.
+func repoRoot() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for dir := wd; ; dir = filepath.Dir(dir) {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && strings.Contains(string(data), "module github.com/tether-shim/tether\n") {
+			return dir, nil
+		}
+		if dir == filepath.Dir(dir) {
+			return "", fmt.Errorf("no go.mod of github.com/tether-shim/tether above %s", wd)
+		}
+	}
+}
+
+func copyFile(src, dst string, mode os.FileMode) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, data, mode)
+}
