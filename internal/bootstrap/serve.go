@@ -77,9 +77,10 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		Namespace:    f.Namespace,
 		BundleParent: filepath.Dir(bundle),
 		Deps: container.Deps{
-			Watcher: reaper,
-			Events:  publisher,
-			Logger:  logger,
+			Watcher:   reaper,
+			Events:    publisher,
+			Logger:    logger,
+			Namespace: f.Namespace,
 		},
 		Holder:   reaper,
 		Logger:   logger,

@@ -44,6 +44,8 @@ const deleteWaitTimeout = 10 * time.Second
 // Watcher is the part of the exits monitor a container needs.
 // *exits.Reaper implements it.
 type Watcher interface {
+	// Hold suspends the orphan sweep while a helper process starts.
+	Hold() (release func())
 	// Watch calls onExit once when the child pid exits.
 	Watch(pid int, onExit func(exits.Exit)) error
 	// Signal signals a watched pid through its pidfd, so that a pid that
@@ -56,6 +58,8 @@ type Deps struct {
 	Watcher Watcher
 	Events  events.Sink
 	Logger  *slog.Logger
+	// Namespace is the containerd namespace, given to logging binaries.
+	Namespace string
 }
 
 // Config describes a container to create.
@@ -68,6 +72,8 @@ type Config struct {
 	Runtime      *runtime.Runtime
 	NoPivot      bool
 	NoNewKeyring bool
+	// IoUID and IoGID own the container's ends of its stdio pipes.
+	IoUID, IoGID int
 }
 
 // Container is one OCI container managed by the shim.
@@ -91,6 +97,8 @@ type Container struct {
 	// guarded by mu.
 	runningExecs int
 	execsIdle    chan struct{}
+	// ioUID and ioGID own the stdio pipes of every process.
+	ioUID, ioGID int
 }
 
 // Create mounts the rootfs, opens the stdio, runs the runtime's create and
@@ -114,6 +122,8 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		deps:   deps,
 		init:   newProcess(cfg.ID, "", cfg.Stdio, deps.Events),
 		execs:  make(map[string]*Process),
+		ioUID:  cfg.IoUID,
+		ioGID:  cfg.IoGID,
 	}
 	c.init.beforeExitEvent = c.initExiting
 	c.sharedPidNS = sharesPidNamespace(cfg.Bundle)
@@ -128,7 +138,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 			}
 		}
 	}()
-	io, err := openIO(ctx, cfg.Stdio)
+	io, err := c.openIO(ctx, cfg.Stdio)
 	if err != nil {
 		return nil, err
 	}
@@ -139,10 +149,11 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	}()
 	c.init.pipes = io.pipes
 	opts := runtime.CreateOpts{
-		IO:           io.runcIO(),
-		PidFile:      filepath.Join(cfg.Bundle, "init.pid"),
-		NoPivot:      cfg.NoPivot,
-		NoNewKeyring: cfg.NoNewKeyring,
+		IO:            io.runcIO(),
+		ConsoleSocket: io.consoleSocket(),
+		PidFile:       filepath.Join(cfg.Bundle, "init.pid"),
+		NoPivot:       cfg.NoPivot,
+		NoNewKeyring:  cfg.NoNewKeyring,
 	}
 	pid, err := c.rt.Create(ctx, c.id, c.bundle, opts, func(pid int) error {
 		c.init.mu.Lock()
@@ -159,6 +170,14 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 			}
 		}
 		return nil, fmt.Errorf("create %s: %w", c.id, err)
+	}
+	if io.pipes != nil {
+		if err := io.pipes.ReceiveConsole(); err != nil {
+			if derr := c.rt.Delete(context.WithoutCancel(ctx), c.id, true); derr != nil {
+				deps.Logger.Warn("create failed; runtime delete", "id", c.id, "error", derr)
+			}
+			return nil, fmt.Errorf("create %s: %w", c.id, err)
+		}
 	}
 	c.init.outbox.Send(events.TopicCreate, &eventsapi.TaskCreate{
 		ContainerID: c.id,
@@ -343,17 +362,24 @@ func sharesPidNamespace(bundle string) bool {
 	return true
 }
 
-// procIO is the stdio of one process: pipes to the client's fifos, or nil
-// when it asked for none (the runtime then gives it /dev/null).
+// procIO is the stdio of one process: pipes (or a pty) to the client's
+// endpoints, or nil when it asked for none (the runtime then gives it
+// /dev/null).
 type procIO struct {
-	pipes *stdio.Pipes
+	pipes *stdio.IO
 }
 
-func openIO(ctx context.Context, cfg stdio.Config) (procIO, error) {
+func (c *Container) openIO(ctx context.Context, cfg stdio.Config) (procIO, error) {
 	if cfg.IsNull() {
 		return procIO{}, nil
 	}
-	pipes, err := stdio.Open(context.WithoutCancel(ctx), cfg)
+	pipes, err := stdio.Open(ctx, cfg, stdio.Options{
+		UID:       c.ioUID,
+		GID:       c.ioGID,
+		ID:        c.id,
+		Namespace: c.deps.Namespace,
+		Launcher:  c.deps.Watcher,
+	})
 	return procIO{pipes: pipes}, err
 }
 
@@ -363,4 +389,27 @@ func (io procIO) runcIO() runc.IO {
 		return nil
 	}
 	return io.pipes
+}
+
+// consoleSocket is the runtime's --console-socket, or an untyped nil.
+func (io procIO) consoleSocket() runc.ConsoleSocket {
+	if io.pipes == nil {
+		return nil
+	}
+	return io.pipes.ConsoleSocket()
+}
+
+// ResizePty sets the terminal size of the process execID.
+func (c *Container) ResizePty(execID string, width, height uint32) error {
+	p, err := c.Process(execID)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	pipes := p.pipes
+	p.mu.Unlock()
+	if pipes == nil {
+		return fmt.Errorf("resize %s: the process has no terminal: %w", p.ID(), errdefs.ErrFailedPrecondition)
+	}
+	return pipes.Resize(width, height)
 }

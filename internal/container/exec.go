@@ -74,7 +74,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) (_ int, retErr er
 	if err := c.init.check(OpExec); err != nil {
 		return 0, fmt.Errorf("start exec %s in %s: %w", p.execID, c.id, err)
 	}
-	io, err := openIO(ctx, p.stdioCfg)
+	io, err := c.openIO(ctx, p.stdioCfg)
 	if err != nil {
 		return 0, err
 	}
@@ -86,8 +86,9 @@ func (c *Container) startExec(ctx context.Context, p *Process) (_ int, retErr er
 	defer close(p.startResolved)
 	watched := false
 	pid, err := c.rt.Exec(ctx, c.id, *p.spec, runtime.ExecOpts{
-		IO:      io.runcIO(),
-		PidFile: filepath.Join(c.bundle, p.execID+".pid"),
+		IO:            io.runcIO(),
+		ConsoleSocket: io.consoleSocket(),
+		PidFile:       filepath.Join(c.bundle, p.execID+".pid"),
 	}, func(pid int) error {
 		p.mu.Lock()
 		p.pid = pid
@@ -108,6 +109,11 @@ func (c *Container) startExec(ctx context.Context, p *Process) (_ int, retErr er
 			}
 		}
 		return 0, fmt.Errorf("start exec %s: %w", p.execID, err)
+	}
+	if io.pipes != nil {
+		if err := io.pipes.ReceiveConsole(); err != nil {
+			c.deps.Logger.Warn("exec: no terminal from the runtime", "id", c.id, "exec", p.execID, "error", err)
+		}
 	}
 	p.apply(OpStart)
 	p.outbox.Started(events.TopicExecStarted, &eventsapi.TaskExecStarted{ContainerID: c.id, ExecID: p.execID, Pid: uint32(pid)})

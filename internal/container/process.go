@@ -66,7 +66,7 @@ type Process struct {
 	state      State
 	pid        int
 	exit       exits.Exit
-	pipes      *stdio.Pipes
+	pipes      *stdio.IO
 	startTried bool
 }
 

@@ -1,18 +1,22 @@
-// Package stdio connects a container process's stdin, stdout and stderr to the
-// endpoints containerd names in a task request.
+// Package stdio connects a container process's stdin, stdout and stderr to
+// the endpoints containerd names in a task request: fifo paths,
+// `file:///path` (append stdout and stderr to one file), `binary:///path?k=v`
+// (a logging binary reads them on fds 3 and 4), a terminal (a pty whose
+// master the runtime sends over a console socket), or nothing.
 //
-// The container never gets the client's fifos directly: it gets pipes, and
-// the shim copies between the pipes and the fifos. So a client that goes away
-// (containerd restarting) neither kills the container with SIGPIPE nor loses
-// the fifo: the shim opens each output fifo read-write, which keeps it alive
-// and makes the open never block.
+// The container never gets the client's fifos directly: it gets pipes (or
+// the pty), and the shim copies between them and the fifos. So a client that
+// goes away (containerd restarting) neither kills the container with SIGPIPE
+// nor loses the fifo: the shim opens each output fifo read-write, which
+// keeps it alive and makes the open never block.
 //
 // Invariants:
-//   - Each output copy goroutine is owned by its Pipes; Drain and Close wait
-//     for them. The stdin copy goroutine is also owned and waited by Close.
-//   - A client sees EOF on an output fifo once the process and every process
+//   - Every copy goroutine is owned by its IO; Drain and Close wait for them.
+//   - A client sees EOF on an output once the process and every process
 //     sharing its pipe closed it, or once Drain's deadline passed, whichever
 //     comes first. Nothing written before that point is dropped.
+//   - A logging binary is a watched child of the shim, stopped (and waited
+//     for, with a deadline) by Close.
 package stdio
 
 import (
@@ -20,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,12 +33,22 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/containerd/fifo"
+	runc "github.com/containerd/go-runc"
+
+	"github.com/tether-shim/tether/internal/exits"
 )
 
-// copyBufSize is the buffer of each output copy. A pipe hands out at most
-// 64 KiB per read; 32 KiB halves the memory at no measurable cost.
+// copyBufSize is the buffer of each copy. A pipe hands out at most 64 KiB
+// per read; 32 KiB halves the memory at no measurable cost.
 const copyBufSize = 32 << 10
+
+// Launcher starts and stops the shim's own helper processes (logging
+// binaries). *exits.Reaper implements it.
+type Launcher interface {
+	Hold() (release func())
+	Watch(pid int, onExit func(exits.Exit)) error
+	Signal(pid int, sig syscall.Signal) error
+}
 
 // Config is the stdio a client asked for. Empty paths mean no such stream.
 type Config struct {
@@ -46,33 +61,116 @@ type Config struct {
 // IsNull reports whether the process gets no stdio at all.
 func (c Config) IsNull() bool { return c.Stdin == "" && c.Stdout == "" && c.Stderr == "" }
 
-// Validate checks that every path is absolute, clean and has no ".."
-// component. It does not touch the filesystem.
-func (c Config) Validate() error {
-	for _, p := range []string{c.Stdin, c.Stdout, c.Stderr} {
-		if p == "" {
-			continue
-		}
-		if !filepath.IsAbs(p) || filepath.Clean(p) != p {
-			return fmt.Errorf("stdio path %q must be absolute and clean: %w", p, errdefs.ErrInvalidArgument)
-		}
+// Options are what Open needs besides the Config.
+type Options struct {
+	// UID and GID own the container's ends of the pipes (IoUid, IoGid).
+	UID, GID int
+	// ID and Namespace are given to a logging binary as CONTAINER_ID and
+	// CONTAINER_NAMESPACE.
+	ID, Namespace string
+	// Launcher starts logging binaries; required for binary:// URIs.
+	Launcher Launcher
+	// ConsoleDir is where the console socket of a terminal is created.
+	ConsoleDir string
+}
+
+// kind is how one output stream is delivered.
+type kind int
+
+const (
+	kindNone kind = iota
+	kindFifo
+	kindFile
+	kindBinary
+)
+
+// output is a parsed stdout or stderr URI.
+type output struct {
+	kind kind
+	path string
+	args []string // binary:// query, as k v pairs
+}
+
+// parseOutput parses a stdout or stderr endpoint: a bare path or fifo://
+// is a fifo, file:// a file to append to, binary:// a logging binary.
+func parseOutput(s string) (output, error) {
+	if s == "" {
+		return output{}, nil
 	}
-	if c.Terminal {
-		return fmt.Errorf("terminal stdio: %w", errdefs.ErrNotImplemented)
+	u, err := url.Parse(s)
+	if err != nil {
+		return output{}, fmt.Errorf("stdio %q: %v: %w", s, err, errdefs.ErrInvalidArgument)
+	}
+	o := output{path: u.Path}
+	switch u.Scheme {
+	case "", "fifo":
+		o.kind = kindFifo
+		if u.Scheme == "" {
+			o.path = s
+		}
+	case "file":
+		o.kind = kindFile
+	case "binary":
+		o.kind = kindBinary
+		q := u.Query()
+		for k, vs := range q {
+			o.args = append(o.args, k)
+			if len(vs) > 0 && vs[0] != "" {
+				o.args = append(o.args, vs[0])
+			}
+		}
+	default:
+		return output{}, fmt.Errorf("stdio %q: scheme %q is not supported: %w", s, u.Scheme, errdefs.ErrInvalidArgument)
+	}
+	if !cleanAbs(o.path) {
+		return output{}, fmt.Errorf("stdio path %q must be absolute and clean: %w", o.path, errdefs.ErrInvalidArgument)
+	}
+	return o, nil
+}
+
+func cleanAbs(p string) bool { return filepath.IsAbs(p) && filepath.Clean(p) == p }
+
+// Validate checks every endpoint: stdin a clean absolute fifo path, stdout
+// and stderr fifo paths or file:// / binary:// URIs with clean absolute
+// paths, the same scheme for both, and no file:// or binary:// with a
+// terminal. It does not touch the filesystem.
+func (c Config) Validate() error {
+	if c.Stdin != "" && !cleanAbs(c.Stdin) {
+		return fmt.Errorf("stdin path %q must be absolute and clean: %w", c.Stdin, errdefs.ErrInvalidArgument)
+	}
+	out, err := parseOutput(c.Stdout)
+	if err != nil {
+		return err
+	}
+	errOut, err := parseOutput(c.Stderr)
+	if err != nil {
+		return err
+	}
+	if out.kind != kindNone && errOut.kind != kindNone && out.kind != errOut.kind {
+		return fmt.Errorf("stdout %q and stderr %q differ in kind: %w", c.Stdout, c.Stderr, errdefs.ErrInvalidArgument)
+	}
+	if c.Terminal && (out.kind == kindFile || out.kind == kindBinary) {
+		return fmt.Errorf("a terminal needs fifo stdio, not %q: %w", c.Stdout, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }
 
-// Pipes connects one process's stdio to fifos. It implements go-runc's IO and
-// StartCloser interfaces. Create it with Open.
-type Pipes struct {
+// IO is one process's stdio. It implements go-runc's IO and StartCloser.
+// Create it with Open.
+type IO struct {
 	// Container-side ends, handed to the runtime by Set and closed in the
-	// shim by CloseAfterStart.
+	// shim by CloseAfterStart. Unused with a terminal.
 	stdinR, stdoutW, stderrW *os.File
-	// Shim-side ends.
+	// Shim-side ends of the pipes.
 	stdinW, stdoutR, stderrR *os.File
+	// console is set with a terminal: the socket until the master arrived.
+	console *console
+	// logger is the logging binary of binary:// stdio.
+	logger *logger
+	// file is the file:// destination, closed after both copies ended.
+	file *os.File
 
-	outputs sync.WaitGroup // the stdout and stderr copies
+	outputs sync.WaitGroup // the stdout and stderr (or pty) copies
 	input   sync.WaitGroup // the stdin copy
 
 	mu sync.Mutex
@@ -82,85 +180,133 @@ type Pipes struct {
 	closed bool
 }
 
-// Open opens the client's fifos and the pipes for the process and starts the
-// copies. On error everything opened is closed again.
-func Open(ctx context.Context, c Config) (_ *Pipes, retErr error) {
-	p := &Pipes{}
+// Open prepares the stdio of a process: opens the client's endpoints and
+// the pipes, starts the copies or the logging binary, or creates the
+// console socket of a terminal (the copies start in ReceiveConsole). On
+// error everything opened is closed again. ctx bounds only the wait for a
+// logging binary to become ready.
+func Open(ctx context.Context, c Config, opts Options) (_ *IO, retErr error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	p := &IO{}
 	defer func() {
 		if retErr != nil {
-			p.closeFiles()
+			p.Close()
 		}
 	}()
-	type out struct {
-		path   string
-		shim   **os.File
-		contnr **os.File
-	}
-	for _, o := range []out{{c.Stdout, &p.stdoutR, &p.stdoutW}, {c.Stderr, &p.stderrR, &p.stderrW}} {
-		if o.path == "" {
-			continue
+	if c.Stdin != "" {
+		if err := p.openStdin(c.Stdin, !c.Terminal); err != nil {
+			return nil, err
 		}
-		f, err := openOutputFifo(o.path)
+	}
+	if c.Terminal {
+		con, err := newConsole(opts.ConsoleDir)
 		if err != nil {
 			return nil, err
 		}
-		r, w, err := os.Pipe()
-		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("stdio: pipe: %w", err)
+		p.console = con
+		if c.Stdout != "" {
+			if p.console.out, err = openOutputFifo(c.Stdout); err != nil {
+				return nil, err
+			}
 		}
-		*o.shim, *o.contnr = r, w
-		p.outputs.Add(1)
-		go p.copyOut(f, r)
+		return p, nil
 	}
-	if c.Stdin != "" {
-		in, err := fifo.OpenFifo(ctx, c.Stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
-		if err != nil {
-			return nil, fmt.Errorf("stdio: open stdin %s: %w", c.Stdin, err)
+	out, _ := parseOutput(c.Stdout)
+	errOut, _ := parseOutput(c.Stderr)
+	k := out.kind
+	if k == kindNone {
+		k = errOut.kind
+	}
+	switch k {
+	case kindFifo:
+		if err := p.openFifos(out, errOut); err != nil {
+			return nil, err
 		}
-		r, w, err := os.Pipe()
-		if err != nil {
-			in.Close()
-			return nil, fmt.Errorf("stdio: pipe: %w", err)
+	case kindFile:
+		if err := p.openFile(out, errOut); err != nil {
+			return nil, err
 		}
-		p.stdinR, p.stdinW, p.stdinFifo = r, w, in
-		p.input.Add(1)
-		go p.copyIn(in, w)
+	case kindBinary:
+		bin := out
+		if bin.kind == kindNone {
+			bin = errOut
+		}
+		if err := p.startLogger(ctx, bin, opts); err != nil {
+			return nil, err
+		}
+	}
+	if err := p.chown(opts.UID, opts.GID); err != nil {
+		return nil, err
 	}
 	return p, nil
 }
 
-// openOutputFifo opens an existing fifo read-write: the open does not wait
-// for a reader, and the shim's own read side keeps the fifo usable while the
-// client is away.
-func openOutputFifo(path string) (*os.File, error) {
-	st, err := os.Stat(path)
+// openStdin opens the client's stdin fifo and, without a terminal, the pipe
+// it is copied into; with a terminal the copy starts in ReceiveConsole.
+func (p *IO) openStdin(path string, pipe bool) error {
+	in, err := openStdinFifo(path)
 	if err != nil {
-		return nil, fmt.Errorf("stdio: %w", errors.Join(err, errdefs.ErrNotFound))
+		return err
 	}
-	if st.Mode()&os.ModeNamedPipe == 0 {
-		return nil, fmt.Errorf("stdio: %s is not a fifo: %w", path, errdefs.ErrInvalidArgument)
+	p.stdinFifo = in
+	if !pipe {
+		return nil
 	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	r, w, err := os.Pipe()
 	if err != nil {
-		return nil, fmt.Errorf("stdio: open %s: %w", path, err)
+		return fmt.Errorf("stdio: pipe: %w", err)
 	}
-	return f, nil
+	p.stdinR, p.stdinW = r, w
+	p.input.Add(1)
+	go p.copyIn(in, w)
+	return nil
 }
 
-// copyOut copies the process's output from the pipe into the fifo until the
-// pipe reports EOF or is closed, then closes the fifo so that the client
-// sees EOF.
-func (p *Pipes) copyOut(dst *os.File, src *os.File) {
+// pipe makes the pipe of one output stream and starts its copy into dst;
+// closeDst runs when the copy ends.
+func (p *IO) pipe(shim, contnr **os.File, dst io.Writer, closeDst func()) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("stdio: pipe: %w", err)
+	}
+	*shim, *contnr = r, w
+	p.outputs.Add(1)
+	go p.copyOut(dst, r, closeDst)
+	return nil
+}
+
+// chown gives the container's ends of the pipes to uid and gid.
+func (p *IO) chown(uid, gid int) error {
+	if uid == 0 && gid == 0 {
+		return nil
+	}
+	for _, f := range []*os.File{p.stdinR, p.stdoutW, p.stderrW} {
+		if f == nil {
+			continue
+		}
+		if err := f.Chown(uid, gid); err != nil {
+			return fmt.Errorf("stdio: chown pipe to %d:%d: %w", uid, gid, err)
+		}
+	}
+	return nil
+}
+
+// copyOut copies a process's output into dst until the source reports EOF
+// (or EIO, a pty whose last slave closed) or is stopped, then runs closeDst.
+func (p *IO) copyOut(dst io.Writer, src io.Reader, closeDst func()) {
 	defer p.outputs.Done()
 	buf := make([]byte, copyBufSize)
 	_, _ = io.CopyBuffer(dst, src, buf)
-	dst.Close()
+	if closeDst != nil {
+		closeDst()
+	}
 }
 
-// copyIn copies the client's stdin into the process's stdin pipe, and closes
-// the pipe at EOF so that the process sees EOF.
-func (p *Pipes) copyIn(src io.Reader, dst *os.File) {
+// copyIn copies the client's stdin into the process, and closes dst at EOF
+// so that the process sees EOF (a pty gets ^D instead, see copyInConsole).
+func (p *IO) copyIn(src io.Reader, dst io.WriteCloser) {
 	defer p.input.Done()
 	buf := make([]byte, copyBufSize)
 	_, _ = io.CopyBuffer(dst, src, buf)
@@ -168,7 +314,7 @@ func (p *Pipes) copyIn(src io.Reader, dst *os.File) {
 }
 
 // Stdin returns the shim's end of the process's stdin, or nil.
-func (p *Pipes) Stdin() io.WriteCloser {
+func (p *IO) Stdin() io.WriteCloser {
 	if p.stdinW == nil {
 		return nil
 	}
@@ -176,7 +322,7 @@ func (p *Pipes) Stdin() io.WriteCloser {
 }
 
 // Stdout returns the shim's end of the process's stdout, or nil.
-func (p *Pipes) Stdout() io.ReadCloser {
+func (p *IO) Stdout() io.ReadCloser {
 	if p.stdoutR == nil {
 		return nil
 	}
@@ -184,15 +330,20 @@ func (p *Pipes) Stdout() io.ReadCloser {
 }
 
 // Stderr returns the shim's end of the process's stderr, or nil.
-func (p *Pipes) Stderr() io.ReadCloser {
+func (p *IO) Stderr() io.ReadCloser {
 	if p.stderrR == nil {
 		return nil
 	}
 	return p.stderrR
 }
 
-// Set gives the container-side ends to the runtime command.
-func (p *Pipes) Set(cmd *exec.Cmd) {
+// Set gives the container-side ends to the runtime command. Streams the
+// client did not ask for get /dev/null from os/exec. With a terminal it
+// gives nothing: the process gets the pty.
+func (p *IO) Set(cmd *exec.Cmd) {
+	if p.console != nil {
+		return
+	}
 	if p.stdinR != nil {
 		cmd.Stdin = p.stdinR
 	}
@@ -204,10 +355,19 @@ func (p *Pipes) Set(cmd *exec.Cmd) {
 	}
 }
 
+// ConsoleSocket returns the socket the runtime sends the pty master to, or
+// nil without a terminal.
+func (p *IO) ConsoleSocket() runc.ConsoleSocket {
+	if p.console == nil {
+		return nil
+	}
+	return p.console
+}
+
 // CloseAfterStart closes the shim's copies of the container-side ends once
 // the runtime has handed them to the container, so that the container holds
 // the last writer and its exit produces EOF.
-func (p *Pipes) CloseAfterStart() error {
+func (p *IO) CloseAfterStart() error {
 	for _, f := range []*os.File{p.stdinR, p.stdoutW, p.stderrW} {
 		if f != nil {
 			f.Close()
@@ -216,9 +376,9 @@ func (p *Pipes) CloseAfterStart() error {
 	return nil
 }
 
-// CloseStdin closes the process's stdin: the client's fifo and the pipe, so
-// that the process reads EOF. It is idempotent.
-func (p *Pipes) CloseStdin() {
+// CloseStdin closes the process's stdin: the client's fifo and what it was
+// copied into, so that the process reads EOF. It is idempotent.
+func (p *IO) CloseStdin() {
 	p.mu.Lock()
 	in := p.stdinFifo
 	p.stdinFifo = nil
@@ -232,7 +392,7 @@ func (p *Pipes) CloseStdin() {
 // wrote, or until timeout. After the timeout (a process left behind still
 // holds the pipe) it stops the copies: what was already read is written out,
 // and the client sees EOF.
-func (p *Pipes) Drain(timeout time.Duration) {
+func (p *IO) Drain(timeout time.Duration) {
 	done := make(chan struct{})
 	go func() {
 		p.outputs.Wait()
@@ -245,17 +405,25 @@ func (p *Pipes) Drain(timeout time.Duration) {
 		return
 	case <-t.C:
 	}
+	p.stopOutputs()
+	<-done
+}
+
+// stopOutputs makes the output copies' reads return.
+func (p *IO) stopOutputs() {
 	for _, f := range []*os.File{p.stdoutR, p.stderrR} {
 		if f != nil {
 			_ = f.SetReadDeadline(time.Now())
 		}
 	}
-	<-done
+	if p.console != nil {
+		p.console.stopReads()
+	}
 }
 
-// Close stops every copy, waits for them and closes every file. It is
-// idempotent.
-func (p *Pipes) Close() error {
+// Close stops every copy and the logging binary, waits for them and closes
+// every file. It is idempotent.
+func (p *IO) Close() error {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -264,32 +432,27 @@ func (p *Pipes) Close() error {
 	p.closed = true
 	p.mu.Unlock()
 	p.CloseStdin()
-	for _, f := range []*os.File{p.stdoutR, p.stderrR} {
-		if f != nil {
-			_ = f.SetReadDeadline(time.Now())
-		}
-	}
+	p.stopOutputs()
 	p.outputs.Wait()
 	if p.stdinW != nil {
 		// Unblocks a copyIn stuck writing to a full pipe.
 		_ = p.stdinW.SetWriteDeadline(time.Now())
 	}
+	if p.console != nil {
+		p.console.stopWrites()
+	}
 	p.input.Wait()
-	p.closeFiles()
-	return nil
-}
-
-func (p *Pipes) closeFiles() {
-	for _, f := range []*os.File{p.stdinR, p.stdoutW, p.stderrW, p.stdinW, p.stdoutR, p.stderrR} {
+	for _, f := range []*os.File{p.stdinR, p.stdoutW, p.stderrW, p.stdinW, p.stdoutR, p.stderrR, p.file} {
 		if f != nil {
 			f.Close()
 		}
 	}
-	p.mu.Lock()
-	in := p.stdinFifo
-	p.stdinFifo = nil
-	p.mu.Unlock()
-	if in != nil {
-		in.Close()
+	var errs []error
+	if p.console != nil {
+		errs = append(errs, p.console.Close())
 	}
+	if p.logger != nil {
+		errs = append(errs, p.logger.stop())
+	}
+	return errors.Join(errs...)
 }

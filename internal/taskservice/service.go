@@ -190,6 +190,8 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 		Runtime:      rt,
 		NoPivot:      opts.NoPivotRoot,
 		NoNewKeyring: opts.NoNewKeyring,
+		IoUID:        int(opts.IoUID),
+		IoGID:        int(opts.IoGID),
 	}, s.cfg.Deps)
 	if err != nil {
 		s.cfg.Logger.Warn("create failed", "id", r.GetID(), "error", err)
@@ -400,9 +402,16 @@ func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emp
 	return &emptypb.Empty{}, nil
 }
 
-// ResizePty is not implemented yet.
+// ResizePty sets the size of a process's terminal.
 func (s *Service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*emptypb.Empty, error) {
-	return nil, notImplemented("resize pty")
+	c, _, err := s.process(r.GetID(), r.GetExecID())
+	if err != nil {
+		return nil, err
+	}
+	if err := c.ResizePty(r.GetExecID(), r.GetWidth(), r.GetHeight()); err != nil {
+		return nil, err
+	}
+	return &emptypb.Empty{}, nil
 }
 
 // Update is not implemented yet.

@@ -413,7 +413,7 @@ func TestBadInput(t *testing.T) {
 		{"resize pty", func() error {
 			_, err := h.svc.ResizePty(ctx, &taskv2.ResizePtyRequest{ID: "good", Width: 80, Height: 24})
 			return err
-		}, codes.Unimplemented},
+		}, codes.FailedPrecondition},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

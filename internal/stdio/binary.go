@@ -1,0 +1,115 @@
+package stdio
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"github.com/tether-shim/tether/internal/exits"
+)
+
+// Deadlines of a logging binary: how long it may take to signal readiness,
+// and to exit once the container's output ended, before it is killed.
+const (
+	loggerReadyTimeout = 10 * time.Second
+	loggerStopTimeout  = 5 * time.Second
+)
+
+// logger is a running logging binary.
+type logger struct {
+	pid      int
+	launcher Launcher
+	// exited is closed by the exit watcher.
+	exited chan struct{}
+}
+
+// startLogger starts the logging binary of a binary:// URI with the read
+// ends of the stdout and stderr pipes as fds 3 and 4 and the write end of a
+// readiness pipe as fd 5, and waits until it closes fd 5 (or exits). Its
+// arguments are the URI's query as key, value pairs; its environment adds
+// CONTAINER_ID and CONTAINER_NAMESPACE.
+func (p *IO) startLogger(ctx context.Context, bin output, opts Options) (retErr error) {
+	if opts.Launcher == nil {
+		return errors.New("stdio: binary:// needs a launcher")
+	}
+	var parent []*os.File // the ends the logger gets; closed here once it has them
+	defer func() {
+		for _, f := range parent {
+			f.Close()
+		}
+	}()
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("stdio: pipe: %w", err)
+	}
+	parent = append(parent, outR)
+	p.stdoutW = outW
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("stdio: pipe: %w", err)
+	}
+	parent = append(parent, errR)
+	p.stderrW = errW
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("stdio: pipe: %w", err)
+	}
+	defer readyR.Close()
+	parent = append(parent, readyW)
+
+	cmd := exec.Command(bin.path, bin.args...)
+	cmd.Env = append(os.Environ(), "CONTAINER_ID="+opts.ID, "CONTAINER_NAMESPACE="+opts.Namespace)
+	cmd.ExtraFiles = []*os.File{outR, errR, readyW}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	release := opts.Launcher.Hold()
+	if err := cmd.Start(); err != nil {
+		release()
+		return fmt.Errorf("stdio: start logging binary %s: %w", bin.path, err)
+	}
+	l := &logger{pid: cmd.Process.Pid, launcher: opts.Launcher, exited: make(chan struct{})}
+	err = opts.Launcher.Watch(l.pid, func(exits.Exit) { close(l.exited) })
+	release()
+	// The exit monitor reaps it; os/exec must not.
+	_ = cmd.Process.Release()
+	if err != nil {
+		_ = syscall.Kill(l.pid, syscall.SIGKILL)
+		return fmt.Errorf("stdio: watch logging binary: %w", err)
+	}
+	p.logger = l
+	for _, f := range parent {
+		f.Close()
+	}
+	parent = nil
+
+	deadline := time.Now().Add(loggerReadyTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = readyR.SetReadDeadline(deadline)
+	if _, err := io.Copy(io.Discard, readyR); err != nil {
+		return fmt.Errorf("stdio: logging binary %s not ready: %w", bin.path, err)
+	}
+	return nil
+}
+
+// stop waits for the logging binary to exit (the container's output has
+// ended, so it sees EOF), and kills it after loggerStopTimeout.
+func (l *logger) stop() error {
+	select {
+	case <-l.exited:
+		return nil
+	case <-time.After(loggerStopTimeout):
+	}
+	_ = l.launcher.Signal(l.pid, syscall.SIGKILL)
+	select {
+	case <-l.exited:
+		return fmt.Errorf("stdio: logging binary %d killed: it did not exit at EOF", l.pid)
+	case <-time.After(loggerStopTimeout):
+		return fmt.Errorf("stdio: logging binary %d did not exit", l.pid)
+	}
+}

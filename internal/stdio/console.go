@@ -1,0 +1,171 @@
+package stdio
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+)
+
+// receiveTimeout bounds the wait for the runtime's pty master once its
+// create or exec has returned (it sent the master before returning).
+const receiveTimeout = 10 * time.Second
+
+// console is the terminal of a process: the socket the runtime sends the
+// pty master to (--console-socket), then the master itself.
+type console struct {
+	dir string
+	ln  *net.UnixListener
+	// out is the client's stdout fifo, or nil.
+	out *os.File
+	// master is set by receive, before any copy starts.
+	master *os.File
+}
+
+// newConsole listens on a fresh socket in a private directory under dir
+// (default os.TempDir()).
+func newConsole(dir string) (*console, error) {
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	d, err := os.MkdirTemp(dir, "tether-pty-")
+	if err != nil {
+		return nil, fmt.Errorf("stdio: console socket dir: %w", err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(d, "s"), Net: "unix"})
+	if err != nil {
+		os.RemoveAll(d)
+		return nil, fmt.Errorf("stdio: console socket: %w", err)
+	}
+	return &console{dir: d, ln: ln}, nil
+}
+
+// Path is the socket's path, for --console-socket.
+func (c *console) Path() string { return filepath.Join(c.dir, "s") }
+
+// receive accepts the runtime's connection and takes the pty master from
+// it, non-blocking so that reads and writes wait in Go's netpoller.
+func (c *console) receive() error {
+	if err := c.ln.SetDeadline(time.Now().Add(receiveTimeout)); err != nil {
+		return err
+	}
+	conn, err := c.ln.AcceptUnix()
+	if err != nil {
+		return fmt.Errorf("stdio: no pty from the runtime: %w", err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(receiveTimeout))
+	buf := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(4))
+	_, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return fmt.Errorf("stdio: read pty from the runtime: %w", err)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		return fmt.Errorf("stdio: pty message from the runtime: %v", err)
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		return fmt.Errorf("stdio: pty fd from the runtime: %v", err)
+	}
+	if err := unix.SetNonblock(fds[0], true); err != nil {
+		unix.Close(fds[0])
+		return fmt.Errorf("stdio: pty: %w", err)
+	}
+	c.master = os.NewFile(uintptr(fds[0]), "pty-master")
+	c.ln.Close()
+	os.RemoveAll(c.dir)
+	return nil
+}
+
+func (c *console) stopReads() {
+	if c.master != nil {
+		_ = c.master.SetReadDeadline(time.Now())
+	}
+}
+
+func (c *console) stopWrites() {
+	if c.master != nil {
+		_ = c.master.SetWriteDeadline(time.Now())
+	}
+}
+
+// Close closes the master, the socket and its directory.
+func (c *console) Close() error {
+	if c.master != nil {
+		c.master.Close()
+	}
+	if c.out != nil {
+		c.out.Close()
+	}
+	c.ln.Close()
+	return os.RemoveAll(c.dir)
+}
+
+// ReceiveConsole takes the pty master the runtime sent and starts copying
+// it to the client's stdout fifo, and the client's stdin to it. Call it
+// after the runtime's create or exec returned. Without a terminal it does
+// nothing.
+func (p *IO) ReceiveConsole() error {
+	if p.console == nil {
+		return nil
+	}
+	if err := p.console.receive(); err != nil {
+		return err
+	}
+	var dst io.Writer = io.Discard
+	out := p.console.out
+	if out != nil {
+		dst = out
+	}
+	p.outputs.Add(1)
+	go p.copyOut(dst, p.console.master, func() {
+		if out != nil {
+			out.Close()
+		}
+	})
+	p.mu.Lock()
+	in := p.stdinFifo
+	p.mu.Unlock()
+	if in != nil {
+		p.input.Add(1)
+		go p.copyInConsole(in, p.console.master)
+	}
+	return nil
+}
+
+// copyInConsole copies the client's input to the pty. At EOF the pty stays
+// open: closing the master would hang up the terminal.
+func (p *IO) copyInConsole(src io.Reader, dst io.Writer) {
+	defer p.input.Done()
+	buf := make([]byte, copyBufSize)
+	_, _ = io.CopyBuffer(dst, src, buf)
+}
+
+// Resize sets the terminal's size.
+func (p *IO) Resize(width, height uint32) error {
+	if p.console == nil || p.console.master == nil {
+		return fmt.Errorf("the process has no terminal: %w", errdefs.ErrFailedPrecondition)
+	}
+	rc, err := p.console.master.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		ierr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Row: uint16(height), Col: uint16(width)})
+	}); err != nil {
+		return err
+	}
+	if ierr != nil {
+		return fmt.Errorf("resize pty: %w", errors.Join(ierr, errdefs.ErrUnknown))
+	}
+	return nil
+}

@@ -1,0 +1,63 @@
+package stdio
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"syscall"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/fifo"
+)
+
+// openFifos connects stdout and stderr to the client's fifos.
+func (p *IO) openFifos(out, errOut output) error {
+	for _, s := range []struct {
+		o            output
+		shim, contnr **os.File
+	}{{out, &p.stdoutR, &p.stdoutW}, {errOut, &p.stderrR, &p.stderrW}} {
+		if s.o.kind != kindFifo {
+			continue
+		}
+		f, err := openOutputFifo(s.o.path)
+		if err != nil {
+			return err
+		}
+		if err := p.pipe(s.shim, s.contnr, f, func() { f.Close() }); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	return nil
+}
+
+// openOutputFifo opens an existing fifo read-write: the open does not wait
+// for a reader, and the shim's own read side keeps the fifo usable while the
+// client is away.
+func openOutputFifo(path string) (*os.File, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("stdio: %w", errors.Join(err, errdefs.ErrNotFound))
+	}
+	if st.Mode()&os.ModeNamedPipe == 0 {
+		return nil, fmt.Errorf("stdio: %s is not a fifo: %w", path, errdefs.ErrInvalidArgument)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("stdio: open %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// openStdinFifo opens the client's stdin fifo for reading. The open itself
+// completes in the background once the client opens its end; reads wait
+// for it, and Close cancels it.
+func openStdinFifo(path string) (io.ReadCloser, error) {
+	in, err := fifo.OpenFifo(context.Background(), path, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("stdio: open stdin %s: %w", path, err)
+	}
+	return in, nil
+}
