@@ -74,6 +74,10 @@ type Config struct {
 	NoNewKeyring bool
 	// IoUID and IoGID own the container's ends of its stdio pipes.
 	IoUID, IoGID int
+	// Restore, if set, makes the container a restore from a checkpoint:
+	// Create prepares it and Start runs the runtime's restore (as
+	// containerd's runc shim does), so it has no pid before Start.
+	Restore *runtime.CheckpointOpts
 }
 
 // Container is one OCI container managed by the shim.
@@ -99,6 +103,11 @@ type Container struct {
 	execsIdle    chan struct{}
 	// ioUID and ioGID own the stdio pipes of every process.
 	ioUID, ioGID int
+	// restore and restoreOpts are set for a restore from a checkpoint; the
+	// IO prepared at Create is used by Start.
+	restore    *runtime.CheckpointOpts
+	restoreIO  procIO
+	createOpts runtime.CreateOpts
 }
 
 // Create mounts the rootfs, opens the stdio, runs the runtime's create and
@@ -115,15 +124,16 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		return nil, err
 	}
 	c := &Container{
-		id:     cfg.ID,
-		bundle: cfg.Bundle,
-		rootfs: cfg.Rootfs,
-		rt:     cfg.Runtime,
-		deps:   deps,
-		init:   newProcess(cfg.ID, "", cfg.Stdio, deps.Events),
-		execs:  make(map[string]*Process),
-		ioUID:  cfg.IoUID,
-		ioGID:  cfg.IoGID,
+		id:      cfg.ID,
+		bundle:  cfg.Bundle,
+		rootfs:  cfg.Rootfs,
+		rt:      cfg.Runtime,
+		deps:    deps,
+		init:    newProcess(cfg.ID, "", cfg.Stdio, deps.Events),
+		execs:   make(map[string]*Process),
+		ioUID:   cfg.IoUID,
+		ioGID:   cfg.IoGID,
+		restore: cfg.Restore,
 	}
 	c.init.beforeExitEvent = c.initExiting
 	c.sharedPidNS = sharesPidNamespace(cfg.Bundle)
@@ -154,6 +164,18 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		PidFile:       filepath.Join(cfg.Bundle, "init.pid"),
 		NoPivot:       cfg.NoPivot,
 		NoNewKeyring:  cfg.NoNewKeyring,
+	}
+	if c.restore != nil {
+		// The runtime's restore runs at Start, with this IO.
+		c.restoreIO, c.createOpts = io, opts
+		c.init.outbox.Send(events.TopicCreate, &eventsapi.TaskCreate{
+			ContainerID: c.id,
+			Bundle:      c.bundle,
+			Rootfs:      mountsToAPI(cfg.Rootfs),
+			IO:          &eventsapi.TaskIO{Stdin: cfg.Stdio.Stdin, Stdout: cfg.Stdio.Stdout, Stderr: cfg.Stdio.Stderr, Terminal: cfg.Stdio.Terminal},
+			Checkpoint:  c.restore.ImagePath,
+		})
+		return c, nil
 	}
 	pid, err := c.rt.Create(ctx, c.id, c.bundle, opts, func(pid int) error {
 		c.init.mu.Lock()
@@ -234,7 +256,7 @@ func (c *Container) Start(ctx context.Context, execID string) (int, error) {
 		return 0, fmt.Errorf("start %s: %w", c.id, err)
 	}
 	p.outbox.ExpectStart()
-	if err := c.rt.Start(ctx, c.id); err != nil {
+	if err := c.startInit(ctx); err != nil {
 		p.outbox.AbortStart()
 		return 0, fmt.Errorf("start %s: %w", c.id, err)
 	}
@@ -412,4 +434,25 @@ func (c *Container) ResizePty(execID string, width, height uint32) error {
 		return fmt.Errorf("resize %s: the process has no terminal: %w", p.ID(), errdefs.ErrFailedPrecondition)
 	}
 	return pipes.Resize(width, height)
+}
+
+// startInit runs the runtime's start, or its restore for a container created
+// from a checkpoint.
+func (c *Container) startInit(ctx context.Context) error {
+	if c.restore == nil {
+		return c.rt.Start(ctx, c.id)
+	}
+	_, err := c.rt.Restore(ctx, c.id, c.bundle, *c.restore, c.createOpts, func(pid int) error {
+		c.init.mu.Lock()
+		c.init.pid = pid
+		c.init.mu.Unlock()
+		return c.deps.Watcher.Watch(pid, c.init.onExit)
+	})
+	if err != nil {
+		return err
+	}
+	if c.restoreIO.pipes != nil {
+		return c.restoreIO.pipes.ReceiveConsole()
+	}
+	return nil
 }

@@ -47,6 +47,8 @@ const (
 	OpExec
 	OpExit
 	OpDelete
+	OpUpdate
+	OpCheckpoint
 )
 
 // String returns the lower-case name of the operation.
@@ -66,6 +68,10 @@ func (o Op) String() string {
 		return "exit"
 	case OpDelete:
 		return "delete"
+	case OpUpdate:
+		return "update"
+	case OpCheckpoint:
+		return "checkpoint"
 	}
 	return fmt.Sprintf("op(%d)", int(o))
 }
@@ -74,9 +80,9 @@ func (o Op) String() string {
 // and the state each one leads to. An operation missing from a state's row is
 // refused with a *TransitionError. The table is read-only.
 var transitions = map[State]map[Op]State{
-	Created: {OpStart: Running, OpKill: Created, OpExit: Stopped, OpDelete: Deleted},
-	Running: {OpPause: Paused, OpKill: Running, OpExec: Running, OpExit: Stopped},
-	Paused:  {OpResume: Running, OpKill: Paused, OpExit: Stopped},
+	Created: {OpStart: Running, OpKill: Created, OpExit: Stopped, OpDelete: Deleted, OpUpdate: Created},
+	Running: {OpPause: Paused, OpKill: Running, OpExec: Running, OpExit: Stopped, OpUpdate: Running, OpCheckpoint: Running},
+	Paused:  {OpResume: Running, OpKill: Paused, OpExit: Stopped, OpUpdate: Paused, OpCheckpoint: Paused},
 	Stopped: {OpDelete: Deleted},
 	Deleted: {},
 }

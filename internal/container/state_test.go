@@ -10,15 +10,15 @@ import (
 
 var (
 	allStates = []State{Created, Running, Paused, Stopped, Deleted}
-	allOps    = []Op{OpStart, OpPause, OpResume, OpKill, OpExec, OpExit, OpDelete}
+	allOps    = []Op{OpStart, OpPause, OpResume, OpKill, OpExec, OpExit, OpDelete, OpUpdate, OpCheckpoint}
 )
 
 // allowed is the lifecycle, written out independently of the transitions
 // table: the operations each state admits and where they lead.
 var allowed = map[State]map[Op]State{
-	Created: {OpStart: Running, OpKill: Created, OpExit: Stopped, OpDelete: Deleted},
-	Running: {OpPause: Paused, OpKill: Running, OpExec: Running, OpExit: Stopped},
-	Paused:  {OpResume: Running, OpKill: Paused, OpExit: Stopped},
+	Created: {OpStart: Running, OpKill: Created, OpExit: Stopped, OpDelete: Deleted, OpUpdate: Created},
+	Running: {OpPause: Paused, OpKill: Running, OpExec: Running, OpExit: Stopped, OpUpdate: Running, OpCheckpoint: Running},
+	Paused:  {OpResume: Running, OpKill: Paused, OpExit: Stopped, OpUpdate: Paused, OpCheckpoint: Paused},
 	Stopped: {OpDelete: Deleted},
 	Deleted: {},
 }
@@ -104,7 +104,7 @@ func TestStateAndOpStrings(t *testing.T) {
 	}
 	ops := map[Op]string{
 		OpStart: "start", OpPause: "pause", OpResume: "resume", OpKill: "kill",
-		OpExec: "exec", OpExit: "exit", OpDelete: "delete", Op(-1): "op(-1)",
+		OpExec: "exec", OpExit: "exit", OpDelete: "delete", OpUpdate: "update", OpCheckpoint: "checkpoint", Op(-1): "op(-1)",
 	}
 	for o, want := range ops {
 		if o.String() != want {

@@ -9,13 +9,23 @@ import (
 	"strings"
 
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// OptionsTypeURL is the type URL of containerd.runc.v1.Options.
-const OptionsTypeURL = "containerd.runc.v1.Options"
+// Type URLs of the runtime options Tether reads.
+const (
+	// OptionsTypeURL is containerd.runc.v1.Options.
+	OptionsTypeURL = "containerd.runc.v1.Options"
+	// RuntimeOptionsTypeURL is the CRI plugin's generic options, which name
+	// a config file.
+	RuntimeOptionsTypeURL = "runtimeoptions.v1.Options"
+	// ConfigFileTypeURL is what a runtimeoptions.v1.Options type_url may
+	// say about a Tether config file (empty is accepted too).
+	ConfigFileTypeURL = "io.containerd.tether.v2.Config"
+)
 
 // Options are the runtime options of a container, in containerd's
 // containerd.runc.v1.Options form.
@@ -32,32 +42,63 @@ type Options struct {
 	CriuWorkPath  string
 }
 
-// ParseOptions decodes the options Any of a CreateTaskRequest. A nil or empty
-// Any means defaults. Unknown types, undecodable bytes and unsafe paths are
+// ParseOptions decodes the options Any of a CreateTaskRequest, in any of
+// the forms containerd sends: containerd.runc.v1.Options (runtimes named
+// io.containerd.runc.*, and 2.x's BootstrapParams extensions), the legacy
+// containerd.linux.runc.CreateOptions and RuncOptions of containerd 1.x's
+// client, and the CRI plugin's runtimeoptions.v1.Options, whose config_path
+// names a TOML file (see LoadConfigFile). A nil or empty Any means
+// defaults. Unknown types, undecodable bytes and unsafe paths are
 // errdefs.ErrInvalidArgument.
 func ParseOptions(a *anypb.Any) (Options, error) {
 	if a == nil || (a.GetTypeUrl() == "" && len(a.GetValue()) == 0) {
 		return Options{}, nil
 	}
 	url := strings.TrimPrefix(a.GetTypeUrl(), "type.googleapis.com/")
-	if url != OptionsTypeURL {
-		return Options{}, fmt.Errorf("runtime options of type %q are not supported (want %s): %w", a.GetTypeUrl(), OptionsTypeURL, errdefs.ErrInvalidArgument)
+	var (
+		opts Options
+		err  error
+	)
+	switch url {
+	case OptionsTypeURL:
+		var o runcoptions.Options
+		if uerr := proto.Unmarshal(a.GetValue(), &o); uerr != nil {
+			return Options{}, fmt.Errorf("decode %s: %v: %w", OptionsTypeURL, uerr, errdefs.ErrInvalidArgument)
+		}
+		opts = Options{
+			BinaryName:    o.GetBinaryName(),
+			Root:          o.GetRoot(),
+			SystemdCgroup: o.GetSystemdCgroup(),
+			NoPivotRoot:   o.GetNoPivotRoot(),
+			NoNewKeyring:  o.GetNoNewKeyring(),
+			IoUID:         o.GetIoUid(),
+			IoGID:         o.GetIoGid(),
+			ShimCgroup:    o.GetShimCgroup(),
+			CriuImagePath: o.GetCriuImagePath(),
+			CriuWorkPath:  o.GetCriuWorkPath(),
+		}
+	case LegacyCreateOptionsTypeURL:
+		opts, err = decodeLegacyCreateOptions(a.GetValue())
+	case LegacyRuncOptionsTypeURL:
+		opts, err = decodeLegacyRuncOptions(a.GetValue())
+	case RuntimeOptionsTypeURL:
+		var ro runtimeoptions.Options
+		if uerr := proto.Unmarshal(a.GetValue(), &ro); uerr != nil {
+			return Options{}, fmt.Errorf("decode %s: %v: %w", RuntimeOptionsTypeURL, uerr, errdefs.ErrInvalidArgument)
+		}
+		if t := ro.GetTypeUrl(); t != "" && t != OptionsTypeURL && t != ConfigFileTypeURL {
+			return Options{}, fmt.Errorf("runtime options config of type %q is not supported (want %s): %w", t, ConfigFileTypeURL, errdefs.ErrInvalidArgument)
+		}
+		if ro.GetConfigPath() == "" {
+			return Options{}, nil
+		}
+		return LoadConfigFile(ro.GetConfigPath())
+	default:
+		return Options{}, fmt.Errorf("runtime options of type %q are not supported (want %s, %s, %s or %s): %w",
+			a.GetTypeUrl(), OptionsTypeURL, LegacyCreateOptionsTypeURL, LegacyRuncOptionsTypeURL, RuntimeOptionsTypeURL, errdefs.ErrInvalidArgument)
 	}
-	var o runcoptions.Options
-	if err := proto.Unmarshal(a.GetValue(), &o); err != nil {
-		return Options{}, fmt.Errorf("decode %s: %v: %w", OptionsTypeURL, err, errdefs.ErrInvalidArgument)
-	}
-	opts := Options{
-		BinaryName:    o.GetBinaryName(),
-		Root:          o.GetRoot(),
-		SystemdCgroup: o.GetSystemdCgroup(),
-		NoPivotRoot:   o.GetNoPivotRoot(),
-		NoNewKeyring:  o.GetNoNewKeyring(),
-		IoUID:         o.GetIoUid(),
-		IoGID:         o.GetIoGid(),
-		ShimCgroup:    o.GetShimCgroup(),
-		CriuImagePath: o.GetCriuImagePath(),
-		CriuWorkPath:  o.GetCriuWorkPath(),
+	if err != nil {
+		return Options{}, fmt.Errorf("decode %s: %w", url, err)
 	}
 	return opts, opts.Validate()
 }

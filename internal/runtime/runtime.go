@@ -355,3 +355,115 @@ func outputOf(err error) string {
 	}
 	return strings.TrimSpace(s)
 }
+
+// Pause runs `<runtime> pause`.
+func (r *Runtime) Pause(ctx context.Context, id string) error {
+	release := r.hold.Hold()
+	defer release()
+	ctx, cancel := detached(ctx, controlTimeout)
+	defer cancel()
+	mark := r.logMark()
+	return r.fail("pause", id, mark, r.rc.Pause(ctx, id))
+}
+
+// Resume runs `<runtime> resume`.
+func (r *Runtime) Resume(ctx context.Context, id string) error {
+	release := r.hold.Hold()
+	defer release()
+	ctx, cancel := detached(ctx, controlTimeout)
+	defer cancel()
+	mark := r.logMark()
+	return r.fail("resume", id, mark, r.rc.Resume(ctx, id))
+}
+
+// Update runs `<runtime> update --resources -` with the new resources.
+func (r *Runtime) Update(ctx context.Context, id string, res *specs.LinuxResources) error {
+	release := r.hold.Hold()
+	defer release()
+	ctx, cancel := detached(ctx, controlTimeout)
+	defer cancel()
+	mark := r.logMark()
+	return r.fail("update", id, mark, r.rc.Update(ctx, id, res))
+}
+
+// CheckpointOpts are the options of Checkpoint and Restore, as
+// containerd.runc.v1.CheckpointOptions carries them.
+type CheckpointOpts struct {
+	// Exit stops the container after the checkpoint; otherwise it keeps
+	// running (--leave-running).
+	Exit                bool
+	OpenTCP             bool
+	ExternalUnixSockets bool
+	Terminal            bool
+	FileLocks           bool
+	EmptyNamespaces     []string
+	// CgroupsMode is soft, full or strict; empty is the runtime's default.
+	CgroupsMode string
+	ImagePath   string
+	WorkPath    string
+}
+
+func (o CheckpointOpts) runc() runc.CheckpointOpts {
+	return runc.CheckpointOpts{
+		ImagePath:                o.ImagePath,
+		WorkDir:                  o.WorkPath,
+		AllowOpenTCP:             o.OpenTCP,
+		AllowExternalUnixSockets: o.ExternalUnixSockets,
+		AllowTerminal:            o.Terminal,
+		FileLocks:                o.FileLocks,
+		Cgroups:                  runc.CgroupMode(o.CgroupsMode),
+		EmptyNamespaces:          o.EmptyNamespaces,
+	}
+}
+
+// Checkpoint runs `<runtime> checkpoint` (CRIU) into opts.ImagePath.
+func (r *Runtime) Checkpoint(ctx context.Context, id string, opts CheckpointOpts) error {
+	release := r.hold.Hold()
+	defer release()
+	ctx, cancel := detached(ctx, launchTimeout)
+	defer cancel()
+	mark := r.logMark()
+	var actions []runc.CheckpointAction
+	if !opts.Exit {
+		actions = append(actions, runc.LeaveRunning)
+	}
+	co := opts.runc()
+	return r.fail("checkpoint", id, mark, r.rc.Checkpoint(ctx, id, &co, actions...))
+}
+
+// Restore runs `<runtime> restore --detach` from opts.ImagePath and
+// registers the restored process's pid like Create does.
+func (r *Runtime) Restore(ctx context.Context, id, bundle string, opts CheckpointOpts, create CreateOpts, register func(pid int) error) (int, error) {
+	release := r.hold.Hold()
+	defer release()
+	ctx, cancel := detached(ctx, launchTimeout)
+	defer cancel()
+	mark := r.logMark()
+	if create.IO == nil {
+		null, err := newNullIO()
+		if err != nil {
+			return 0, err
+		}
+		defer null.Close()
+		create.IO = null
+	}
+	_, err := r.rc.Restore(ctx, id, bundle, &runc.RestoreOpts{
+		CheckpointOpts: opts.runc(),
+		IO:             create.IO,
+		Detach:         true,
+		PidFile:        create.PidFile,
+		NoPivot:        create.NoPivot,
+		ConsoleSocket:  create.ConsoleSocket,
+	})
+	if err != nil {
+		return 0, r.fail("restore", id, mark, err)
+	}
+	pid, err := ReadPidFile(create.PidFile)
+	if err != nil {
+		return 0, fmt.Errorf("runtime restore %s: %w", id, err)
+	}
+	if err := register(pid); err != nil {
+		return pid, err
+	}
+	return pid, nil
+}

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
@@ -150,12 +151,16 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	if st, err := os.Stat(filepath.Join(r.GetBundle(), "config.json")); err != nil || !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("bundle %s has no config.json: %w", r.GetBundle(), errdefs.ErrNotFound)
 	}
-	if r.GetCheckpoint() != "" || r.GetParentCheckpoint() != "" {
-		return nil, fmt.Errorf("restore from a checkpoint: %w", errdefs.ErrNotImplemented)
-	}
 	opts, err := runtime.ParseOptions(r.GetOptions())
 	if err != nil {
 		return nil, err
+	}
+	var restore *runtime.CheckpointOpts
+	if cp := r.GetCheckpoint(); cp != "" {
+		if !filepath.IsAbs(cp) || filepath.Clean(cp) != cp {
+			return nil, fmt.Errorf("checkpoint path %q must be absolute and clean: %w", cp, errdefs.ErrInvalidArgument)
+		}
+		restore = &runtime.CheckpointOpts{ImagePath: cp, WorkPath: opts.CriuWorkPath}
 	}
 	if err := s.reserve(r.GetID()); err != nil {
 		return nil, err
@@ -192,6 +197,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 		NoNewKeyring: opts.NoNewKeyring,
 		IoUID:        int(opts.IoUID),
 		IoGID:        int(opts.IoGID),
+		Restore:      restore,
 	}, s.cfg.Deps)
 	if err != nil {
 		s.cfg.Logger.Warn("create failed", "id", r.GetID(), "error", err)
@@ -366,19 +372,84 @@ func notImplemented(what string) error {
 	return fmt.Errorf("%s is not supported by this shim yet: %w", what, errdefs.ErrNotImplemented)
 }
 
-// Pause is not implemented yet.
+// Pause freezes the container.
 func (s *Service) Pause(ctx context.Context, r *taskapi.PauseRequest) (*emptypb.Empty, error) {
-	return nil, notImplemented("pause")
+	c, err := s.get(r.GetID())
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Pause(ctx); err != nil {
+		return nil, err
+	}
+	return &emptypb.Empty{}, nil
 }
 
-// Resume is not implemented yet.
+// Resume thaws the container.
 func (s *Service) Resume(ctx context.Context, r *taskapi.ResumeRequest) (*emptypb.Empty, error) {
-	return nil, notImplemented("resume")
+	c, err := s.get(r.GetID())
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Resume(ctx); err != nil {
+		return nil, err
+	}
+	return &emptypb.Empty{}, nil
 }
 
-// Checkpoint is not implemented yet.
+// checkpointOptionsTypeURL names containerd.runc.v1.CheckpointOptions.
+const checkpointOptionsTypeURL = "containerd.runc.v1.CheckpointOptions"
+
+// Checkpoint checkpoints the container with CRIU into r.Path.
 func (s *Service) Checkpoint(ctx context.Context, r *taskapi.CheckpointTaskRequest) (*emptypb.Empty, error) {
-	return nil, notImplemented("checkpoint")
+	c, err := s.get(r.GetID())
+	if err != nil {
+		return nil, err
+	}
+	opts, err := checkpointOptions(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Checkpoint(ctx, opts); err != nil {
+		return nil, err
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// checkpointOptions decodes a CheckpointTaskRequest: the image path, and
+// containerd.runc.v1.CheckpointOptions when given (its image_path wins).
+func checkpointOptions(r *taskapi.CheckpointTaskRequest) (runtime.CheckpointOpts, error) {
+	opts := runtime.CheckpointOpts{ImagePath: r.GetPath()}
+	if a := r.GetOptions(); a != nil && (a.GetTypeUrl() != "" || len(a.GetValue()) > 0) {
+		if url := strings.TrimPrefix(a.GetTypeUrl(), "type.googleapis.com/"); url != checkpointOptionsTypeURL {
+			return opts, fmt.Errorf("checkpoint options of type %q are not supported (want %s): %w", a.GetTypeUrl(), checkpointOptionsTypeURL, errdefs.ErrInvalidArgument)
+		}
+		var co runcoptions.CheckpointOptions
+		if err := proto.Unmarshal(a.GetValue(), &co); err != nil {
+			return opts, fmt.Errorf("decode %s: %v: %w", checkpointOptionsTypeURL, err, errdefs.ErrInvalidArgument)
+		}
+		opts.Exit = co.GetExit()
+		opts.OpenTCP = co.GetOpenTcp()
+		opts.ExternalUnixSockets = co.GetExternalUnixSockets()
+		opts.Terminal = co.GetTerminal()
+		opts.FileLocks = co.GetFileLocks()
+		opts.EmptyNamespaces = co.GetEmptyNamespaces()
+		opts.CgroupsMode = co.GetCgroupsMode()
+		opts.WorkPath = co.GetWorkPath()
+		if p := co.GetImagePath(); p != "" {
+			opts.ImagePath = p
+		}
+	}
+	for _, p := range []string{opts.ImagePath, opts.WorkPath} {
+		if p != "" && (!filepath.IsAbs(p) || filepath.Clean(p) != p) {
+			return opts, fmt.Errorf("checkpoint path %q must be absolute and clean: %w", p, errdefs.ErrInvalidArgument)
+		}
+	}
+	switch opts.CgroupsMode {
+	case "", "soft", "full", "strict":
+	default:
+		return opts, fmt.Errorf("checkpoint cgroups mode %q (want soft, full or strict): %w", opts.CgroupsMode, errdefs.ErrInvalidArgument)
+	}
+	return opts, nil
 }
 
 // Exec adds an exec process; Start runs it.
@@ -414,12 +485,26 @@ func (s *Service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*
 	return &emptypb.Empty{}, nil
 }
 
-// Update is not implemented yet.
+// Update applies new resources (a JSON LinuxResources) to the container.
 func (s *Service) Update(ctx context.Context, r *taskapi.UpdateTaskRequest) (*emptypb.Empty, error) {
-	return nil, notImplemented("update")
+	c, err := s.get(r.GetID())
+	if err != nil {
+		return nil, err
+	}
+	if r.GetResources() == nil {
+		return nil, fmt.Errorf("update %s: no resources: %w", r.GetID(), errdefs.ErrInvalidArgument)
+	}
+	if err := c.Update(ctx, r.GetResources().GetValue()); err != nil {
+		return nil, err
+	}
+	return &emptypb.Empty{}, nil
 }
 
-// Stats is not implemented yet.
+// Stats is not implemented yet: the cgroup metrics come with package
+// cgroups.
 func (s *Service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.StatsResponse, error) {
+	if _, err := s.get(r.GetID()); err != nil {
+		return nil, err
+	}
 	return nil, notImplemented("stats")
 }

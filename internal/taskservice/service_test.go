@@ -386,10 +386,14 @@ func TestBadInput(t *testing.T) {
 		}, codes.AlreadyExists},
 		{"delete running", func() error { _, err := h.svc.Delete(ctx, &taskv2.DeleteRequest{ID: "good"}); return err }, codes.FailedPrecondition},
 		{"start running", func() error { _, err := h.svc.Start(ctx, &taskv2.StartRequest{ID: "good"}); return err }, codes.FailedPrecondition},
-		{"checkpoint", func() error {
+		{"checkpoint without an image path", func() error {
 			_, err := h.svc.Checkpoint(ctx, &taskv2.CheckpointTaskRequest{ID: "good"})
 			return err
-		}, codes.Unimplemented},
+		}, codes.InvalidArgument},
+		{"stats", func() error {
+			_, err := h.svc.Stats(ctx, &taskv2.StatsRequest{ID: "nope"})
+			return err
+		}, codes.NotFound},
 		{"exec without spec", func() error {
 			_, err := h.svc.Exec(ctx, &taskv2.ExecProcessRequest{ID: "good", ExecID: "e"})
 			return err
@@ -534,8 +538,12 @@ func TestTTRPCBothVersions(t *testing.T) {
 		t.Fatalf("v3 unknown id: %v, want NotFound", err)
 	}
 	_, err = v2.Pause(ctx, &taskv2.PauseRequest{ID: "v"})
+	if s, _ := status.FromError(err); s.Code() != codes.FailedPrecondition {
+		t.Fatalf("v2 pause of a created container: %v, want FailedPrecondition", err)
+	}
+	_, err = v3.Stats(ctx, &taskv3.StatsRequest{ID: "v"})
 	if s, _ := status.FromError(err); s.Code() != codes.Unimplemented {
-		t.Fatalf("v2 pause: %v, want Unimplemented", err)
+		t.Fatalf("v3 stats: %v, want Unimplemented", err)
 	}
 	if _, err := v2.Delete(ctx, &taskv2.DeleteRequest{ID: "v"}); err != nil {
 		t.Fatal(err)

@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,7 +63,7 @@ type stubArgs struct {
 
 func parseStubArgs(args []string) stubArgs {
 	a := stubArgs{flags: map[string]string{}}
-	withValue := map[string]bool{"--process": true, "--root": true, "--log": true, "--log-format": true, "--bundle": true, "--pid-file": true, "--format": true, "--console-socket": true}
+	withValue := map[string]bool{"--image-path": true, "--work-path": true, "--manage-cgroups-mode": true, "--empty-ns": true, "--process": true, "--root": true, "--log": true, "--log-format": true, "--bundle": true, "--pid-file": true, "--format": true, "--console-socket": true}
 	for i := 0; i < len(args); i++ {
 		arg := args[i]
 		switch {
@@ -200,6 +201,29 @@ func stubRuntime(args []string) int {
 		if pf := a.flags["--pid-file"]; pf != "" {
 			os.WriteFile(pf, []byte(strconv.Itoa(cmd.Process.Pid)), 0o600)
 		}
+		return 0
+	case "pause", "resume":
+		if !exists() || !alive() {
+			return fail("container not running")
+		}
+		sig := syscall.SIGSTOP
+		if a.cmd == "resume" {
+			sig = syscall.SIGCONT
+		}
+		syscall.Kill(pid(), sig)
+		return 0
+	case "update":
+		if !exists() {
+			return fail("container does not exist")
+		}
+		data, _ := io.ReadAll(os.Stdin)
+		os.WriteFile(filepath.Join(dir, "resources"), data, 0o600)
+		return 0
+	case "checkpoint":
+		if !exists() || !alive() {
+			return fail("container not running")
+		}
+		os.WriteFile(filepath.Join(dir, "checkpoint-args"), []byte(strings.Join(args, " ")), 0o600)
 		return 0
 	case "ps":
 		if !exists() {
