@@ -13,10 +13,12 @@ import (
 	"github.com/tether-shim/tether/internal/exits"
 )
 
-// Deadlines of a logging binary: how long it may take to signal readiness,
-// and to exit once the container's output ended, before it is killed.
+// Deadlines of a logging binary: how long it may take to signal readiness;
+// how long it gets to exit at EOF before SIGTERM, and after SIGTERM before
+// SIGKILL.
 const (
 	loggerReadyTimeout = 10 * time.Second
+	loggerEOFGrace     = time.Second
 	loggerStopTimeout  = 5 * time.Second
 )
 
@@ -97,9 +99,16 @@ func (p *IO) startLogger(ctx context.Context, bin output, opts Options) (retErr 
 	return nil
 }
 
-// stop waits for the logging binary to exit (the container's output has
-// ended, so it sees EOF), and kills it after loggerStopTimeout.
+// stop waits a moment for the logging binary to exit by itself (the
+// container's output has ended, so it sees EOF), then asks it with SIGTERM
+// so that it can flush, and kills it after loggerStopTimeout.
 func (l *logger) stop() error {
+	select {
+	case <-l.exited:
+		return nil
+	case <-time.After(loggerEOFGrace):
+	}
+	_ = l.launcher.Signal(l.pid, syscall.SIGTERM)
 	select {
 	case <-l.exited:
 		return nil
@@ -108,7 +117,7 @@ func (l *logger) stop() error {
 	_ = l.launcher.Signal(l.pid, syscall.SIGKILL)
 	select {
 	case <-l.exited:
-		return fmt.Errorf("stdio: logging binary %d killed: it did not exit at EOF", l.pid)
+		return fmt.Errorf("stdio: logging binary %d killed: it ignored EOF and SIGTERM", l.pid)
 	case <-time.After(loggerStopTimeout):
 		return fmt.Errorf("stdio: logging binary %d did not exit", l.pid)
 	}
