@@ -29,8 +29,10 @@ import (
 	eventsapi "github.com/containerd/containerd/api/events"
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/tether-shim/tether/internal/cgroups"
 	"github.com/tether-shim/tether/internal/events"
 	"github.com/tether-shim/tether/internal/exits"
 	"github.com/tether-shim/tether/internal/runtime"
@@ -103,6 +105,10 @@ type Container struct {
 	execsIdle    chan struct{}
 	// ioUID and ioGID own the stdio pipes of every process.
 	ioUID, ioGID int
+	// cgroup is the init's cgroup, nil if it could not be found; oom
+	// watches it. Both are set once the init exists and never change.
+	cgroup *cgroups.Cgroup
+	oom    *cgroups.OOMWatcher
 	// restore and restoreOpts are set for a restore from a checkpoint; the
 	// IO prepared at Create is used by Start.
 	restore    *runtime.CheckpointOpts
@@ -201,6 +207,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 			return nil, fmt.Errorf("create %s: %w", c.id, err)
 		}
 	}
+	c.watchCgroup(pid)
 	c.init.outbox.Send(events.TopicCreate, &eventsapi.TaskCreate{
 		ContainerID: c.id,
 		Bundle:      c.bundle,
@@ -350,6 +357,18 @@ func (c *Container) Pids(ctx context.Context) ([]int, error) {
 // published: in a shared pid namespace it kills what the init leaves
 // behind, and it waits for the execs' exits to be published first.
 func (c *Container) initExiting() {
+	c.mu.Lock()
+	oom := c.oom
+	c.mu.Unlock()
+	if oom != nil {
+		// An OOM kill that caused this exit is published before it.
+		if oom.Check() {
+			c.publishOOM()
+		}
+		if err := oom.Close(); err != nil {
+			c.deps.Logger.Warn("close OOM watch", "id", c.id, "error", err)
+		}
+	}
 	if c.sharedPidNS {
 		if err := c.rt.Kill(context.Background(), c.id, uint32(syscall.SIGKILL), true); err != nil && !runtime.IsNotFound(err) {
 			c.deps.Logger.Warn("kill the processes the init left", "id", c.id, "error", err)
@@ -451,8 +470,43 @@ func (c *Container) startInit(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	c.watchCgroup(c.init.Pid())
 	if c.restoreIO.pipes != nil {
 		return c.restoreIO.pipes.ReceiveConsole()
 	}
 	return nil
+}
+
+// watchCgroup finds the init's cgroup and watches it for OOM kills, which
+// are published as TaskOOM. Before start, no OOM can be missed. A cgroup
+// that cannot be found costs the container its stats and OOM events, not
+// its life: it is logged at Warn.
+func (c *Container) watchCgroup(pid int) {
+	cg, err := cgroups.Load(pid)
+	if err != nil {
+		c.deps.Logger.Warn("no cgroup: stats and OOM events unavailable", "id", c.id, "pid", pid, "error", err)
+		return
+	}
+	oom, err := cg.WatchOOM(c.publishOOM)
+	if err != nil {
+		c.deps.Logger.Warn("no OOM watch", "id", c.id, "error", err)
+	}
+	c.mu.Lock()
+	c.cgroup, c.oom = cg, oom
+	c.mu.Unlock()
+}
+
+func (c *Container) publishOOM() {
+	c.init.outbox.Send(events.TopicOOM, &eventsapi.TaskOOM{ContainerID: c.id})
+}
+
+// Stats returns the container's cgroup metrics.
+func (c *Container) Stats(ctx context.Context) (*anypb.Any, error) {
+	c.mu.Lock()
+	cg := c.cgroup
+	c.mu.Unlock()
+	if cg == nil {
+		return nil, fmt.Errorf("stats %s: no cgroup: %w", c.id, errdefs.ErrNotFound)
+	}
+	return cg.Stats(ctx)
 }

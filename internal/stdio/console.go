@@ -91,6 +91,13 @@ func (c *console) stopReads() {
 	}
 }
 
+// stopOutputWrites makes writes to the client's stdout fifo return.
+func (c *console) stopOutputWrites() {
+	if c.out != nil {
+		_ = c.out.SetWriteDeadline(time.Now())
+	}
+}
+
 func (c *console) stopWrites() {
 	if c.master != nil {
 		_ = c.master.SetWriteDeadline(time.Now())
@@ -141,12 +148,20 @@ func (p *IO) ReceiveConsole() error {
 	return nil
 }
 
-// copyInConsole copies the client's input to the pty. At EOF the pty stays
-// open: closing the master would hang up the terminal.
+// eot is ^D, the terminal's end-of-file character in canonical mode.
+const eot = 0x04
+
+// copyInConsole copies the client's input to the pty. At EOF (the client
+// closed its stdin, or CloseStdin) it types ^D, so that a process reading
+// the terminal sees end of file; the pty stays open, since closing the
+// master would hang up the terminal and lose its output.
 func (p *IO) copyInConsole(src io.Reader, dst io.Writer) {
 	defer p.input.Done()
 	buf := make([]byte, copyBufSize)
-	_, _ = io.CopyBuffer(dst, src, buf)
+	_, err := io.CopyBuffer(dst, src, buf)
+	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, os.ErrClosed) || isFifoClosed(err) {
+		_, _ = dst.Write([]byte{eot})
+	}
 }
 
 // Resize sets the terminal's size.

@@ -25,6 +25,7 @@ func (p *IO) openFifos(out, errOut output) error {
 		if err != nil {
 			return err
 		}
+		p.outFiles = append(p.outFiles, f)
 		if err := p.pipe(s.shim, s.contnr, f, func() { f.Close() }); err != nil {
 			f.Close()
 			return err
@@ -61,3 +62,7 @@ func openStdinFifo(path string) (io.ReadCloser, error) {
 	}
 	return in, nil
 }
+
+// isFifoClosed reports whether err is a read from a stdin fifo that
+// CloseStdin closed.
+func isFifoClosed(err error) bool { return errors.Is(err, fifo.ErrReadClosed) }

@@ -29,6 +29,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -149,8 +150,12 @@ func (c Config) Validate() error {
 	if out.kind != kindNone && errOut.kind != kindNone && out.kind != errOut.kind {
 		return fmt.Errorf("stdout %q and stderr %q differ in kind: %w", c.Stdout, c.Stderr, errdefs.ErrInvalidArgument)
 	}
-	if c.Terminal && (out.kind == kindFile || out.kind == kindBinary) {
-		return fmt.Errorf("a terminal needs fifo stdio, not %q: %w", c.Stdout, errdefs.ErrInvalidArgument)
+	if c.Terminal {
+		for _, o := range []output{out, errOut} {
+			if o.kind == kindFile || o.kind == kindBinary {
+				return fmt.Errorf("a terminal needs fifo stdio, not %q: %w", o.path, errdefs.ErrInvalidArgument)
+			}
+		}
 	}
 	return nil
 }
@@ -169,6 +174,12 @@ type IO struct {
 	logger *logger
 	// file is the file:// destination, closed after both copies ended.
 	file *os.File
+
+	// outFiles are the client's output fifos the copies write to.
+	outFiles []*os.File
+	// progress counts the bytes the output copies have written; Drain
+	// waits as long as it grows.
+	progress atomic.Int64
 
 	outputs sync.WaitGroup // the stdout and stderr (or pty) copies
 	input   sync.WaitGroup // the stdin copy
@@ -206,8 +217,8 @@ func Open(ctx context.Context, c Config, opts Options) (_ *IO, retErr error) {
 			return nil, err
 		}
 		p.console = con
-		if c.Stdout != "" {
-			if p.console.out, err = openOutputFifo(c.Stdout); err != nil {
+		if out, _ := parseOutput(c.Stdout); out.kind == kindFifo {
+			if p.console.out, err = openOutputFifo(out.path); err != nil {
 				return nil, err
 			}
 		}
@@ -298,7 +309,19 @@ func (p *IO) chown(uid, gid int) error {
 func (p *IO) copyOut(dst io.Writer, src io.Reader, closeDst func()) {
 	defer p.outputs.Done()
 	buf := make([]byte, copyBufSize)
-	_, _ = io.CopyBuffer(dst, src, buf)
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			w, werr := dst.Write(buf[:n])
+			p.progress.Add(int64(w))
+			if werr != nil {
+				break
+			}
+		}
+		if rerr != nil {
+			break
+		}
+	}
 	if closeDst != nil {
 		closeDst()
 	}
@@ -389,9 +412,10 @@ func (p *IO) CloseStdin() {
 }
 
 // Drain waits until the output copies have delivered everything the process
-// wrote, or until timeout. After the timeout (a process left behind still
-// holds the pipe) it stops the copies: what was already read is written out,
-// and the client sees EOF.
+// wrote. It waits as long as they make progress, so a slow client slows the
+// drain down without losing bytes; once nothing moved for timeout (a
+// process left behind holds the pipe, or the client stopped reading) it
+// stops the copies, and the client sees EOF.
 func (p *IO) Drain(timeout time.Duration) {
 	done := make(chan struct{})
 	go func() {
@@ -400,24 +424,37 @@ func (p *IO) Drain(timeout time.Duration) {
 	}()
 	t := time.NewTimer(timeout)
 	defer t.Stop()
-	select {
-	case <-done:
-		return
-	case <-t.C:
+	last := p.progress.Load()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		now := p.progress.Load()
+		if now == last {
+			break
+		}
+		last = now
+		t.Reset(timeout)
 	}
 	p.stopOutputs()
 	<-done
 }
 
-// stopOutputs makes the output copies' reads return.
+// stopOutputs makes the output copies return: their reads from the
+// process and their writes to the client.
 func (p *IO) stopOutputs() {
-	for _, f := range []*os.File{p.stdoutR, p.stderrR} {
+	now := time.Now()
+	for _, f := range append([]*os.File{p.stdoutR, p.stderrR}, p.outFiles...) {
 		if f != nil {
-			_ = f.SetReadDeadline(time.Now())
+			_ = f.SetReadDeadline(now)
+			_ = f.SetWriteDeadline(now)
 		}
 	}
 	if p.console != nil {
 		p.console.stopReads()
+		p.console.stopOutputWrites()
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/tether-shim/tether/internal/cgroups"
 	"github.com/tether-shim/tether/internal/container"
 	"github.com/tether-shim/tether/internal/runtime"
 	"github.com/tether-shim/tether/internal/stdio"
@@ -154,6 +155,11 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	opts, err := runtime.ParseOptions(r.GetOptions())
 	if err != nil {
 		return nil, err
+	}
+	if opts.ShimCgroup != "" {
+		if err := cgroups.AddProcess(opts.ShimCgroup, os.Getpid()); err != nil {
+			return nil, fmt.Errorf("move the shim to cgroup %s: %w", opts.ShimCgroup, err)
+		}
 	}
 	var restore *runtime.CheckpointOpts
 	if cp := r.GetCheckpoint(); cp != "" {
@@ -500,11 +506,16 @@ func (s *Service) Update(ctx context.Context, r *taskapi.UpdateTaskRequest) (*em
 	return &emptypb.Empty{}, nil
 }
 
-// Stats is not implemented yet: the cgroup metrics come with package
-// cgroups.
+// Stats returns the container's cgroup metrics:
+// io.containerd.cgroups.v1.Metrics or io.containerd.cgroups.v2.Metrics.
 func (s *Service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.StatsResponse, error) {
-	if _, err := s.get(r.GetID()); err != nil {
+	c, err := s.get(r.GetID())
+	if err != nil {
 		return nil, err
 	}
-	return nil, notImplemented("stats")
+	stats, err := c.Stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &taskapi.StatsResponse{Stats: stats}, nil
 }
