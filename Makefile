@@ -16,12 +16,13 @@ GO ?= go
 BIN := bin/containerd-shim-tether-v2
 E2E_TIMEOUT ?= 75m
 
-.PHONY: all build test test-unit test-e2e deps demo lint clean
+.PHONY: all build test test-unit test-e2e deps demo lint clean bench
 
 all: build
 
+# Static and without cgo: no ld.so or libc pages in every shim (docs/performance.md).
 build:
-	$(GO) build -o $(BIN) ./cmd/containerd-shim-tether-v2
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/containerd-shim-tether-v2
 
 # deps installs what the tests need (idempotent, fast when all is there).
 deps:
@@ -46,6 +47,14 @@ test-e2e:
 
 demo:
 	bash scripts/demo.sh
+
+# bench compares Tether with the stock shim under private containerds (bench/,
+# a separate module; needs root): prints a table, writes bench/results/latest.*.
+# It holds /tmp/tether-heavy.lock (other heavy runs take it too) and waits for a
+# running e2e suite to finish. Knobs: BENCH_* variables, see bench/README.md.
+bench:
+	TETHER_CONTAINERD_VERSIONS=2.4.2 bash scripts/install-deps.sh
+	cd bench && $(GO) build -o .bin/tether-bench . && flock -w $${BENCH_LOCK_WAIT:-3600} /tmp/tether-heavy.lock .bin/tether-bench
 
 lint:
 	@out=$$(gofmt -l cmd internal test third_party 2>/dev/null); \

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -51,6 +52,10 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	logger := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level})).
 		With("runtime", "io.containerd.tether.v2", "namespace", f.Namespace, "shim", f.ID)
 
+	// One P is plenty for a shim, which mostly waits; every extra P can
+	// bring its own OS thread and stacks. See docs/performance.md.
+	runtime.GOMAXPROCS(1)
+
 	sock := os.NewFile(listenFD, "socket")
 	fl, err := net.FileListener(sock)
 	sock.Close()
@@ -87,7 +92,14 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		Shutdown: stop,
 		Version:  version,
 	})
-	server, err := ttrpc.NewServer(ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()))
+	trim := newTrimmer()
+	server, err := ttrpc.NewServer(
+		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
+		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
+			trim.Poke()
+			return m(ctx, u)
+		}),
+	)
 	if err != nil {
 		ln.Close()
 		return err
@@ -102,6 +114,18 @@ func Serve(ctx context.Context, f Flags, version string) error {
 
 	served := make(chan error, 1)
 	go func() { served <- server.Serve(ctx, ln) }()
+	go trim.run(ctx)
+	if f.Debug {
+		prof := startProfiler(ctx, bundle, logger)
+		defer func() {
+			stop()
+			<-prof.done
+		}()
+	}
+	defer func() {
+		stop()
+		<-trim.done
+	}()
 	logger.Debug("serving", "socket", socketPath, "pid", os.Getpid())
 
 	var serveErr error

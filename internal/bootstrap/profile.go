@@ -1,0 +1,97 @@
+package bootstrap
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"syscall"
+)
+
+// profiler serves profiles of a shim started with -debug, without a
+// listening port: SIGUSR1 writes <bundle>/tether-heap.pprof (after a GC) and
+// <bundle>/tether-goroutines.txt; SIGUSR2 starts a CPU profile into
+// <bundle>/tether-cpu.pprof, and the next SIGUSR2 stops it. Its goroutine is
+// owned by Serve, which cancels ctx and waits for done.
+type profiler struct {
+	dir    string
+	logger *slog.Logger
+	done   chan struct{}
+}
+
+func startProfiler(ctx context.Context, dir string, logger *slog.Logger) *profiler {
+	// A shim's heap is around a megabyte: sample finely enough to see it.
+	runtime.MemProfileRate = 4096
+	p := &profiler{dir: dir, logger: logger, done: make(chan struct{})}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
+	go func() {
+		defer close(p.done)
+		defer signal.Stop(sigs)
+		var cpu *os.File
+		defer func() {
+			if cpu != nil {
+				pprof.StopCPUProfile()
+				cpu.Close()
+			}
+		}()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case sig := <-sigs:
+				if sig == syscall.SIGUSR1 {
+					p.writeHeap()
+					continue
+				}
+				if cpu != nil {
+					pprof.StopCPUProfile()
+					cpu.Close()
+					cpu = nil
+					p.logger.Debug("cpu profile written", "file", filepath.Join(p.dir, "tether-cpu.pprof"))
+					continue
+				}
+				f, err := os.Create(filepath.Join(p.dir, "tether-cpu.pprof"))
+				if err != nil {
+					p.logger.Warn("cpu profile", "error", err)
+					continue
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					p.logger.Warn("cpu profile", "error", err)
+					f.Close()
+					continue
+				}
+				cpu = f
+			}
+		}
+	}()
+	return p
+}
+
+func (p *profiler) writeHeap() {
+	runtime.GC()
+	for name, file := range map[string]string{"heap": "tether-heap.pprof", "goroutine": "tether-goroutines.txt"} {
+		f, err := os.Create(filepath.Join(p.dir, file))
+		if err != nil {
+			p.logger.Warn("profile", "profile", name, "error", err)
+			continue
+		}
+		debug := 0
+		if name == "goroutine" {
+			debug = 2
+		}
+		if err := pprof.Lookup(name).WriteTo(f, debug); err != nil {
+			p.logger.Warn("profile", "profile", name, "error", err)
+		}
+		f.Close()
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	p.logger.Debug("heap profile written", "dir", p.dir,
+		"heap_inuse", ms.HeapInuse, "heap_alloc", ms.HeapAlloc, "stack_inuse", ms.StackInuse,
+		"mspan_inuse", ms.MSpanInuse, "gc_sys", ms.GCSys, "other_sys", ms.OtherSys, "sys", ms.Sys,
+		"goroutines", runtime.NumGoroutine())
+}
