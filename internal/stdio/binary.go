@@ -93,6 +93,9 @@ func (p *IO) startLogger(ctx context.Context, bin output, opts Options) (retErr 
 		deadline = d
 	}
 	_ = readyR.SetReadDeadline(deadline)
+	// A cancelled ctx ends the wait too, not only its deadline.
+	stopWait := context.AfterFunc(ctx, func() { _ = readyR.SetReadDeadline(time.Now()) })
+	defer stopWait()
 	if _, err := io.Copy(io.Discard, readyR); err != nil {
 		return fmt.Errorf("stdio: logging binary %s not ready: %w", bin.path, err)
 	}

@@ -153,15 +153,33 @@ const eot = 0x04
 
 // copyInConsole copies the client's input to the pty. At EOF (the client
 // closed its stdin, or CloseStdin) it types ^D, so that a process reading
-// the terminal sees end of file; the pty stays open, since closing the
-// master would hang up the terminal and lose its output.
+// the terminal sees end of file: twice after a partial line, because the
+// first ^D only hands the pending line over. The pty stays open, since
+// closing the master would hang up the terminal and lose its output.
 func (p *IO) copyInConsole(src io.Reader, dst io.Writer) {
 	defer p.input.Done()
 	buf := make([]byte, copyBufSize)
-	_, err := io.CopyBuffer(dst, src, buf)
-	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, os.ErrClosed) || isFifoClosed(err) {
-		_, _ = dst.Write([]byte{eot})
+	var last byte = '\n'
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+			last = buf[n-1]
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrClosed) && !isFifoClosed(err) {
+				return
+			}
+			break
+		}
 	}
+	eof := []byte{eot}
+	if last != '\n' {
+		eof = []byte{eot, eot}
+	}
+	_, _ = dst.Write(eof)
 }
 
 // Resize sets the terminal's size.

@@ -411,11 +411,22 @@ func (p *IO) CloseStdin() {
 	}
 }
 
+// Limits of Drain once no more output should come: what a process leaves
+// in its pipes when it exits is at most a pipe buffer and a copy buffer per
+// stream, so more than drainByteLimit, or draining for longer than
+// drainMax, means something left behind is still writing.
+const (
+	drainByteLimit = 256 << 10
+	drainMax       = 10 * time.Second
+)
+
 // Drain waits until the output copies have delivered everything the process
 // wrote. It waits as long as they make progress, so a slow client slows the
-// drain down without losing bytes; once nothing moved for timeout (a
-// process left behind holds the pipe, or the client stopped reading) it
-// stops the copies, and the client sees EOF.
+// drain down without losing what the process wrote; it stops the copies
+// (and the client sees EOF) once nothing moved for timeout (the client
+// stopped reading, or a process left behind holds the pipe silently), once
+// more than drainByteLimit went through (a process left behind keeps
+// writing), or after drainMax in all.
 func (p *IO) Drain(timeout time.Duration) {
 	done := make(chan struct{})
 	go func() {
@@ -424,7 +435,9 @@ func (p *IO) Drain(timeout time.Duration) {
 	}()
 	t := time.NewTimer(timeout)
 	defer t.Stop()
-	last := p.progress.Load()
+	start := p.progress.Load()
+	deadline := time.Now().Add(drainMax)
+	last := start
 	for {
 		select {
 		case <-done:
@@ -432,7 +445,7 @@ func (p *IO) Drain(timeout time.Duration) {
 		case <-t.C:
 		}
 		now := p.progress.Load()
-		if now == last {
+		if now == last || now-start > drainByteLimit || time.Now().After(deadline) {
 			break
 		}
 		last = now
