@@ -180,6 +180,9 @@ type IO struct {
 	// progress counts the bytes the output copies have written; Drain
 	// waits as long as it grows.
 	progress atomic.Int64
+	// writing counts the output copies blocked in a write to the client:
+	// a stall there is a slow client, not a process left behind.
+	writing atomic.Int32
 
 	outputs sync.WaitGroup // the stdout and stderr (or pty) copies
 	input   sync.WaitGroup // the stdin copy
@@ -312,7 +315,9 @@ func (p *IO) copyOut(dst io.Writer, src io.Reader, closeDst func()) {
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
+			p.writing.Add(1)
 			w, werr := dst.Write(buf[:n])
+			p.writing.Add(-1)
 			p.progress.Add(int64(w))
 			if werr != nil {
 				break
@@ -413,20 +418,22 @@ func (p *IO) CloseStdin() {
 
 // Limits of Drain once no more output should come: what a process leaves
 // in its pipes when it exits is at most a pipe buffer and a copy buffer per
-// stream, so more than drainByteLimit, or draining for longer than
-// drainMax, means something left behind is still writing.
+// stream, so more than drainByteLimit means something left behind is still
+// writing; and draining for longer than drainMaxFactor times Drain's
+// timeout means the client stopped reading.
 const (
 	drainByteLimit = 256 << 10
-	drainMax       = 10 * time.Second
+	drainMaxFactor = 5
 )
 
 // Drain waits until the output copies have delivered everything the process
-// wrote. It waits as long as they make progress, so a slow client slows the
-// drain down without losing what the process wrote; it stops the copies
-// (and the client sees EOF) once nothing moved for timeout (the client
-// stopped reading, or a process left behind holds the pipe silently), once
-// more than drainByteLimit went through (a process left behind keeps
-// writing), or after drainMax in all.
+// wrote. A slow client only slows it down: while a copy is blocked writing
+// to the client, or output moves, it waits, so nothing the process wrote is
+// lost. It stops the copies (and the client sees EOF) once nothing moved
+// for timeout while the copies wait to read (a process left behind holds
+// the pipe), once more than drainByteLimit went through (a process left
+// behind keeps writing), or after drainMaxFactor timeouts in all (a
+// client that stopped reading).
 func (p *IO) Drain(timeout time.Duration) {
 	done := make(chan struct{})
 	go func() {
@@ -436,7 +443,7 @@ func (p *IO) Drain(timeout time.Duration) {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	start := p.progress.Load()
-	deadline := time.Now().Add(drainMax)
+	deadline := time.Now().Add(drainMaxFactor * timeout)
 	last := start
 	for {
 		select {
@@ -445,7 +452,8 @@ func (p *IO) Drain(timeout time.Duration) {
 		case <-t.C:
 		}
 		now := p.progress.Load()
-		if now == last || now-start > drainByteLimit || time.Now().After(deadline) {
+		stalledOnRead := now == last && p.writing.Load() == 0
+		if stalledOnRead || now-start > drainByteLimit || time.Now().After(deadline) {
 			break
 		}
 		last = now
