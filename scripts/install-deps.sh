@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install-deps.sh installs everything the demo, the tests and the benchmarks need:
 # Debian's containerd 1.6, runc, crun and busybox-static, and containerd 1.7, 2.2 and 2.4
-# built from the Go module proxy into $TETHER_DEPS (default /opt/tether). It is
+# (plus the stock containerd-shim-runc-v2 of 2.4, for bench/) built from the Go module
+# proxy into $TETHER_DEPS (default /opt/tether). It is
 # idempotent: what is present is not rebuilt. Any failure exits non-zero.
 set -euo pipefail
 
@@ -42,11 +43,36 @@ build_containerd() {
   rm -rf "$tmp"
 }
 
+# build_runc_shim VERSION: builds containerd's own containerd-shim-runc-v2 of VERSION (2.x)
+# into $DEPS/containerd-VERSION/bin, the stock shim the benchmarks (bench/) compare Tether
+# with. Built as `go install ...@vVERSION` would (default cgo setting, no tags), from a
+# scratch module like containerd itself.
+build_runc_shim() {
+  local ver=$1 mod=github.com/containerd/containerd/v2 out=$DEPS/containerd-$1/bin
+  if [ -x "$out/containerd-shim-runc-v2" ]; then return 0; fi
+  echo "install-deps: building containerd-shim-runc-v2 $ver (a minute or two)" >&2
+  local tmp
+  tmp=$(mktemp -d)
+  (
+    cd "$tmp"
+    go mod init scratch >/dev/null 2>&1
+    GOFLAGS=-mod=mod go get "$mod@v$ver" >/dev/null 2>&1
+    mkdir -p "$out"
+    GOFLAGS=-mod=mod go build -o "$out/containerd-shim-runc-v2" "$mod/cmd/containerd-shim-runc-v2"
+  )
+  rm -rf "$tmp"
+}
+
 versions=${TETHER_CONTAINERD_VERSIONS:-"1.7.35 2.2.1 2.4.2"}
+# containerd versions whose stock shim is built too (only those also in $versions).
+shim_versions=${TETHER_RUNC_SHIM_VERSIONS:-"2.4.2"}
 for v in $versions; do
   case $v in
     1.*) build_containerd "$v" github.com/containerd/containerd ;;
     *)   build_containerd "$v" github.com/containerd/containerd/v2 ;;
+  esac
+  case " $shim_versions " in
+    *" $v "*) build_runc_shim "$v" ;;
   esac
 done
 echo "install-deps: ok" >&2
