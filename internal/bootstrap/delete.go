@@ -21,6 +21,7 @@ import (
 // noHold is the Holder of `delete`, which runs no exit monitor.
 type noHold struct{}
 
+// Hold holds nothing.
 func (noHold) Hold() func() { return func() {} }
 
 // Delete implements `delete`, which containerd runs when a server died or a

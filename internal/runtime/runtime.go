@@ -108,12 +108,21 @@ func newNullIO() (*nullIO, error) {
 	return &nullIO{devNull: f}, nil
 }
 
+// Stdin, Stdout and Stderr return nil: the shim keeps no end of /dev/null.
 func (n *nullIO) Stdin() io.WriteCloser { return nil }
+
+// Stdout returns nil; see Stdin.
 func (n *nullIO) Stdout() io.ReadCloser { return nil }
+
+// Stderr returns nil; see Stdin.
 func (n *nullIO) Stderr() io.ReadCloser { return nil }
+
+// Set gives /dev/null to the runtime command for all three streams.
 func (n *nullIO) Set(cmd *exec.Cmd) {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = n.devNull, n.devNull, n.devNull
 }
+
+// Close closes the shim's /dev/null.
 func (n *nullIO) Close() error { return n.devNull.Close() }
 
 // CreateOpts are the options of Create.
