@@ -142,32 +142,41 @@ type CreateOpts struct {
 // released. When register fails, Create returns its error; the caller owns
 // the cleanup (a forced delete).
 func (r *Runtime) Create(ctx context.Context, id, bundle string, opts CreateOpts, register func(pid int) error) (int, error) {
+	return r.launch(ctx, "create", id, opts.IO, opts.PidFile, register, func(ctx context.Context, io runc.IO) error {
+		return r.rc.Create(ctx, id, bundle, &runc.CreateOpts{
+			IO:            io,
+			ConsoleSocket: opts.ConsoleSocket,
+			PidFile:       opts.PidFile,
+			NoPivot:       opts.NoPivot,
+			NoNewKeyring:  opts.NoNewKeyring,
+		})
+	})
+}
+
+// launch runs a runtime command that leaves a process behind (create, exec,
+// restore) under a Hold, with /dev/null for a nil io, then reads the new
+// process's pid from pidFile and calls register(pid) before the Hold is
+// released.
+func (r *Runtime) launch(ctx context.Context, op, id string, io runc.IO, pidFile string, register func(pid int) error, run func(context.Context, runc.IO) error) (int, error) {
 	release := r.hold.Hold()
 	defer release()
 	ctx, cancel := detached(ctx, launchTimeout)
 	defer cancel()
 	mark := r.logMark()
-	if opts.IO == nil {
+	if io == nil {
 		null, err := newNullIO()
 		if err != nil {
 			return 0, err
 		}
 		defer null.Close()
-		opts.IO = null
+		io = null
 	}
-	err := r.rc.Create(ctx, id, bundle, &runc.CreateOpts{
-		IO:            opts.IO,
-		ConsoleSocket: opts.ConsoleSocket,
-		PidFile:       opts.PidFile,
-		NoPivot:       opts.NoPivot,
-		NoNewKeyring:  opts.NoNewKeyring,
-	})
-	if err != nil {
-		return 0, r.fail("create", id, mark, err)
+	if err := run(ctx, io); err != nil {
+		return 0, r.fail(op, id, mark, err)
 	}
-	pid, err := ReadPidFile(opts.PidFile)
+	pid, err := ReadPidFile(pidFile)
 	if err != nil {
-		return 0, fmt.Errorf("runtime create %s: %w", id, err)
+		return 0, fmt.Errorf("runtime %s %s: %w", op, id, err)
 	}
 	if err := register(pid); err != nil {
 		return pid, err
@@ -187,36 +196,14 @@ type ExecOpts struct {
 // Exec runs `<runtime> exec --detach` with the process spec and registers the
 // new process's pid like Create does.
 func (r *Runtime) Exec(ctx context.Context, id string, spec specs.Process, opts ExecOpts, register func(pid int) error) (int, error) {
-	release := r.hold.Hold()
-	defer release()
-	ctx, cancel := detached(ctx, launchTimeout)
-	defer cancel()
-	mark := r.logMark()
-	if opts.IO == nil {
-		null, err := newNullIO()
-		if err != nil {
-			return 0, err
-		}
-		defer null.Close()
-		opts.IO = null
-	}
-	err := r.rc.Exec(ctx, id, spec, &runc.ExecOpts{
-		IO:            opts.IO,
-		ConsoleSocket: opts.ConsoleSocket,
-		PidFile:       opts.PidFile,
-		Detach:        true,
+	return r.launch(ctx, "exec", id, opts.IO, opts.PidFile, register, func(ctx context.Context, io runc.IO) error {
+		return r.rc.Exec(ctx, id, spec, &runc.ExecOpts{
+			IO:            io,
+			ConsoleSocket: opts.ConsoleSocket,
+			PidFile:       opts.PidFile,
+			Detach:        true,
+		})
 	})
-	if err != nil {
-		return 0, r.fail("exec", id, mark, err)
-	}
-	pid, err := ReadPidFile(opts.PidFile)
-	if err != nil {
-		return 0, fmt.Errorf("runtime exec %s: %w", id, err)
-	}
-	if err := register(pid); err != nil {
-		return pid, err
-	}
-	return pid, nil
 }
 
 // Start runs `<runtime> start`.
@@ -443,36 +430,15 @@ func (r *Runtime) Checkpoint(ctx context.Context, id string, opts CheckpointOpts
 // Restore runs `<runtime> restore --detach` from opts.ImagePath and
 // registers the restored process's pid like Create does.
 func (r *Runtime) Restore(ctx context.Context, id, bundle string, opts CheckpointOpts, create CreateOpts, register func(pid int) error) (int, error) {
-	release := r.hold.Hold()
-	defer release()
-	ctx, cancel := detached(ctx, launchTimeout)
-	defer cancel()
-	mark := r.logMark()
-	if create.IO == nil {
-		null, err := newNullIO()
-		if err != nil {
-			return 0, err
-		}
-		defer null.Close()
-		create.IO = null
-	}
-	_, err := r.rc.Restore(ctx, id, bundle, &runc.RestoreOpts{
-		CheckpointOpts: opts.runc(),
-		IO:             create.IO,
-		Detach:         true,
-		PidFile:        create.PidFile,
-		NoPivot:        create.NoPivot,
-		ConsoleSocket:  create.ConsoleSocket,
+	return r.launch(ctx, "restore", id, create.IO, create.PidFile, register, func(ctx context.Context, io runc.IO) error {
+		_, err := r.rc.Restore(ctx, id, bundle, &runc.RestoreOpts{
+			CheckpointOpts: opts.runc(),
+			IO:             io,
+			Detach:         true,
+			PidFile:        create.PidFile,
+			NoPivot:        create.NoPivot,
+			ConsoleSocket:  create.ConsoleSocket,
+		})
+		return err
 	})
-	if err != nil {
-		return 0, r.fail("restore", id, mark, err)
-	}
-	pid, err := ReadPidFile(create.PidFile)
-	if err != nil {
-		return 0, fmt.Errorf("runtime restore %s: %w", id, err)
-	}
-	if err := register(pid); err != nil {
-		return pid, err
-	}
-	return pid, nil
 }
