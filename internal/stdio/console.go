@@ -135,7 +135,7 @@ func (p *IO) ReceiveConsole() error {
 	p.outputs.Add(1)
 	go p.copyOut(dst, p.console.master, func() {
 		if out != nil {
-			out.Close()
+			p.closeFifoWhenRead(out)
 		}
 	})
 	p.mu.Lock()

@@ -7,9 +7,11 @@ import (
 	"io"
 	"os"
 	"syscall"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/fifo"
+	"golang.org/x/sys/unix"
 )
 
 // openFifos connects stdout and stderr to the client's fifos.
@@ -26,7 +28,7 @@ func (p *IO) openFifos(out, errOut output) error {
 			return err
 		}
 		p.outFiles = append(p.outFiles, f)
-		if err := p.pipe(s.shim, s.contnr, f, func() { f.Close() }); err != nil {
+		if err := p.pipe(s.shim, s.contnr, f, func() { p.closeFifoWhenRead(f) }); err != nil {
 			f.Close()
 			return err
 		}
@@ -66,3 +68,34 @@ func openStdinFifo(path string) (io.ReadCloser, error) {
 // isFifoClosed reports whether err is a read from a stdin fifo that
 // CloseStdin closed.
 func isFifoClosed(err error) bool { return errors.Is(err, fifo.ErrReadClosed) }
+
+// closeFifoWhenRead closes an output fifo once the client has read what the
+// shim wrote into it. containerd's client closes its end of the fifos as
+// soon as it has seen the exit (cio.Cancel, despite its comment), and drops
+// whatever it had not read yet; so the exit must not be published while
+// bytes still sit in the fifo. The wait polls FIONREAD (TIOCINQ) with a backoff and
+// counts what the client reads as progress, so that Drain waits for a
+// reader that is working and gives up (stopOutputs) on one that is gone.
+func (p *IO) closeFifoWhenRead(f *os.File) {
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	delay := time.Millisecond
+	prev := -1
+	for !p.stopping.Load() {
+		var n int
+		var ierr error
+		if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }); err != nil || ierr != nil || n == 0 {
+			return
+		}
+		if prev >= 0 && n < prev {
+			p.progress.Add(int64(prev - n))
+			delay = time.Millisecond
+		}
+		prev = n
+		time.Sleep(delay)
+		delay = min(2*delay, 50*time.Millisecond)
+	}
+}

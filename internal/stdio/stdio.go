@@ -183,6 +183,9 @@ type IO struct {
 	// writing counts the output copies blocked in a write to the client:
 	// a stall there is a slow client, not a process left behind.
 	writing atomic.Int32
+	// stopping is set by stopOutputs: the copies, and the waits for the
+	// client to read the fifos empty, end.
+	stopping atomic.Bool
 
 	outputs sync.WaitGroup // the stdout and stderr (or pty) copies
 	input   sync.WaitGroup // the stdin copy
@@ -466,6 +469,7 @@ func (p *IO) Drain(timeout time.Duration) {
 // stopOutputs makes the output copies return: their reads from the
 // process and their writes to the client.
 func (p *IO) stopOutputs() {
+	p.stopping.Store(true)
 	now := time.Now()
 	for _, f := range append([]*os.File{p.stdoutR, p.stderrR}, p.outFiles...) {
 		if f != nil {
