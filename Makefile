@@ -57,10 +57,11 @@ bench:
 	cd bench && $(GO) build -o .bin/tether-bench . && flock -w $${BENCH_LOCK_WAIT:-3600} /tmp/tether-heavy.lock .bin/tether-bench
 
 lint:
-	@out=$$(gofmt -l cmd internal test third_party 2>/dev/null); \
+	@out=$$(gofmt -l cmd internal test testkit third_party 2>/dev/null); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd test/e2e && $(GO) vet ./...
+	cd testkit && $(GO) vet ./...
 
 clean:
 	rm -rf bin

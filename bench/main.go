@@ -23,6 +23,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tether-shim/tether/testkit"
 )
 
 const (
@@ -102,9 +104,9 @@ func waitForE2E(ctx context.Context, max time.Duration) error {
 	last := time.Time{}
 	for {
 		var busy []string
-		for _, p := range allProcesses() {
-			if p.pid != os.Getpid() && strings.Contains(strings.Join(p.args, " "), "tether-e2e") {
-				busy = append(busy, fmt.Sprintf("%d %s", p.pid, filepath.Base(p.args[0])))
+		for _, p := range testkit.AllProcesses() {
+			if p.Pid != os.Getpid() && strings.Contains(strings.Join(p.Args, " "), "tether-e2e") {
+				busy = append(busy, fmt.Sprintf("%d %s", p.Pid, filepath.Base(p.Args[0])))
 			}
 		}
 		if len(busy) == 0 {
@@ -127,8 +129,8 @@ func waitForE2E(ctx context.Context, max time.Duration) error {
 
 // e2eBusy tells whether e2e processes are running now (they distort numbers).
 func e2eBusy() bool {
-	for _, p := range allProcesses() {
-		if p.pid != os.Getpid() && strings.Contains(strings.Join(p.args, " "), "tether-e2e") {
+	for _, p := range testkit.AllProcesses() {
+		if p.Pid != os.Getpid() && strings.Contains(strings.Join(p.Args, " "), "tether-e2e") {
 			return true
 		}
 	}
@@ -239,12 +241,12 @@ func (b *bench) run() error {
 		}
 	}
 	b.rootfs = filepath.Join(b.tmp, "rootfs")
-	if err := buildRootfs(b.rootfs); err != nil {
+	if err := testkit.BuildRootfs(b.rootfs, "tether-bench"); err != nil {
 		return fmt.Errorf("busybox rootfs: %w", err)
 	}
 	if b.cfg.Image {
 		b.image = filepath.Join(b.tmp, "busybox-oci.tar")
-		if err := buildImageTar(b.rootfs, b.image, imageName); err != nil {
+		if err := testkit.BuildImageTar(b.rootfs, b.image, imageName, "tether bench image", "tether bench: busybox rootfs"); err != nil {
 			return fmt.Errorf("OCI image: %w", err)
 		}
 	}
@@ -270,9 +272,9 @@ func (b *bench) buildShim() error {
 	if b.cfg.ShimBin != "" {
 		logf("using prebuilt shim %s", b.cfg.ShimBin)
 		b.shimBin = out
-		return copyFile(b.cfg.ShimBin, out, 0o755)
+		return testkit.CopyFile(b.cfg.ShimBin, out, 0o755)
 	}
-	root, err := repoRoot()
+	root, err := testkit.RepoRoot()
 	if err != nil {
 		return err
 	}
@@ -290,23 +292,6 @@ func (b *bench) buildShim() error {
 	b.meta.RepoRoot = root
 	b.meta.Commit, b.meta.Dirty = gitInfo(root)
 	return nil
-}
-
-// repoRoot finds the root of the Tether repository above the working directory.
-func repoRoot() (string, error) {
-	wd, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for dir := wd; ; dir = filepath.Dir(dir) {
-		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && strings.Contains(string(data), "module github.com/tether-shim/tether\n") {
-			return dir, nil
-		}
-		if dir == filepath.Dir(dir) {
-			return "", fmt.Errorf("no go.mod of github.com/tether-shim/tether above %s", wd)
-		}
-	}
 }
 
 // gitInfo reads (never changes) the commit and whether the tree has changes.
@@ -332,7 +317,7 @@ func gitInfo(root string) (string, bool) {
 // crun 1.8.1 refuses this host's hybrid cgroups without it.
 func ensureHugetlb() error {
 	const dir = "/sys/fs/cgroup/hugetlb"
-	if mounted(dir) {
+	if testkit.Mounted(dir) {
 		return nil
 	}
 	if _, err := os.Stat("/sys/fs/cgroup/cpu"); err != nil {
@@ -662,7 +647,7 @@ func (b *bench) runLatency(s *side, v *cdVersion, rt string) {
 		b.waitNoShims(s, 10*time.Second)
 	}
 	mark := b.reaper.mark()
-	c0, err0 := readStat(s.d.pid())
+	c0, err0 := readStat(s.d.Pid())
 	for i := 0; i < b.cfg.Iters; i++ {
 		id := s.newID("r")
 		r := b.ctr(s, b.ctrRunArgs(s, rt, false, id, nil, "/bin/true")...)
@@ -675,7 +660,7 @@ func (b *bench) runLatency(s *side, v *cdVersion, rt string) {
 	}
 	left := b.waitNoShims(s, 10*time.Second)
 	server, n, inexact := b.reaper.cpuSince(mark)
-	c1, err1 := readStat(s.d.pid())
+	c1, err1 := readStat(s.d.Pid())
 	ck := key{v.Name, rt, "cpu_ms"}
 	iters := float64(b.cfg.Iters)
 	switch {
@@ -871,7 +856,7 @@ func (b *bench) memSingles(s *side, v *cdVersion, rt string, rep int) {
 		b.failMem(v, rt, "single", s.name, err.Error())
 		return
 	}
-	samples, err := sampleServers(s.d.sock)
+	samples, err := sampleServers(s.d.Sock)
 	if err != nil {
 		b.failMem(v, rt, "single", s.name, err.Error())
 		return
@@ -914,7 +899,7 @@ func (b *bench) memGroup(s *side, v *cdVersion, rt string, rep int) {
 			b.failMem(v, rt, what, s.name, err.Error())
 			return
 		}
-		samples, err := sampleServers(s.d.sock)
+		samples, err := sampleServers(s.d.Sock)
 		if err != nil {
 			b.failMem(v, rt, what, s.name, err.Error())
 			return
@@ -938,7 +923,7 @@ func (b *bench) failMem(v *cdVersion, rt, what, sideName, msg string) {
 func sampleServers(sock string) ([]memSample, error) {
 	var out []memSample
 	for _, p := range shimServers(sock) {
-		m, err := sampleMemory(p.pid)
+		m, err := sampleMemory(p.Pid)
 		if err != nil {
 			return nil, err
 		}
@@ -952,14 +937,14 @@ func sampleServers(sock string) ([]memSample, error) {
 
 // checkShims checks that side s runs exactly want shim servers, all of its binary.
 func (b *bench) checkShims(s *side, want int) error {
-	servers := shimServers(s.d.sock)
+	servers := shimServers(s.d.Sock)
 	for _, p := range servers {
-		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.pid))
+		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.Pid))
 		if err != nil {
 			return err
 		}
 		if exe != s.exe {
-			return fmt.Errorf("shim server %d runs %s, not %s", p.pid, exe, s.exe)
+			return fmt.Errorf("shim server %d runs %s, not %s", p.Pid, exe, s.exe)
 		}
 	}
 	if len(servers) != want {
@@ -999,7 +984,7 @@ func (b *bench) remove(s *side, ids []string) {
 func (b *bench) waitNoShims(s *side, max time.Duration) int {
 	deadline := time.Now().Add(max)
 	for {
-		n := len(shimProcesses(s.d.sock))
+		n := len(testkit.ShimProcesses(s.d.Sock))
 		if n == 0 || time.Now().After(deadline) || b.ctx.Err() != nil {
 			return n
 		}
@@ -1012,7 +997,7 @@ func (b *bench) waitNoShims(s *side, max time.Duration) int {
 func (b *bench) cleanNamespace(s *side) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if s.d.running() {
+	if s.d.Running() {
 		if r := s.d.ctr(ctx, s.ns, "task", "ls", "-q"); r.code == 0 {
 			for _, id := range strings.Fields(r.stdout) {
 				s.d.ctr(ctx, s.ns, "task", "rm", "-f", id)
@@ -1025,12 +1010,12 @@ func (b *bench) cleanNamespace(s *side) {
 		}
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for len(shimProcesses(s.d.sock)) > 0 && time.Now().Before(deadline) {
+	for len(testkit.ShimProcesses(s.d.Sock)) > 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
-	killShims(shimProcesses(s.d.sock))
-	killCgroup("/" + s.ns + "/")
-	unmountUnder(s.d.taskDir(s.ns))
+	killShims(testkit.ShimProcesses(s.d.Sock))
+	testkit.KillCgroup("/" + s.ns + "/")
+	testkit.UnmountUnder(s.d.taskDir(s.ns))
 }
 
 // teardown stops what is still running and removes everything under the
@@ -1053,26 +1038,26 @@ func (b *bench) teardown() {
 // globalCleanup kills containerds, shims and container processes of earlier
 // runs and unmounts and removes their directories (keeping containerd logs).
 func globalCleanup() {
-	for _, p := range allProcesses() {
-		if p.pid == os.Getpid() || len(p.args) == 0 {
+	for _, p := range testkit.AllProcesses() {
+		if p.Pid == os.Getpid() || len(p.Args) == 0 {
 			continue
 		}
-		base := filepath.Base(p.args[0])
-		if base == "containerd" && strings.HasPrefix(argValue(p.args, "--config"), libBase+"/") {
-			_ = syscall.Kill(p.pid, syscall.SIGKILL)
+		base := filepath.Base(p.Args[0])
+		if base == "containerd" && strings.HasPrefix(testkit.ArgValue(p.Args, "--config"), libBase+"/") {
+			_ = syscall.Kill(p.Pid, syscall.SIGKILL)
 		}
 	}
-	var shims []proc
-	for _, p := range allProcesses() {
-		if !isShim(p) {
+	var shims []testkit.Proc
+	for _, p := range testkit.AllProcesses() {
+		if !testkit.IsShim(p) {
 			continue
 		}
-		if strings.HasPrefix(getenv(environ(p.pid), "TTRPC_ADDRESS"), runBase+"/") || strings.HasPrefix(argValue(p.args, "-address"), runBase+"/") {
+		if strings.HasPrefix(testkit.Getenv(testkit.Environ(p.Pid), "TTRPC_ADDRESS"), runBase+"/") || strings.HasPrefix(testkit.ArgValue(p.Args, "-address"), runBase+"/") {
 			shims = append(shims, p)
 		}
 	}
 	killShims(shims)
-	killCgroup("/" + nsPrefix)
+	testkit.KillCgroup("/" + nsPrefix)
 	// Floor containers of the runtimes alone.
 	for _, rt := range []string{"runc", "crun"} {
 		root := filepath.Join(runBase, "floor-"+rt)
@@ -1091,17 +1076,9 @@ func globalCleanup() {
 			}
 		}
 	}
-	unmountUnder(runBase)
-	unmountUnder(libBase)
-	_ = os.RemoveAll(runBase)
-	if ents, err := os.ReadDir(libBase); err == nil {
-		for _, e := range ents {
-			if !strings.HasSuffix(e.Name(), ".log") {
-				_ = os.RemoveAll(filepath.Join(libBase, e.Name()))
-			}
-		}
-	}
-	removeCgroups(nsPrefix)
+	// Keep the logs of the last run for a post-mortem; remove the rest.
+	testkit.RemoveBases(runBase, libBase)
+	testkit.RemoveCgroups(nsPrefix)
 }
 
 // meta describes the run.
@@ -1159,7 +1136,7 @@ func (b *bench) collectMeta(versions []*cdVersion) {
 	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
 		m.Host["mem_total_kb"] = fmt.Sprint(parseKB(string(data))["MemTotal"])
 	}
-	if mounted("/sys/fs/cgroup/unified") || !mounted("/sys/fs/cgroup") {
+	if testkit.Mounted("/sys/fs/cgroup/unified") || !testkit.Mounted("/sys/fs/cgroup") {
 		m.Host["cgroups"] = "v1 (hybrid)"
 	}
 	m.Tether = describeBinary(b.shimBin)

@@ -1,74 +1,17 @@
 package main
 
-// What /proc tells about processes, mounts and sockets. Adapted from
-// test/e2e/proc_test.go (copied, not imported: test files cannot be).
+// What /proc tells about processes, as the bench needs it beyond what
+// testkit reads: stat, memory, mappings, threads and listening sockets.
 
 import (
 	"bufio"
 	"fmt"
 	"os"
-	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
-	"syscall"
+
+	"github.com/tether-shim/tether/testkit"
 )
-
-// proc is a process as /proc shows it.
-type proc struct {
-	pid  int
-	args []string
-}
-
-func allProcesses() []proc {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var out []proc
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(data) == 0 {
-			continue
-		}
-		out = append(out, proc{pid: pid, args: strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")})
-	}
-	return out
-}
-
-func environ(pid int) []string {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if err != nil {
-		return nil
-	}
-	return strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
-}
-
-func getenv(env []string, key string) string {
-	for _, kv := range env {
-		if v, ok := strings.CutPrefix(kv, key+"="); ok {
-			return v
-		}
-	}
-	return ""
-}
-
-// argValue returns the value after flag in args (flag value or flag=value).
-func argValue(args []string, flag string) string {
-	for i, a := range args {
-		if a == flag && i+1 < len(args) {
-			return args[i+1]
-		}
-		if v, ok := strings.CutPrefix(a, flag+"="); ok {
-			return v
-		}
-	}
-	return ""
-}
 
 func hasArg(args []string, want string) bool {
 	for _, a := range args {
@@ -79,32 +22,12 @@ func hasArg(args []string, want string) bool {
 	return false
 }
 
-func isShim(p proc) bool {
-	return len(p.args) > 0 && strings.HasPrefix(filepath.Base(p.args[0]), "containerd-shim-")
-}
-
-// shimProcesses returns the shim processes (servers and short-lived start or
-// delete processes) of the containerd at sock: -address names it, or
-// TTRPC_ADDRESS in their environment does.
-func shimProcesses(sock string) []proc {
-	var out []proc
-	for _, p := range allProcesses() {
-		if !isShim(p) {
-			continue
-		}
-		if argValue(p.args, "-address") == sock || getenv(environ(p.pid), "TTRPC_ADDRESS") == sock+".ttrpc" {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
 // shimServers returns the long-running shim servers of the containerd at
 // sock: its shim processes that are neither `start` nor `delete`.
-func shimServers(sock string) []proc {
-	var out []proc
-	for _, p := range shimProcesses(sock) {
-		if hasArg(p.args, "start") || hasArg(p.args, "delete") {
+func shimServers(sock string) []testkit.Proc {
+	var out []testkit.Proc
+	for _, p := range testkit.ShimProcesses(sock) {
+		if hasArg(p.Args, "start") || hasArg(p.Args, "delete") {
 			continue
 		}
 		out = append(out, p)
@@ -277,43 +200,12 @@ func mappingsBreakdown(pid int) map[string]int64 {
 	return out
 }
 
-// unixSocket is a line of /proc/net/unix.
-type unixSocket struct {
-	inode uint64
-	path  string
-	flags string // 00010000 = listening
-}
-
-func unixSockets() []unixSocket {
-	f, err := os.Open("/proc/net/unix")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var out []unixSocket
-	sc := bufio.NewScanner(f)
-	sc.Scan()
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if len(fs) < 7 {
-			continue
-		}
-		ino, _ := strconv.ParseUint(fs[6], 10, 64)
-		s := unixSocket{inode: ino, flags: fs[3]}
-		if len(fs) >= 8 {
-			s.path = fs[7]
-		}
-		out = append(out, s)
-	}
-	return out
-}
-
 // listeningPaths returns the filesystem paths of the unix sockets pid listens on.
 func listeningPaths(pid int) []string {
 	byInode := map[uint64]string{}
-	for _, s := range unixSockets() {
-		if s.flags == "00010000" && strings.HasPrefix(s.path, "/") {
-			byInode[s.inode] = s.path
+	for _, s := range testkit.UnixSockets() {
+		if s.Flags == "00010000" && strings.HasPrefix(s.Path, "/") {
+			byInode[s.Inode] = s.Path
 		}
 	}
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
@@ -332,121 +224,6 @@ func listeningPaths(pid int) []string {
 		}
 	}
 	return out
-}
-
-type mountEntry struct{ point string }
-
-func mounts() []mountEntry {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var out []mountEntry
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		a := strings.Fields(sc.Text())
-		if len(a) >= 5 {
-			out = append(out, mountEntry{point: unescape(a[4])})
-		}
-	}
-	return out
-}
-
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func mounted(dir string) bool {
-	for _, m := range mounts() {
-		if m.point == dir {
-			return true
-		}
-	}
-	return false
-}
-
-// unmountUnder lazily unmounts every mount at or below dir, deepest first.
-func unmountUnder(dir string) {
-	for range 5 {
-		var points []string
-		for _, m := range mounts() {
-			if m.point == dir || strings.HasPrefix(m.point, dir+"/") {
-				points = append(points, m.point)
-			}
-		}
-		if len(points) == 0 {
-			return
-		}
-		sort.Slice(points, func(i, j int) bool { return len(points[i]) > len(points[j]) })
-		for _, p := range points {
-			_ = syscall.Unmount(p, syscall.MNT_DETACH)
-		}
-	}
-}
-
-// killCgroup SIGKILLs every process in a cgroup whose path starts with prefix.
-func killCgroup(prefix string) int {
-	n := 0
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0
-	}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup"))
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(data), "\n") {
-			parts := strings.SplitN(line, ":", 3)
-			if len(parts) == 3 && strings.HasPrefix(parts[2], prefix) {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-				n++
-				break
-			}
-		}
-	}
-	return n
-}
-
-// removeCgroups removes the (empty) cgroup directories whose top-level name
-// starts with prefix, in every hierarchy under /sys/fs/cgroup.
-func removeCgroups(prefix string) {
-	var dirs []string
-	for _, top := range []string{"/sys/fs/cgroup/*/" + prefix + "*", "/sys/fs/cgroup/" + prefix + "*"} {
-		matches, _ := filepath.Glob(top)
-		for _, m := range matches {
-			_ = filepath.WalkDir(m, func(p string, de os.DirEntry, err error) error {
-				if err == nil && de.IsDir() {
-					dirs = append(dirs, p)
-				}
-				return nil
-			})
-		}
-	}
-	sort.Slice(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
-	for _, d := range dirs {
-		_ = syscall.Rmdir(d)
-	}
 }
 
 // threadSyscalls counts the threads of pid by the system call they are

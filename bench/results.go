@@ -12,6 +12,8 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
+
+	"github.com/tether-shim/tether/testkit"
 )
 
 // key names one figure: containerd version, OCI runtime ("" for the binary
@@ -88,7 +90,7 @@ func (r *recorder) note(k key, msg string) {
 
 func (r *recorder) breakdown(version, rt, side, what string, m memSample) {
 	bd := breakdown{Version: version, Runtime: rt, Side: side, What: what, Sample: m, RssKB: mappingsBreakdown(m.Pid), Threads: threadSyscalls(m.Pid)}
-	for _, kv := range environ(m.Pid) {
+	for _, kv := range testkit.Environ(m.Pid) {
 		if strings.HasPrefix(kv, "GO") {
 			bd.Env = append(bd.Env, kv)
 		}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tether-shim/tether/testkit"
 )
 
 // ctr run --rm of a --rootfs container prints its output and exits with the
@@ -26,7 +28,7 @@ func TestRunRemoveExitCode(t *testing.T) {
 			t.Errorf("containers left after run --rm: %q", out)
 		}
 		waitFor(t, 30*time.Second, "no shim left", func() (bool, string) {
-			ps := shimProcesses(d.sock)
+			ps := testkit.ShimProcesses(d.Sock)
 			return len(ps) == 0, fmt.Sprintf("shims: %v", ps)
 		})
 		waitFor(t, 10*time.Second, "no new socket in /run/containerd/s", func() (bool, string) {
@@ -80,10 +82,10 @@ func TestShimProcessAndSocket(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if p == d.pid() {
+		if p == d.Pid() {
 			t.Errorf("the shim %d is a child of containerd %d", s.pid, p)
 		}
-		t.Logf("shim %d: parent %d (%s), containerd is %d", s.pid, p, procName(p), d.pid())
+		t.Logf("shim %d: parent %d (%s), containerd is %d", s.pid, p, procName(p), d.Pid())
 		st, err := os.Lstat(s.path)
 		if err != nil {
 			t.Fatalf("the shim socket: %v", err)
@@ -94,9 +96,9 @@ func TestShimProcessAndSocket(t *testing.T) {
 		if perm := st.Mode().Perm(); perm != 0o600 {
 			t.Errorf("%s has permissions %#o, want 0600", s.path, perm)
 		}
-		for _, u := range unixSockets() {
-			if strings.HasPrefix(u.path, "@") && strings.Contains(u.path, strings.TrimPrefix(s.path, "/")) {
-				t.Errorf("an abstract socket %q mirrors the shim socket", u.path)
+		for _, u := range testkit.UnixSockets() {
+			if strings.HasPrefix(u.Path, "@") && strings.Contains(u.Path, strings.TrimPrefix(s.path, "/")) {
+				t.Errorf("an abstract socket %q mirrors the shim socket", u.Path)
 			}
 		}
 		if pids := listeners(s.path); len(pids) != 1 || pids[0] != s.pid {
@@ -112,9 +114,9 @@ func TestContainerdRestart(t *testing.T) {
 		before := socketDirEntries()
 		d.runDetached(t, ns, "r1")
 		s := d.shimOf(t, ns, "r1")
-		oldPid := d.pid()
+		oldPid := d.Pid()
 		d.restart(t)
-		if d.pid() == oldPid {
+		if d.Pid() == oldPid {
 			t.Fatalf("containerd pid unchanged after restart")
 		}
 		d.waitStatus(t, ns, "r1", "RUNNING")
@@ -187,7 +189,7 @@ func TestShimKilled(t *testing.T) {
 		d.runImageDetached(t, ns, "k1")
 		s := d.shimOf(t, ns, "k1")
 		rootfs := d.bundle(ns, "k1") + "/rootfs"
-		if !mounted(rootfs) {
+		if !testkit.Mounted(rootfs) {
 			t.Fatalf("no mount on %s; mounts: %v", rootfs, mountsMentioning(d.taskDir(ns)))
 		}
 		tk := d.waitStatus(t, ns, "k1", "RUNNING")
@@ -218,7 +220,7 @@ func TestImageRun(t *testing.T) {
 	forEachVersion(t, "image", func(t *testing.T, d *daemon, ns string) {
 		d.importImage(t, ns)
 		r := d.ctr(t, ns, "run", "--rm", "--runtime", runtimeName, imageName, "i1",
-			"/bin/sh", "-c", "echo from-image; cat /"+imageMarkerPath)
+			"/bin/sh", "-c", "echo from-image; cat /"+testkit.ImageMarkerPath)
 		if r.code != 0 {
 			t.Fatalf("ctr run of the image: %s", r)
 		}
@@ -227,7 +229,7 @@ func TestImageRun(t *testing.T) {
 		}
 		d.assertNoMounts(t, ns)
 		waitFor(t, 30*time.Second, "no shim left", func() (bool, string) {
-			ps := shimProcesses(d.sock)
+			ps := testkit.ShimProcesses(d.Sock)
 			return len(ps) == 0, fmt.Sprintf("shims: %v", ps)
 		})
 	})

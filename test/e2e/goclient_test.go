@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/tether-shim/tether/testkit"
 )
 
 // Helpers for the tests of issue 5 (runtime options and cgroups): the
@@ -30,12 +31,12 @@ import (
 // namespace for it.
 func (d *daemon) goClient(t *testing.T, ns string) *containerd.Client {
 	t.Helper()
-	c, err := containerd.New(d.sock,
+	c, err := containerd.New(d.Sock,
 		containerd.WithDefaultNamespace(ns),
 		containerd.WithDefaultRuntime(runtimeName),
 		containerd.WithTimeout(10*time.Second))
 	if err != nil {
-		t.Fatalf("containerd client for %s: %v", d.sock, err)
+		t.Fatalf("containerd client for %s: %v", d.Sock, err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	return c
@@ -159,9 +160,9 @@ func procCgroups(pid int) (map[string]string, error) {
 // (mount point and super options, e.g. "rw,memory").
 func v1Hierarchies() map[string]string {
 	out := map[string]string{}
-	for _, m := range mounts() {
-		if m.fstype == "cgroup" && strings.HasPrefix(m.point, "/sys/fs/cgroup/") {
-			out[m.point] = m.superOpts
+	for _, m := range testkit.Mounts() {
+		if m.FSType == "cgroup" && strings.HasPrefix(m.Point, "/sys/fs/cgroup/") {
+			out[m.Point] = m.SuperOpts
 		}
 	}
 	return out
@@ -218,7 +219,7 @@ func ensureCrun(t *testing.T) {
 	}
 	hugetlbOnce.Do(func() {
 		const dir = "/sys/fs/cgroup/hugetlb"
-		if mounted(dir) {
+		if testkit.Mounted(dir) {
 			return
 		}
 		if _, err := os.Stat("/sys/fs/cgroup/unified"); err != nil {

@@ -170,7 +170,7 @@ func (d *daemon) assertShimGone(t *testing.T, ns string, s shimInfo, socketsBefo
 func (d *daemon) assertNoMounts(t *testing.T, ns string) {
 	t.Helper()
 	waitFor(t, 10*time.Second, "no mounts left", func() (bool, string) {
-		ms := mountsMentioning(d.taskDir(ns)+"/", filepath.Join(d.root, "io.containerd.snapshotter.v1.overlayfs")+"/")
+		ms := mountsMentioning(d.taskDir(ns)+"/", filepath.Join(d.Root, "io.containerd.snapshotter.v1.overlayfs")+"/")
 		return len(ms) == 0, fmt.Sprintf("mounts: %v", ms)
 	})
 }
@@ -200,7 +200,7 @@ func (d *daemon) watchEvents(t *testing.T) *events {
 	t.Helper()
 	ev := &events{}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	cmd := exec.CommandContext(ctx, d.v.ctr, "--address", d.sock, "events")
+	cmd := exec.CommandContext(ctx, d.v.ctr, "--address", d.Sock, "events")
 	cmd.Stdout, cmd.Stderr = ev, ev
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tether-shim/tether/testkit"
 )
 
 // printBoth is a script that prints out-1..out-N on stdout and err-1..err-N on
@@ -172,10 +174,10 @@ func checkLoggerRecords(t *testing.T, rec, ns, id string, wantArgs []string, n i
 		}
 	}
 	env := strings.Split(readRec(rec, "env"), "\n")
-	if got := getenv(env, "CONTAINER_ID"); got != id {
+	if got := testkit.Getenv(env, "CONTAINER_ID"); got != id {
 		t.Errorf("logger env CONTAINER_ID=%q, want %q", got, id)
 	}
-	if got := getenv(env, "CONTAINER_NAMESPACE"); got != ns {
+	if got := testkit.Getenv(env, "CONTAINER_NAMESPACE"); got != ns {
 		t.Errorf("logger env CONTAINER_NAMESPACE=%q, want %q", got, ns)
 	}
 	fds := readRec(rec, "fds")
@@ -213,10 +215,10 @@ func checkStream(t *testing.T, what string, lines []string, prefix string, want 
 
 // killProcessesOf SIGKILLs every process running binary bin.
 func killProcessesOf(t *testing.T, bin string) {
-	for _, p := range allProcesses() {
-		if len(p.args) > 0 && p.args[0] == bin {
-			t.Logf("cleanup: killing leftover logger %d", p.pid)
-			_ = syscall.Kill(p.pid, syscall.SIGKILL)
+	for _, p := range testkit.AllProcesses() {
+		if len(p.Args) > 0 && p.Args[0] == bin {
+			t.Logf("cleanup: killing leftover logger %d", p.Pid)
+			_ = syscall.Kill(p.Pid, syscall.SIGKILL)
 		}
 	}
 }

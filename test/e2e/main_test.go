@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tether-shim/tether/testkit"
 )
 
 // Environment knobs.
@@ -19,6 +21,10 @@ const (
 
 	tetherRuntime = "io.containerd.tether.v2"
 	imageName     = "docker.io/tether/busybox:e2e"
+	// imageMarker is the content of testkit.ImageMarkerPath, a file that only
+	// the OCI image has, so a test can tell that a container runs on the
+	// image's snapshot and not on the --rootfs directory.
+	imageMarker = "tether e2e image"
 
 	// Everything the tests put outside their temp dir lives below these, so
 	// that a run can clean up what an earlier, killed run left behind.
@@ -121,11 +127,11 @@ func setup(tmp string) error {
 			return fmt.Errorf("%s=%s is not an executable file (%v)", envShimBin, src, err)
 		}
 		shimBin = filepath.Join(shimDir, shimBinaryName)
-		if err := copyFile(src, shimBin, 0o755); err != nil {
+		if err := testkit.CopyFile(src, shimBin, 0o755); err != nil {
 			return err
 		}
 	case runtimeName == tetherRuntime:
-		root, err := repoRoot()
+		root, err := testkit.RepoRoot()
 		if err != nil {
 			return err
 		}
@@ -153,11 +159,11 @@ func setup(tmp string) error {
 	fmt.Fprintf(os.Stderr, "e2e: shim binary %s\n", shimBin)
 
 	rootfsDir = filepath.Join(tmp, "rootfs")
-	if err := buildRootfs(rootfsDir); err != nil {
+	if err := testkit.BuildRootfs(rootfsDir, "tether-e2e"); err != nil {
 		return fmt.Errorf("busybox rootfs: %w", err)
 	}
 	imageTar = filepath.Join(tmp, "busybox-oci.tar")
-	if err := buildImageTar(rootfsDir, imageTar, imageName); err != nil {
+	if err := testkit.BuildImageTar(rootfsDir, imageTar, imageName, imageMarker, "tether e2e: busybox rootfs"); err != nil {
 		return fmt.Errorf("OCI image: %w", err)
 	}
 	return nil
@@ -174,28 +180,3 @@ func binaryName(runtime string) (string, error) {
 
 // isTether tells whether the runtime under test is Tether.
 func isTether() bool { return runtimeName == tetherRuntime }
-
-// repoRoot finds the root of the Tether repository from the test's directory.
-func repoRoot() (string, error) {
-	wd, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for dir := wd; ; dir = filepath.Dir(dir) {
-		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && strings.Contains(string(data), "module github.com/tether-shim/tether\n") {
-			return dir, nil
-		}
-		if dir == filepath.Dir(dir) {
-			return "", fmt.Errorf("no go.mod of github.com/tether-shim/tether above %s", wd)
-		}
-	}
-}
-
-func copyFile(src, dst string, mode os.FileMode) error {
-	data, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(dst, data, mode)
-}

@@ -14,6 +14,7 @@ import (
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/tether-shim/tether/testkit"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -245,7 +246,7 @@ func makeCgroup(t *testing.T, path string) []string {
 	for p := range v1Hierarchies() {
 		points = append(points, p)
 	}
-	if mounted("/sys/fs/cgroup/unified") {
+	if testkit.Mounted("/sys/fs/cgroup/unified") {
 		points = append(points, "/sys/fs/cgroup/unified")
 	}
 	if len(points) == 0 {

@@ -21,6 +21,7 @@ import (
 	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	"github.com/tether-shim/tether/testkit"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -303,7 +304,7 @@ func runStart(t *testing.T, bundle, ns, id, publish string, stdin []byte) []byte
 	defer cancel()
 	cmd := exec.CommandContext(ctx, shimBin, "-namespace", ns, "-id", id, "-address", addr, "-publish-binary", publish, "start")
 	cmd.Dir = bundle
-	cmd.Env = append(filterEnv(os.Environ(), "TTRPC_ADDRESS", "GRPC_ADDRESS", "NAMESPACE", "MAX_SHIM_VERSION", "GOMAXPROCS"),
+	cmd.Env = append(testkit.FilterEnv(os.Environ(), "TTRPC_ADDRESS", "GRPC_ADDRESS", "NAMESPACE", "MAX_SHIM_VERSION", "GOMAXPROCS"),
 		"TTRPC_ADDRESS="+addr+".ttrpc", "GRPC_ADDRESS="+addr, "NAMESPACE="+ns, "MAX_SHIM_VERSION=2", "GOMAXPROCS=2")
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
@@ -357,9 +358,9 @@ func startServer(t *testing.T, path, id string) int {
 // case's TTRPC_ADDRESS in their environment.
 func startServers(id string) []int {
 	var pids []int
-	for _, p := range allProcesses() {
-		if isShim(p) && getenv(environ(p.pid), "TTRPC_ADDRESS") == startAddress(id)+".ttrpc" {
-			pids = append(pids, p.pid)
+	for _, p := range testkit.AllProcesses() {
+		if testkit.IsShim(p) && testkit.Getenv(testkit.Environ(p.Pid), "TTRPC_ADDRESS") == startAddress(id)+".ttrpc" {
+			pids = append(pids, p.Pid)
 		}
 	}
 	return pids

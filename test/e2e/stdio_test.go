@@ -43,7 +43,7 @@ func TestStdoutGiB(t *testing.T) {
 	forEachVersion(t, "gib", func(t *testing.T, d *daemon, ns string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
-		args := []string{"--address", d.sock, "--namespace", ns, "run", "--rm", "--runtime", runtimeName, "--rootfs", rootfsDir, "big1",
+		args := []string{"--address", d.Sock, "--namespace", ns, "run", "--rm", "--runtime", runtimeName, "--rootfs", rootfsDir, "big1",
 			"/bin/sh", "-c", fmt.Sprintf("yes %s | head -c %d", line, size)}
 		chk := &streamCheck{pattern: pattern, h: sha256.New(), firstBad: -1}
 		var stderr bytes.Buffer
@@ -113,7 +113,7 @@ func (d *daemon) ctrStdin(t *testing.T, ns string, timeout time.Duration, in str
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	full := append([]string{"--address", d.sock, "--namespace", ns}, args...)
+	full := append([]string{"--address", d.Sock, "--namespace", ns}, args...)
 	cmd := exec.CommandContext(ctx, d.v.ctr, full...)
 	cmd.Stdin = strings.NewReader(in) // not an *os.File: ctr gets a pipe
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

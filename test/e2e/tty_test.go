@@ -143,7 +143,7 @@ func startOnPty(t *testing.T, d *daemon, ns string, rows, cols uint16, args ...s
 	p.setSize(t, rows, cols)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	full := append([]string{"--address", d.sock, "--namespace", ns}, args...)
+	full := append([]string{"--address", d.Sock, "--namespace", ns}, args...)
 	cmd := exec.CommandContext(ctx, d.v.ctr, full...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}

@@ -1,4 +1,4 @@
-package main
+package testkit
 
 import (
 	"archive/tar"
@@ -20,19 +20,15 @@ import (
 	"time"
 )
 
-// Adapted from test/e2e/fixtures_test.go (copied: test files cannot be imported).
+// ImageMarkerPath is a file that only the OCI image of BuildImageTar has, so
+// a test can tell that a container runs on the image's snapshot and not on the
+// --rootfs directory.
+const ImageMarkerPath = "etc/tether-image"
 
-// imageMarker is a file that only the OCI image has, so a test can tell that a
-// container runs on the image's snapshot and not on the --rootfs directory.
-const (
-	imageMarkerPath = "etc/tether-image"
-	imageMarker     = "tether bench image"
-)
-
-// buildRootfs makes a minimal root filesystem from Debian's static busybox:
-// /bin/busybox, a symlink for every applet, /etc/passwd and /etc/group, and
-// the mount points runc needs.
-func buildRootfs(dir string) error {
+// BuildRootfs makes a minimal root filesystem from Debian's static busybox:
+// /bin/busybox, a symlink for every applet, /etc/passwd, /etc/group and
+// /etc/hostname (holding hostname), and the mount points runc needs.
+func BuildRootfs(dir, hostname string) error {
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
 		return err
@@ -40,7 +36,7 @@ func buildRootfs(dir string) error {
 	if bb, err = filepath.EvalSymlinks(bb); err != nil {
 		return err
 	}
-	if err := checkStatic(bb); err != nil {
+	if err := CheckStatic(bb); err != nil {
 		return err
 	}
 	for _, d := range []string{"bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "root", "run", "var/tmp"} {
@@ -51,7 +47,7 @@ func buildRootfs(dir string) error {
 	if err := os.Chmod(filepath.Join(dir, "tmp"), 0o1777); err != nil {
 		return err
 	}
-	if err := copyFile(bb, filepath.Join(dir, "bin/busybox"), 0o755); err != nil {
+	if err := CopyFile(bb, filepath.Join(dir, "bin/busybox"), 0o755); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -85,7 +81,7 @@ func buildRootfs(dir string) error {
 	files := map[string]string{
 		"etc/passwd":   "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
 		"etc/group":    "root:x:0:\nnogroup:x:65534:\n",
-		"etc/hostname": "tether-bench\n",
+		"etc/hostname": hostname + "\n",
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
@@ -95,8 +91,8 @@ func buildRootfs(dir string) error {
 	return nil
 }
 
-// checkStatic fails unless path is a statically linked ELF binary (no PT_INTERP).
-func checkStatic(path string) error {
+// CheckStatic fails unless path is a statically linked ELF binary (no PT_INTERP).
+func CheckStatic(path string) error {
 	f, err := elf.Open(path)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
@@ -110,12 +106,13 @@ func checkStatic(path string) error {
 	return nil
 }
 
-// buildImageTar writes an OCI image layout tarball (oci-layout, index.json,
-// blobs/sha256/...) with one gzip layer made of rootfs plus imageMarkerPath.
-// The index names the image with io.containerd.image.name, which ctr image
-// import uses as the image name.
-func buildImageTar(rootfs, out, name string) error {
-	layer, err := tarDir(rootfs, map[string]string{imageMarkerPath: imageMarker + "\n"})
+// BuildImageTar writes an OCI image layout tarball (oci-layout, index.json,
+// blobs/sha256/...) with one gzip layer made of rootfs plus ImageMarkerPath,
+// which holds marker and a newline. The index names the image with
+// io.containerd.image.name, which ctr image import uses as the image name;
+// createdBy is the history entry of the layer.
+func BuildImageTar(rootfs, out, name, marker, createdBy string) error {
+	layer, err := tarDir(rootfs, map[string]string{ImageMarkerPath: marker + "\n"})
 	if err != nil {
 		return err
 	}
@@ -140,7 +137,7 @@ func buildImageTar(rootfs, out, name string) error {
 		},
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{diffID}},
 		"history": []map[string]any{
-			{"created": "2024-01-01T00:00:00Z", "created_by": "tether bench: busybox rootfs"},
+			{"created": "2024-01-01T00:00:00Z", "created_by": createdBy},
 		},
 	})
 	if err != nil {
@@ -296,10 +293,29 @@ func tarDir(dir string, extra map[string]string) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-func copyFile(src, dst string, mode os.FileMode) error {
+// CopyFile copies the regular file src to dst, which gets mode (if it is created).
+func CopyFile(src, dst string, mode os.FileMode) error {
 	data, err := os.ReadFile(src)
 	if err != nil {
 		return err
 	}
 	return os.WriteFile(dst, data, mode)
+}
+
+// RepoRoot finds the root of the Tether repository (the directory of the
+// go.mod of github.com/tether-shim/tether) at or above the working directory.
+func RepoRoot() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for dir := wd; ; dir = filepath.Dir(dir) {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && strings.Contains(string(data), "module github.com/tether-shim/tether\n") {
+			return dir, nil
+		}
+		if dir == filepath.Dir(dir) {
+			return "", fmt.Errorf("no go.mod of github.com/tether-shim/tether above %s", wd)
+		}
+	}
 }

@@ -1,0 +1,3 @@
+module github.com/tether-shim/tether/testkit
+
+go 1.26.0
