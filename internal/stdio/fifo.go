@@ -1,16 +1,15 @@
 package stdio
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/containerd/fifo"
 	"golang.org/x/sys/unix"
 )
 
@@ -54,20 +53,85 @@ func openOutputFifo(path string) (*os.File, error) {
 	return f, nil
 }
 
-// openStdinFifo opens the client's stdin fifo for reading. The open itself
-// completes in the background once the client opens its end; reads wait
-// for it, and Close cancels it.
+// openStdinFifo opens the client's stdin fifo for reading without waiting
+// for the client, and without a thread blocked in open(2): the fifo is
+// opened non-blocking and read through the netpoller (see stdinFifo).
 func openStdinFifo(path string) (io.ReadCloser, error) {
-	in, err := fifo.OpenFifo(context.Background(), path, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("stdio: open stdin %s: %w", path, err)
 	}
-	return in, nil
+	f := os.NewFile(uintptr(fd), path)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("stdio: stdin %s: %w", path, err)
+	}
+	return &stdinFifo{f: f, rc: rc}, nil
+}
+
+// stdinFifo reads a fifo that was opened before its writer. A plain read of
+// a fifo without a writer returns EOF, even when the writer has not come
+// yet; but Linux reports POLLHUP on a fifo's read end only once a writer has
+// come and gone. So Read waits in the netpoller until poll(2) shows data or
+// that hang-up, and only then reads: EOF means the client closed its stdin.
+type stdinFifo struct {
+	f  *os.File
+	rc syscall.RawConn
+	// closed is set by Close, so that a Read it interrupts reports
+	// os.ErrClosed (RawConn returns the poller's own error).
+	closed atomic.Bool
+}
+
+// Read implements io.Reader.
+func (s *stdinFifo) Read(b []byte) (int, error) {
+	var (
+		n   int
+		err error
+	)
+	rerr := s.rc.Read(func(fd uintptr) bool {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if _, perr := unix.Poll(fds, 0); perr != nil {
+			if perr == unix.EINTR {
+				return false
+			}
+			err = perr
+			return true
+		}
+		if fds[0].Revents&(unix.POLLIN|unix.POLLHUP|unix.POLLERR) == 0 {
+			return false // no data, and no writer has come and gone
+		}
+		n, err = unix.Read(int(fd), b)
+		if err == unix.EAGAIN {
+			n, err = 0, nil
+			return false
+		}
+		if n == 0 && err == nil {
+			err = io.EOF
+		}
+		return true
+	})
+	if rerr != nil {
+		if s.closed.Load() {
+			return 0, os.ErrClosed
+		}
+		return 0, rerr
+	}
+	if n < 0 {
+		n = 0
+	}
+	return n, err
+}
+
+// Close closes the fifo; a Read waiting on it returns os.ErrClosed.
+func (s *stdinFifo) Close() error {
+	s.closed.Store(true)
+	return s.f.Close()
 }
 
 // isFifoClosed reports whether err is a read from a stdin fifo that
 // CloseStdin closed.
-func isFifoClosed(err error) bool { return errors.Is(err, fifo.ErrReadClosed) }
+func isFifoClosed(err error) bool { return errors.Is(err, os.ErrClosed) }
 
 // closeFifoWhenRead closes an output fifo once the client has read what the
 // shim wrote into it. containerd's client closes its end of the fifos as
