@@ -109,10 +109,9 @@ type Container struct {
 	// watches it. Both are set once the init exists and never change.
 	cgroup *cgroups.Cgroup
 	oom    *cgroups.OOMWatcher
-	// restore and restoreOpts are set for a restore from a checkpoint; the
-	// IO prepared at Create is used by Start.
+	// restore is set for a restore from a checkpoint; createOpts keeps the
+	// runtime options prepared at Create for the restore at Start.
 	restore    *runtime.CheckpointOpts
-	restoreIO  procIO
 	createOpts runtime.CreateOpts
 }
 
@@ -173,7 +172,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	}
 	if c.restore != nil {
 		// The runtime's restore runs at Start, with this IO.
-		c.restoreIO, c.createOpts = io, opts
+		c.createOpts = opts
 		c.init.outbox.Send(events.TopicCreate, &eventsapi.TaskCreate{
 			ContainerID: c.id,
 			Bundle:      c.bundle,
@@ -471,8 +470,11 @@ func (c *Container) startInit(ctx context.Context) error {
 		return err
 	}
 	c.watchCgroup(c.init.Pid())
-	if c.restoreIO.pipes != nil {
-		return c.restoreIO.pipes.ReceiveConsole()
+	c.init.mu.Lock()
+	pipes := c.init.pipes
+	c.init.mu.Unlock()
+	if pipes != nil {
+		return pipes.ReceiveConsole()
 	}
 	return nil
 }

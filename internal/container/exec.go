@@ -41,9 +41,7 @@ func (c *Container) Exec(ctx context.Context, execID string, specJSON []byte, cf
 	if len(spec.Args) == 0 {
 		return fmt.Errorf("exec %s: process spec has no args: %w", execID, errdefs.ErrInvalidArgument)
 	}
-	if spec.Terminal != cfg.Terminal {
-		spec.Terminal = cfg.Terminal
-	}
+	spec.Terminal = cfg.Terminal
 	if err := c.init.check(OpExec); err != nil {
 		return fmt.Errorf("exec %s in %s: %w", execID, c.id, err)
 	}
