@@ -25,10 +25,11 @@ type noHold struct{}
 func (noHold) Hold() func() { return func() {} }
 
 // Delete implements `delete`, which containerd runs when a server died or a
-// start failed: it force-deletes the container in the runtime, unmounts the
-// rootfs, removes the dead server's socket and prints a DeleteResponse with
-// exit status 137 (SIGKILL). Problems that do not stop the cleanup go to
-// warn, which containerd logs as warnings.
+// start failed, and also after every server it disconnects from. Unless the
+// server marked the bundle deleted, it force-deletes the container in the
+// runtime and unmounts the rootfs. It removes a dead server's socket and
+// prints a DeleteResponse with exit status 137 (SIGKILL). Problems that do
+// not stop the cleanup go to warn, which containerd logs as warnings.
 func Delete(ctx context.Context, f Flags, stdout, warn io.Writer) error {
 	if err := f.validate(); err != nil {
 		return err
@@ -40,18 +41,11 @@ func Delete(ctx context.Context, f Flags, stdout, warn io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := runtime.LoadConfig(bundle, f.Namespace)
-	if err != nil {
-		fmt.Fprintf(warn, "%v; using %s\n", err, cfg.Binary)
-	}
-	cfg.Log = filepath.Join(bundle, "log.json")
-	rt := runtime.New(cfg, noHold{})
 	pid, _ := runtime.ReadPidFile(filepath.Join(bundle, "init.pid"))
-	if err := rt.Delete(ctx, f.ID, true); err != nil {
-		fmt.Fprintf(warn, "%v\n", err)
-	}
-	if err := container.UnmountRootfs(bundle); err != nil {
-		fmt.Fprintf(warn, "%v\n", err)
+	// containerd runs `delete` after every server it disconnects from, also
+	// after a clean Delete and Shutdown; then the runtime has nothing left.
+	if !container.WasDeleted(bundle) {
+		cleanupRuntime(ctx, f, bundle, warn)
 	}
 	removeDeadSocket(bundle)
 	resp, err := proto.Marshal(&taskapi.DeleteResponse{
@@ -64,6 +58,23 @@ func Delete(ctx context.Context, f Flags, stdout, warn io.Writer) error {
 	}
 	_, err = stdout.Write(resp)
 	return err
+}
+
+// cleanupRuntime force-deletes the container in its runtime and unmounts
+// its rootfs, reporting problems to warn.
+func cleanupRuntime(ctx context.Context, f Flags, bundle string, warn io.Writer) {
+	cfg, err := runtime.LoadConfig(bundle, f.Namespace)
+	if err != nil {
+		fmt.Fprintf(warn, "%v; using %s\n", err, cfg.Binary)
+	}
+	cfg.Log = filepath.Join(bundle, "log.json")
+	rt := runtime.New(cfg, noHold{})
+	if err := rt.Delete(ctx, f.ID, true); err != nil {
+		fmt.Fprintf(warn, "%v\n", err)
+	}
+	if err := container.UnmountRootfs(bundle); err != nil {
+		fmt.Fprintf(warn, "%v\n", err)
+	}
 }
 
 // removeDeadSocket removes the socket named in <bundle>/address when no

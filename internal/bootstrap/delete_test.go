@@ -273,3 +273,34 @@ func TestRegressionDeleteRunsRefusedRuntimeBinary(t *testing.T) {
 		t.Fatalf("Delete ran the refused runtime binary ../runc (warnings: %q)", warn.String())
 	}
 }
+
+// TestDeleteSkipsRuntimeAfterServerDelete: containerd runs `delete` after
+// every server it disconnects from. When the server already deleted the
+// container (the bundle is marked), the runtime is not run again; the
+// response is the same.
+func TestDeleteSkipsRuntimeAfterServerDelete(t *testing.T) {
+	for _, marked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("marked=%v", marked), func(t *testing.T) {
+			bundle, f := deleteBundle(t)
+			ran := filepath.Join(t.TempDir(), "runtime-ran")
+			script := filepath.Join(t.TempDir(), "runtime")
+			writeScript(t, script, ran)
+			if err := (runtime.Config{Binary: script, Root: t.TempDir()}).Save(bundle); err != nil {
+				t.Fatal(err)
+			}
+			if marked {
+				if err := os.WriteFile(filepath.Join(bundle, "tether-deleted"), nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			resp, warn := runDelete(t, f)
+			if resp.GetExitStatus() != 137 || warn != "" {
+				t.Fatalf("Delete = %v, warnings %q", resp, warn)
+			}
+			_, err := os.Stat(ran)
+			if runs := err == nil; runs == marked {
+				t.Fatalf("marked=%v: runtime ran = %v", marked, runs)
+			}
+		})
+	}
+}

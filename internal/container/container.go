@@ -142,6 +142,9 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	}
 	c.init.beforeExitEvent = c.initExiting
 	c.sharedPidNS = sharesPidNamespace(cfg.Bundle)
+	if err := clearDeleted(cfg.Bundle); err != nil {
+		return nil, fmt.Errorf("create %s: %w", cfg.ID, err)
+	}
 	rootfs := filepath.Join(cfg.Bundle, "rootfs")
 	if err := mountRootfs(rootfs, cfg.Rootfs); err != nil {
 		return nil, err
@@ -330,6 +333,10 @@ func (c *Container) Delete(ctx context.Context, execID string) (Status, error) {
 	}
 	if err := unmountAll(filepath.Join(c.bundle, "rootfs")); err != nil {
 		return Status{}, fmt.Errorf("delete %s: %w", c.id, err)
+	}
+	if err := markDeleted(c.bundle); err != nil {
+		// Only an optimisation is lost: `delete` then asks the runtime.
+		c.deps.Logger.Warn("delete: mark bundle", "id", c.id, "error", err)
 	}
 	p.apply(OpDelete)
 	st := p.Status()

@@ -566,3 +566,37 @@ func testLogOut() io.Writer {
 	}
 	return io.Discard
 }
+
+// TestDeleteMarksBundle: after a Delete the bundle says the container is
+// gone (so that containerd's `delete` after the disconnect skips the
+// runtime), and a new container created in the same bundle path is not
+// taken for deleted.
+func TestDeleteMarksBundle(t *testing.T) {
+	testutil.CheckLeaks(t)
+	h := newHarness(t)
+	ctx := ctxT(t)
+	for round := 1; round <= 2; round++ {
+		if _, err := h.create(ctx, "m1", map[string]string{"exit-code": "0"}, ""); err != nil {
+			t.Fatalf("round %d: create: %v", round, err)
+		}
+		bundle := filepath.Join(h.bundles, "m1")
+		if container.WasDeleted(bundle) {
+			t.Fatalf("round %d: a created container's bundle is marked deleted", round)
+		}
+		if _, err := h.svc.Start(ctx, &taskv2.StartRequest{ID: "m1"}); err != nil {
+			t.Fatalf("round %d: start: %v", round, err)
+		}
+		if _, err := h.svc.Wait(ctx, &taskv2.WaitRequest{ID: "m1"}); err != nil {
+			t.Fatalf("round %d: wait: %v", round, err)
+		}
+		if container.WasDeleted(bundle) {
+			t.Fatalf("round %d: a stopped container's bundle is marked deleted", round)
+		}
+		if _, err := h.svc.Delete(ctx, &taskv2.DeleteRequest{ID: "m1"}); err != nil {
+			t.Fatalf("round %d: delete: %v", round, err)
+		}
+		if !container.WasDeleted(bundle) {
+			t.Fatalf("round %d: the bundle is not marked deleted after Delete", round)
+		}
+	}
+}
