@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -69,6 +70,10 @@ func (t *trimmer) run(ctx context.Context) {
 // trimMemory returns free heap to the kernel and drops the resident pages
 // of the executable's read-only file mappings from this process.
 func trimMemory() {
+	// Two collections: the first moves what sync.Pools hold (the stdio
+	// copy buffers) to their victim caches, the second frees it; then
+	// FreeOSMemory returns the free pages.
+	runtime.GC()
 	debug.FreeOSMemory()
 	exe, err := os.Readlink("/proc/self/exe")
 	if err != nil {

@@ -56,7 +56,7 @@ func openOutputFifo(path string) (*os.File, error) {
 // openStdinFifo opens the client's stdin fifo for reading without waiting
 // for the client, and without a thread blocked in open(2): the fifo is
 // opened non-blocking and read through the netpoller (see stdinFifo).
-func openStdinFifo(path string) (io.ReadCloser, error) {
+func openStdinFifo(path string) (*stdinFifo, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("stdio: open stdin %s: %w", path, err)
@@ -85,40 +85,10 @@ type stdinFifo struct {
 
 // Read implements io.Reader.
 func (s *stdinFifo) Read(b []byte) (int, error) {
-	var (
-		n   int
-		err error
-	)
-	rerr := s.rc.Read(func(fd uintptr) bool {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		if _, perr := unix.Poll(fds, 0); perr != nil {
-			if perr == unix.EINTR {
-				return false
-			}
-			err = perr
-			return true
-		}
-		if fds[0].Revents&(unix.POLLIN|unix.POLLHUP|unix.POLLERR) == 0 {
-			return false // no data, and no writer has come and gone
-		}
-		n, err = unix.Read(int(fd), b)
-		if err == unix.EAGAIN {
-			n, err = 0, nil
-			return false
-		}
-		if n == 0 && err == nil {
-			err = io.EOF
-		}
-		return true
-	})
-	if rerr != nil {
-		if s.closed.Load() {
-			return 0, os.ErrClosed
-		}
-		return 0, rerr
-	}
-	if n < 0 {
-		n = 0
+	keep := func(*[]byte) {}
+	_, n, err := pollRead(s.rc, func() *[]byte { return &b }, keep)
+	if err != nil && !errors.Is(err, io.EOF) && s.closed.Load() {
+		return 0, os.ErrClosed
 	}
 	return n, err
 }

@@ -39,8 +39,9 @@ import (
 	"github.com/tether-shim/tether/internal/exits"
 )
 
-// copyBufSize is the buffer of each copy. A pipe hands out at most 64 KiB
-// per read; 32 KiB halves the memory at no measurable cost.
+// copyBufSize is the buffer of a copy while its stream has data. A pipe
+// hands out at most 64 KiB per read; 32 KiB halves the memory at no
+// measurable cost. An idle stream holds no buffer (see IO.buffer).
 const copyBufSize = 32 << 10
 
 // Launcher starts and stops the shim's own helper processes (logging
@@ -190,9 +191,12 @@ type IO struct {
 	outputs sync.WaitGroup // the stdout and stderr (or pty) copies
 	input   sync.WaitGroup // the stdin copy
 
+	// bufs holds the copies' buffers between reads (see buffer).
+	bufs sync.Pool
+
 	mu sync.Mutex
 	// stdinFifo is the client's stdin fifo, nil once closed; guarded by mu.
-	stdinFifo io.ReadCloser
+	stdinFifo *stdinFifo
 	// closed is set by Close; guarded by mu.
 	closed bool
 }
@@ -308,40 +312,6 @@ func (p *IO) chown(uid, gid int) error {
 		}
 	}
 	return nil
-}
-
-// copyOut copies a process's output into dst until the source reports EOF
-// (or EIO, a pty whose last slave closed) or is stopped, then runs closeDst.
-func (p *IO) copyOut(dst io.Writer, src io.Reader, closeDst func()) {
-	defer p.outputs.Done()
-	buf := make([]byte, copyBufSize)
-	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			p.writing.Add(1)
-			w, werr := dst.Write(buf[:n])
-			p.writing.Add(-1)
-			p.progress.Add(int64(w))
-			if werr != nil {
-				break
-			}
-		}
-		if rerr != nil {
-			break
-		}
-	}
-	if closeDst != nil {
-		closeDst()
-	}
-}
-
-// copyIn copies the client's stdin into the process, and closes dst at EOF
-// so that the process sees EOF (a pty gets ^D instead, see copyInConsole).
-func (p *IO) copyIn(src io.Reader, dst io.WriteCloser) {
-	defer p.input.Done()
-	buf := make([]byte, copyBufSize)
-	_, _ = io.CopyBuffer(dst, src, buf)
-	dst.Close()
 }
 
 // Stdin returns the shim's end of the process's stdin, or nil.

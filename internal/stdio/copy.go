@@ -1,0 +1,121 @@
+package stdio
+
+import (
+	"io"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// buffer returns a copy buffer from the IO's pool. The copies take one only
+// once poll(2) shows something to read and give it back before they wait
+// again, so an idle stream holds none; the pool is emptied by the garbage
+// collector, so an idle shim holds none either (see docs/performance.md).
+func (p *IO) buffer() *[]byte {
+	if b, ok := p.bufs.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, copyBufSize)
+	return &b
+}
+
+// pollRead waits in the netpoller until the descriptor behind rc shows
+// data, a hang-up or an error, and only then takes a buffer from get and
+// reads into it. It returns the buffer (nil when none was taken), the count
+// read, and io.EOF at end of file. A fifo's read end reports the hang-up
+// only once a writer came and went, so a fifo whose client has not opened
+// it yet is not taken for EOF. The poller's error (a deadline, a close)
+// comes back as is.
+func pollRead(rc syscall.RawConn, get func() *[]byte, put func(*[]byte)) (buf *[]byte, n int, err error) {
+	rerr := rc.Read(func(fd uintptr) bool {
+		fds := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if _, perr := unix.Poll(fds[:], 0); perr != nil {
+			if perr == unix.EINTR {
+				return false
+			}
+			err = perr
+			return true
+		}
+		if fds[0].Revents&(unix.POLLIN|unix.POLLHUP|unix.POLLERR) == 0 {
+			return false
+		}
+		if buf == nil {
+			buf = get()
+		}
+		n, err = unix.Read(int(fd), *buf)
+		if err == unix.EAGAIN || err == unix.EINTR {
+			n, err = 0, nil
+			put(buf)
+			buf = nil
+			return false
+		}
+		if n == 0 && err == nil {
+			err = io.EOF
+		}
+		return true
+	})
+	if n < 0 {
+		n = 0
+	}
+	if rerr != nil {
+		return buf, 0, rerr
+	}
+	return buf, n, err
+}
+
+// copyOut copies a process's output into dst until the source reports EOF
+// (or EIO, a pty whose last slave closed) or is stopped, then runs closeDst.
+func (p *IO) copyOut(dst io.Writer, src *os.File, closeDst func()) {
+	defer p.outputs.Done()
+	defer func() {
+		if closeDst != nil {
+			closeDst()
+		}
+	}()
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return
+	}
+	put := func(b *[]byte) { p.bufs.Put(b) }
+	for {
+		buf, n, rerr := pollRead(rc, p.buffer, put)
+		if n > 0 {
+			p.writing.Add(1)
+			w, werr := dst.Write((*buf)[:n])
+			p.writing.Add(-1)
+			p.progress.Add(int64(w))
+			if werr != nil {
+				rerr = werr
+			}
+		}
+		if buf != nil {
+			put(buf)
+		}
+		if rerr != nil {
+			return
+		}
+	}
+}
+
+// copyIn copies the client's stdin into the process, and closes dst at EOF
+// so that the process sees EOF (a pty gets ^D instead, see copyInConsole).
+func (p *IO) copyIn(src *stdinFifo, dst io.WriteCloser) {
+	defer p.input.Done()
+	defer dst.Close()
+	put := func(b *[]byte) { p.bufs.Put(b) }
+	for {
+		buf, n, rerr := pollRead(src.rc, p.buffer, put)
+		if n > 0 {
+			if _, werr := dst.Write((*buf)[:n]); werr != nil {
+				rerr = werr
+			}
+		}
+		if buf != nil {
+			put(buf)
+		}
+		if rerr != nil {
+			return
+		}
+	}
+}
