@@ -2,18 +2,20 @@ package bootstrap
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 )
 
 // profiler serves profiles of a shim started with -debug, without a
 // listening port: SIGUSR1 writes <bundle>/tether-heap.pprof (after a GC) and
-// <bundle>/tether-goroutines.txt; SIGUSR2 starts a CPU profile into
+// <bundle>/tether-goroutines.txt and <bundle>/tether-metrics.txt; SIGUSR2 starts a CPU profile into
 // <bundle>/tether-cpu.pprof, and the next SIGUSR2 stops it. Its goroutine is
 // owned by Serve, which cancels ctx and waits for done.
 type profiler struct {
@@ -72,6 +74,9 @@ func startProfiler(ctx context.Context, dir string, logger *slog.Logger) *profil
 }
 
 func (p *profiler) writeHeap() {
+	// The metrics first, so that they show the shim as it was, not the
+	// memory that writing the profiles takes.
+	p.writeMetrics()
 	runtime.GC()
 	for name, file := range map[string]string{"heap": "tether-heap.pprof", "goroutine": "tether-goroutines.txt"} {
 		f, err := os.Create(filepath.Join(p.dir, file))
@@ -88,10 +93,40 @@ func (p *profiler) writeHeap() {
 		}
 		f.Close()
 	}
+	p.logger.Debug("heap profile written", "dir", p.dir, "goroutines", runtime.NumGoroutine())
+}
+
+// writeMetrics writes where the runtime's memory goes (runtime.MemStats:
+// heap, stacks, spans, GC metadata, other) into <bundle>/tether-metrics.txt,
+// one "name value" per line. MemStats rather than runtime/metrics, whose
+// package init would cost every shim process.
+func (p *profiler) writeMetrics() {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	p.logger.Debug("heap profile written", "dir", p.dir,
-		"heap_inuse", ms.HeapInuse, "heap_alloc", ms.HeapAlloc, "stack_inuse", ms.StackInuse,
-		"mspan_inuse", ms.MSpanInuse, "gc_sys", ms.GCSys, "other_sys", ms.OtherSys, "sys", ms.Sys,
-		"goroutines", runtime.NumGoroutine())
+	var b strings.Builder
+	for _, kv := range []struct {
+		name  string
+		value uint64
+	}{
+		{"sys", ms.Sys},
+		{"heap_sys", ms.HeapSys},
+		{"heap_inuse", ms.HeapInuse},
+		{"heap_alloc", ms.HeapAlloc},
+		{"heap_released", ms.HeapReleased},
+		{"heap_objects", ms.HeapObjects},
+		{"total_alloc", ms.TotalAlloc},
+		{"stack_inuse", ms.StackInuse},
+		{"mspan_inuse", ms.MSpanInuse},
+		{"mcache_inuse", ms.MCacheInuse},
+		{"buckhash_sys", ms.BuckHashSys},
+		{"gc_sys", ms.GCSys},
+		{"other_sys", ms.OtherSys},
+		{"num_gc", uint64(ms.NumGC)},
+		{"goroutines", uint64(runtime.NumGoroutine())},
+	} {
+		fmt.Fprintf(&b, "%s %d\n", kv.name, kv.value)
+	}
+	if err := os.WriteFile(filepath.Join(p.dir, "tether-metrics.txt"), []byte(b.String()), 0o600); err != nil {
+		p.logger.Warn("profile", "profile", "metrics", "error", err)
+	}
 }

@@ -55,6 +55,12 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	// One P is plenty for a shim, which mostly waits; every extra P can
 	// bring its own OS thread and stacks. See docs/performance.md.
 	runtime.GOMAXPROCS(1)
+	// The heap profile's buckets and their hash table are runtime memory
+	// that is never returned; only -debug, which can write the profile,
+	// samples the heap.
+	if !f.Debug {
+		runtime.MemProfileRate = 0
+	}
 
 	sock := os.NewFile(listenFD, "socket")
 	fl, err := net.FileListener(sock)
@@ -97,7 +103,13 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
 		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
 			trim.Poke()
-			return m(ctx, u)
+			if !f.Debug {
+				return m(ctx, u)
+			}
+			start := time.Now()
+			resp, err := m(ctx, u)
+			logger.Debug("rpc", "method", info.FullMethod, "duration", time.Since(start), "error", err)
+			return resp, err
 		}),
 	)
 	if err != nil {
