@@ -8,31 +8,68 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// trimIdle is how long the server must be quiet before it trims its memory.
-const trimIdle = time.Second
+// Timing of the trimmer.
+const (
+	// trimIdle is how long the server must be quiet before it trims.
+	trimIdle = time.Second
+	// retrimDelay lets a collection's background sweeping and scavenging
+	// finish before the pages they touched are dropped again.
+	retrimDelay = 2 * time.Second
+	// retrimEvery bounds how often collections lead to a retrim; the
+	// runtime forces one every two minutes on an idle heap.
+	retrimEvery = time.Minute
+)
 
 // trimmer gives memory back to the kernel once the server goes idle after a
-// burst of requests: freed heap pages (debug.FreeOSMemory), and the page
-// table entries of the binary's read-only file mappings (text and rodata),
-// which the startup and the request path touched. Those pages stay in the
-// page cache, shared with every other shim; a later request faults back in
-// only what it uses. Writable mappings are never touched: MADV_DONTNEED
-// would discard their contents.
+// burst of requests: freed heap pages (trimMemory), and the page table
+// entries of the binary's read-only file mappings (text and rodata), which
+// the startup and the request path touched. Those pages stay in the page
+// cache, shared with every other shim; a later request faults back in only
+// what it uses. Writable mappings are never touched: MADV_DONTNEED would
+// discard their contents.
+//
+// An idle Go program still runs a garbage collection every two minutes, and
+// the collector reads much of the runtime's code and of the binary's
+// function tables (the kernel maps them back 64 KiB at a time). So while
+// idle, the trimmer also drops the read-only mappings again after each
+// collection (dropExecutablePages; at most once per retrimEvery), which
+// keeps an idle shim's resident set where the first trim left it. It learns
+// of collections through a cleanup on an unreachable sentinel, re-armed
+// after each one.
 //
 // The trimmer's goroutine is owned by Serve, which stops it by cancelling
-// ctx and waits for it.
+// ctx and waits for done.
 type trimmer struct {
 	poke chan struct{} // buffered 1; a request arrived
+	gc   chan struct{} // buffered 1; a garbage collection finished
 	done chan struct{} // closed when the goroutine returns
+	// stopped ends the re-arming of the collection notice.
+	stopped atomic.Bool
+
+	// trim and retrim are trimMemory and dropExecutablePages; tests
+	// count them. idle, delay and every are trimIdle, retrimDelay and
+	// retrimEvery.
+	trim, retrim       func()
+	idle, delay, every time.Duration
 }
 
 func newTrimmer() *trimmer {
-	return &trimmer{poke: make(chan struct{}, 1), done: make(chan struct{})}
+	return &trimmer{
+		poke:   make(chan struct{}, 1),
+		gc:     make(chan struct{}, 1),
+		done:   make(chan struct{}),
+		trim:   trimMemory,
+		retrim: dropExecutablePages,
+		idle:   trimIdle,
+		delay:  retrimDelay,
+		every:  retrimEvery,
+	}
 }
 
 // Poke notes activity; it never blocks.
@@ -43,26 +80,65 @@ func (t *trimmer) Poke() {
 	}
 }
 
-// run trims once after startup and after every burst of pokes, until ctx
-// is done.
+// gcSentinel is allocated only to become garbage: its cleanup tells the
+// trimmer that a collection ran. It holds a pointer so that it is never
+// batched with other tiny objects.
+type gcSentinel struct{ _ *byte }
+
+// armGCNotice makes the next garbage collection call gcFinished.
+func (t *trimmer) armGCNotice() {
+	runtime.AddCleanup(new(gcSentinel), (*trimmer).gcFinished, t)
+}
+
+// gcFinished runs on the runtime's cleanup goroutine after a collection: it
+// tells run, without blocking, and re-arms until the trimmer stops.
+func (t *trimmer) gcFinished() {
+	if t.stopped.Load() {
+		return
+	}
+	select {
+	case t.gc <- struct{}{}:
+	default:
+	}
+	t.armGCNotice()
+}
+
+// run trims once after startup and after every burst of pokes, and while
+// idle retrims after collections, until ctx is done.
 func (t *trimmer) run(ctx context.Context) {
 	defer close(t.done)
-	timer := time.NewTimer(trimIdle)
-	defer timer.Stop()
+	defer t.stopped.Store(true)
+	t.armGCNotice()
+	idle := time.NewTimer(t.idle)
+	defer idle.Stop()
+	retrim := time.NewTimer(time.Hour)
+	retrim.Stop()
+	defer retrim.Stop()
+	trimmed := false // true from a trim until the next poke
+	var lastRetrim time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.poke:
-			if !timer.Stop() {
-				select {
-				case <-timer.C:
-				default:
-				}
+			trimmed = false
+			retrim.Stop()
+			idle.Reset(t.idle)
+		case <-idle.C:
+			t.trim()
+			trimmed = true
+			// The trim's own collections must not be followed by a
+			// retrim of their own.
+			lastRetrim = time.Now()
+		case <-t.gc:
+			if trimmed && time.Since(lastRetrim) >= t.every {
+				retrim.Reset(t.delay)
 			}
-			timer.Reset(trimIdle)
-		case <-timer.C:
-			trimMemory()
+		case <-retrim.C:
+			if trimmed {
+				t.retrim()
+				lastRetrim = time.Now()
+			}
 		}
 	}
 }
@@ -75,6 +151,13 @@ func trimMemory() {
 	// FreeOSMemory returns the free pages.
 	runtime.GC()
 	debug.FreeOSMemory()
+	dropExecutablePages()
+}
+
+// dropExecutablePages drops this process's page table entries of the
+// executable's read-only, file-backed mappings (MADV_DONTNEED). The pages
+// stay in the page cache.
+func dropExecutablePages() {
 	exe, err := os.Readlink("/proc/self/exe")
 	if err != nil {
 		return
