@@ -21,6 +21,7 @@ type config struct {
 	TputN         int           `json:"throughput_n"`   // BENCH_THROUGHPUT_N
 	Parallel      int           `json:"parallel"`       // BENCH_PARALLEL
 	Settle        time.Duration `json:"settle_ns"`      // BENCH_SETTLE: idle time before a memory sample
+	Steady        time.Duration `json:"steady_ns"`      // BENCH_STEADY: idle time of the steady-state sample of the single shims (first round; 0: none)
 	Image         bool          `json:"image"`          // BENCH_IMAGE=1: run the imported OCI image instead of --rootfs
 	Timeout       time.Duration `json:"timeout_ns"`     // BENCH_TIMEOUT: the whole run
 	WaitE2E       time.Duration `json:"wait_e2e_ns"`    // BENCH_WAIT_E2E: how long to wait for a running e2e suite
@@ -76,6 +77,7 @@ func loadConfig() (config, error) {
 		def  string
 	}{
 		{&c.Settle, "BENCH_SETTLE", "2s"},
+		{&c.Steady, "BENCH_STEADY", "130s"},
 		{&c.Timeout, "BENCH_TIMEOUT", "40m"},
 		{&c.WaitE2E, "BENCH_WAIT_E2E", "30m"},
 	}

@@ -572,7 +572,7 @@ func (b *bench) probeRuntime(v *cdVersion, rt, bundle string, sides []*side) boo
 	metrics := []string{"run_ms", "exec_ms", "start_tput", "stopdel_tput", "cpu_ms"}
 	if contains(b.cfg.MemRuntimes, rt) {
 		for _, f := range memFields {
-			metrics = append(metrics, f.name+"_single")
+			metrics = append(metrics, f.name+"_single", f.name+"_steady")
 			for _, n := range b.cfg.Groups {
 				metrics = append(metrics, fmt.Sprintf("%s_group%d", f.name, n))
 			}
@@ -845,6 +845,7 @@ func (b *bench) memSingles(s *side, v *cdVersion, rt string, rep int) {
 		}
 		return nil
 	})
+	started := time.Now()
 	if errors.Join(errs...) != nil {
 		b.failMem(v, rt, "single", s.name, firstErr(errs))
 		return
@@ -871,6 +872,33 @@ func (b *bench) memSingles(s *side, v *cdVersion, rt string, rep int) {
 		sort.Slice(samples, func(i, j int) bool { return samples[i].RssKB < samples[j].RssKB })
 		m := samples[len(samples)/2]
 		b.rec.breakdown(v.Name, rt, s.name, "single", m)
+	}
+	if rep == 1 && b.cfg.Steady > 0 {
+		b.memSteady(s, v, rt, len(ids), started)
+	}
+}
+
+// memSteady samples the single shims again once they have been idle for
+// Steady since they started: past the garbage collection the Go runtime
+// forces every two minutes, which is what a long-running shim looks like.
+func (b *bench) memSteady(s *side, v *cdVersion, rt string, n int, started time.Time) {
+	logf("containerd %s, %s, %s: waiting until %d shims are %s old for the steady-state sample", v.Name, rt, s.name, n, b.cfg.Steady)
+	if !b.sleep(time.Until(started.Add(b.cfg.Steady))) {
+		return
+	}
+	if err := b.checkShims(s, n); err != nil {
+		b.failMem(v, rt, "steady", s.name, err.Error())
+		return
+	}
+	samples, err := sampleServers(s.d.Sock)
+	if err != nil {
+		b.failMem(v, rt, "steady", s.name, err.Error())
+		return
+	}
+	for _, m := range samples {
+		for _, f := range memFields {
+			b.rec.add(key{v.Name, rt, f.name + "_steady"}, s.name, f.get(m))
+		}
 	}
 }
 

@@ -160,6 +160,11 @@ func metricDefs(cfg config) []metricDef {
 		)
 	}
 	mem("single", fmt.Sprintf("per shim, %d shims", cfg.Shims))
+	if cfg.Steady > 0 {
+		// An idle Go program collects garbage every two minutes: the
+		// steady state of a shim that has been idle past that.
+		mem("steady", fmt.Sprintf("per shim, %d shims, after %s idle", cfg.Shims, cfg.Steady))
+	}
 	for _, n := range cfg.Groups {
 		mem(fmt.Sprintf("group%d", n), fmt.Sprintf("group shim, %d containers", n))
 	}

@@ -48,6 +48,7 @@ func (res *results) chartItems() []chartItem {
 		{"runc", "cpu_ms", "shim CPU per lifecycle, runc", nil},
 		{"crun", "cpu_ms", "shim CPU per lifecycle, crun", nil},
 		{"runc", "rss_single", fmt.Sprintf("RSS per shim (%d shims)", res.Config.Shims), absGoal(3.4)},
+		{"runc", "rss_steady", fmt.Sprintf("RSS per shim after %s idle", res.Config.Steady), nil},
 		{"runc", "pss_single", "PSS per shim", nil},
 		{"runc", "uss_single", "USS per shim", nil},
 		{"runc", "anon_single", "anonymous memory per shim", absGoal(1.0)},
