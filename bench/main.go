@@ -853,19 +853,9 @@ func (b *bench) memSingles(s *side, v *cdVersion, rt string, rep int) {
 	if !b.sleep(b.cfg.Settle) {
 		return
 	}
-	if err := b.checkShims(s, len(ids)); err != nil {
-		b.failMem(v, rt, "single", s.name, err.Error())
+	samples := b.recordMem(s, v, rt, "single", len(ids))
+	if samples == nil {
 		return
-	}
-	samples, err := sampleServers(s.d.Sock)
-	if err != nil {
-		b.failMem(v, rt, "single", s.name, err.Error())
-		return
-	}
-	for _, m := range samples {
-		for _, f := range memFields {
-			b.rec.add(key{v.Name, rt, f.name + "_single"}, s.name, f.get(m))
-		}
 	}
 	if rep == 1 {
 		// Where the memory of a typical shim is: the one of median RSS.
@@ -883,23 +873,30 @@ func (b *bench) memSingles(s *side, v *cdVersion, rt string, rep int) {
 // forces every two minutes, which is what a long-running shim looks like.
 func (b *bench) memSteady(s *side, v *cdVersion, rt string, n int, started time.Time) {
 	logf("containerd %s, %s, %s: waiting until %d shims are %s old for the steady-state sample", v.Name, rt, s.name, n, b.cfg.Steady)
-	if !b.sleep(time.Until(started.Add(b.cfg.Steady))) {
-		return
+	if b.sleep(time.Until(started.Add(b.cfg.Steady))) {
+		b.recordMem(s, v, rt, "steady", n)
 	}
-	if err := b.checkShims(s, n); err != nil {
-		b.failMem(v, rt, "steady", s.name, err.Error())
-		return
+}
+
+// recordMem checks that side s runs want shim servers, all of its binary,
+// samples each and records every memory figure under what. On failure it
+// records the failure for every figure of what and returns nil.
+func (b *bench) recordMem(s *side, v *cdVersion, rt, what string, want int) []memSample {
+	if err := b.checkShims(s, want); err != nil {
+		b.failMem(v, rt, what, s.name, err.Error())
+		return nil
 	}
 	samples, err := sampleServers(s.d.Sock)
 	if err != nil {
-		b.failMem(v, rt, "steady", s.name, err.Error())
-		return
+		b.failMem(v, rt, what, s.name, err.Error())
+		return nil
 	}
 	for _, m := range samples {
 		for _, f := range memFields {
-			b.rec.add(key{v.Name, rt, f.name + "_steady"}, s.name, f.get(m))
+			b.rec.add(key{v.Name, rt, f.name + "_" + what}, s.name, f.get(m))
 		}
 	}
+	return samples
 }
 
 // memGroup runs one group shim (io.containerd.runc.v2.group=g) and samples
@@ -923,19 +920,11 @@ func (b *bench) memGroup(s *side, v *cdVersion, rt string, rep int) {
 		if !b.sleep(b.cfg.Settle) {
 			return
 		}
-		if err := b.checkShims(s, 1); err != nil {
-			b.failMem(v, rt, what, s.name, err.Error())
-			return
-		}
-		samples, err := sampleServers(s.d.Sock)
-		if err != nil {
-			b.failMem(v, rt, what, s.name, err.Error())
+		samples := b.recordMem(s, v, rt, what, 1)
+		if samples == nil {
 			return
 		}
 		m := samples[0]
-		for _, f := range memFields {
-			b.rec.add(key{v.Name, rt, f.name + "_" + what}, s.name, f.get(m))
-		}
 		if rep == 1 && n == b.cfg.Groups[len(b.cfg.Groups)-1] {
 			b.rec.breakdown(v.Name, rt, s.name, what, m)
 		}
