@@ -146,10 +146,10 @@ func (t *trimmer) run(ctx context.Context) {
 // trimMemory returns free heap to the kernel and drops the resident pages
 // of the executable's read-only file mappings from this process.
 func trimMemory() {
-	// Two collections: the first moves what sync.Pools hold (the stdio
-	// copy buffers) to their victim caches, the second frees it; then
-	// FreeOSMemory returns the free pages.
-	runtime.GC()
+	// One collection only: each one makes the runtime touch more of its
+	// span-set metadata (a second one here cost 200 kB per shim). The copy
+	// buffers the stdio pools hold go to their victim caches now and are
+	// freed by the next collection.
 	debug.FreeOSMemory()
 	dropExecutablePages()
 }

@@ -10,8 +10,9 @@ import (
 
 // buffer returns a copy buffer from the IO's pool. The copies take one only
 // once poll(2) shows something to read and give it back before they wait
-// again, so an idle stream holds none; the pool is emptied by the garbage
-// collector, so an idle shim holds none either (see docs/performance.md).
+// again, so an idle stream holds none; the garbage collector empties the
+// pool (a buffer survives one collection in the pool's victim cache), so an
+// idle shim holds none for long (see docs/performance.md).
 func (p *IO) buffer() *[]byte {
 	if b, ok := p.bufs.Get().(*[]byte); ok {
 		return b
