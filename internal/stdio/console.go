@@ -125,6 +125,7 @@ func (p *IO) ReceiveConsole() error {
 		return nil
 	}
 	if err := p.console.receive(); err != nil {
+		p.giveUpConsoleCopy()
 		return err
 	}
 	var dst io.Writer = io.Discard
@@ -132,15 +133,21 @@ func (p *IO) ReceiveConsole() error {
 	if out != nil {
 		dst = out
 	}
-	p.outputs.Add(1)
+	p.mu.Lock()
+	start := p.consolePending
+	p.consolePending = false
+	in := p.stdinFifo
+	p.mu.Unlock()
+	if !start {
+		// Stopped or closed before the master came: Close closes it.
+		return nil
+	}
+	// The copy takes over the place Open counted in outputs.
 	go p.copyOut(dst, p.console.master, func() {
 		if out != nil {
 			p.closeFifoWhenRead(out)
 		}
 	})
-	p.mu.Lock()
-	in := p.stdinFifo
-	p.mu.Unlock()
 	if in != nil {
 		p.input.Add(1)
 		go p.copyInConsole(in, p.console.master)
@@ -156,20 +163,26 @@ const eot = 0x04
 // the terminal sees end of file: twice after a partial line, because the
 // first ^D only hands the pending line over. The pty stays open, since
 // closing the master would hang up the terminal and lose its output.
-func (p *IO) copyInConsole(src io.Reader, dst io.Writer) {
+func (p *IO) copyInConsole(src *stdinFifo, dst io.Writer) {
 	defer p.input.Done()
-	buf := make([]byte, copyBufSize)
+	put := func(b *[]byte) { p.bufs.Put(b) }
 	var last byte = '\n'
 	for {
-		n, err := src.Read(buf)
+		buf, n, err := pollRead(src.rc, p.buffer, put)
 		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			_, werr := dst.Write((*buf)[:n])
+			last = (*buf)[n-1]
+			if werr != nil {
+				put(buf)
 				return
 			}
-			last = buf[n-1]
+		}
+		if buf != nil {
+			put(buf)
 		}
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrClosed) && !isFifoClosed(err) {
+			// EOF, or CloseStdin closed the fifo: the client's input ended.
+			if !errors.Is(err, io.EOF) && !src.closed.Load() {
 				return
 			}
 			break

@@ -336,3 +336,47 @@ func TestRegressionTerminalStdinEOFAfterPartialLine(t *testing.T) {
 	drainIO(t, p, drainAll)
 	r.wait(t)
 }
+
+// TestRegressionTerminalExitBeforeReceiveConsole: a quick `exec -t` can
+// exit, and its exit watcher call Drain, before the runtime call returned
+// and ReceiveConsole started the pty copy. Drain used to find no copy to
+// wait for and return at once, so TaskExit went out before the output was
+// copied (and WaitGroup.Add could race with Wait). Open now counts the pty
+// copy, so Drain waits for it.
+func TestRegressionTerminalExitBeforeReceiveConsole(t *testing.T) {
+	testutil.CheckLeaks(t)
+	dir := t.TempDir()
+	out := mkfifo(t, dir, "stdout")
+	p := openIO(t, Config{Stdout: out, Terminal: true}, Options{ConsoleDir: t.TempDir()})
+	var b lockedBuffer
+	r := openReader(t, out, &b, 4096, 0)
+
+	// The process wrote and exited before the master reached the shim.
+	master, slave := newPty(t)
+	if _, err := slave.WriteString("early output\n"); err != nil {
+		t.Fatal(err)
+	}
+	slave.Close()
+	var got string
+	drained := make(chan struct{})
+	go func() {
+		p.Drain(drainAll)
+		got = b.String()
+		close(drained)
+	}()
+	// Let Drain run first, as the exit watcher does in the race.
+	time.Sleep(50 * time.Millisecond)
+	sendConsole(t, p.ConsoleSocket().Path(), master)
+	if err := p.ReceiveConsole(); err != nil {
+		t.Fatalf("ReceiveConsole: %v", err)
+	}
+	select {
+	case <-drained:
+	case <-time.After(2 * drainAll):
+		t.Fatal("Drain did not return")
+	}
+	if !strings.Contains(got, "early output") {
+		t.Fatalf("the client had %q when Drain returned, want the process's output", got)
+	}
+	r.wait(t)
+}

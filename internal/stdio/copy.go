@@ -78,25 +78,7 @@ func (p *IO) copyOut(dst io.Writer, src *os.File, closeDst func()) {
 	if err != nil {
 		return
 	}
-	put := func(b *[]byte) { p.bufs.Put(b) }
-	for {
-		buf, n, rerr := pollRead(rc, p.buffer, put)
-		if n > 0 {
-			p.writing.Add(1)
-			w, werr := dst.Write((*buf)[:n])
-			p.writing.Add(-1)
-			p.progress.Add(int64(w))
-			if werr != nil {
-				rerr = werr
-			}
-		}
-		if buf != nil {
-			put(buf)
-		}
-		if rerr != nil {
-			return
-		}
-	}
+	p.pump(rc, dst, true)
 }
 
 // copyIn copies the client's stdin into the process, and closes dst at EOF
@@ -104,18 +86,33 @@ func (p *IO) copyOut(dst io.Writer, src *os.File, closeDst func()) {
 func (p *IO) copyIn(src *stdinFifo, dst io.WriteCloser) {
 	defer p.input.Done()
 	defer dst.Close()
+	p.pump(src.rc, dst, false)
+}
+
+// pump copies from rc into dst until a read or a write fails (EOF
+// included), taking a buffer only while there is data. With track, it
+// counts for Drain the bytes written and the writes under way.
+func (p *IO) pump(rc syscall.RawConn, dst io.Writer, track bool) {
 	put := func(b *[]byte) { p.bufs.Put(b) }
 	for {
-		buf, n, rerr := pollRead(src.rc, p.buffer, put)
+		buf, n, err := pollRead(rc, p.buffer, put)
 		if n > 0 {
-			if _, werr := dst.Write((*buf)[:n]); werr != nil {
-				rerr = werr
+			if track {
+				p.writing.Add(1)
+			}
+			w, werr := dst.Write((*buf)[:n])
+			if track {
+				p.writing.Add(-1)
+				p.progress.Add(int64(w))
+			}
+			if werr != nil {
+				err = werr
 			}
 		}
 		if buf != nil {
 			put(buf)
 		}
-		if rerr != nil {
+		if err != nil {
 			return
 		}
 	}

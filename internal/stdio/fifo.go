@@ -3,7 +3,6 @@ package stdio
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"sync/atomic"
 	"syscall"
@@ -70,38 +69,27 @@ func openStdinFifo(path string) (*stdinFifo, error) {
 	return &stdinFifo{f: f, rc: rc}, nil
 }
 
-// stdinFifo reads a fifo that was opened before its writer. A plain read of
-// a fifo without a writer returns EOF, even when the writer has not come
-// yet; but Linux reports POLLHUP on a fifo's read end only once a writer has
-// come and gone. So Read waits in the netpoller until poll(2) shows data or
-// that hang-up, and only then reads: EOF means the client closed its stdin.
+// stdinFifo is a fifo that was opened before its writer. A plain read of a
+// fifo without a writer returns EOF, even when the writer has not come yet;
+// but Linux reports POLLHUP on a fifo's read end only once a writer has come
+// and gone. So the copies read it with pollRead, which waits in the
+// netpoller until poll(2) shows data or that hang-up: EOF means the client
+// closed its stdin.
 type stdinFifo struct {
 	f  *os.File
 	rc syscall.RawConn
-	// closed is set by Close, so that a Read it interrupts reports
-	// os.ErrClosed (RawConn returns the poller's own error).
+	// closed is set by Close, so that a copy whose read it interrupts
+	// (RawConn returns the poller's own error) takes it for the end of
+	// the input.
 	closed atomic.Bool
 }
 
-// Read implements io.Reader.
-func (s *stdinFifo) Read(b []byte) (int, error) {
-	keep := func(*[]byte) {}
-	_, n, err := pollRead(s.rc, func() *[]byte { return &b }, keep)
-	if err != nil && !errors.Is(err, io.EOF) && s.closed.Load() {
-		return 0, os.ErrClosed
-	}
-	return n, err
-}
-
-// Close closes the fifo; a Read waiting on it returns os.ErrClosed.
+// Close closes the fifo; a read waiting on it returns an error, and closed
+// is set.
 func (s *stdinFifo) Close() error {
 	s.closed.Store(true)
 	return s.f.Close()
 }
-
-// isFifoClosed reports whether err is a read from a stdin fifo that
-// CloseStdin closed.
-func isFifoClosed(err error) bool { return errors.Is(err, os.ErrClosed) }
 
 // closeFifoWhenRead closes an output fifo once the client has read what the
 // shim wrote into it. containerd's client closes its end of the fifos as

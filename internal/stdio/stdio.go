@@ -197,6 +197,12 @@ type IO struct {
 	mu sync.Mutex
 	// stdinFifo is the client's stdin fifo, nil once closed; guarded by mu.
 	stdinFifo *stdinFifo
+	// consolePending is set from Open, for a terminal, until ReceiveConsole
+	// starts the pty copy or stopOutputs gives its place up: Open counts
+	// the copy in outputs already, so that a Drain that comes first (a
+	// quick exec exits before its runtime call returned) waits for it.
+	// Guarded by mu.
+	consolePending bool
 	// closed is set by Close; guarded by mu.
 	closed bool
 }
@@ -227,6 +233,8 @@ func Open(ctx context.Context, c Config, opts Options) (_ *IO, retErr error) {
 			return nil, err
 		}
 		p.console = con
+		p.consolePending = true
+		p.outputs.Add(1)
 		if out, _ := parseOutput(c.Stdout); out.kind == kindFifo {
 			if p.console.out, err = openOutputFifo(out.path); err != nil {
 				return nil, err
@@ -440,6 +448,7 @@ func (p *IO) Drain(timeout time.Duration) {
 // process and their writes to the client.
 func (p *IO) stopOutputs() {
 	p.stopping.Store(true)
+	p.giveUpConsoleCopy()
 	now := time.Now()
 	for _, f := range append([]*os.File{p.stdoutR, p.stderrR}, p.outFiles...) {
 		if f != nil {
@@ -450,6 +459,18 @@ func (p *IO) stopOutputs() {
 	if p.console != nil {
 		p.console.stopReads()
 		p.console.stopOutputWrites()
+	}
+}
+
+// giveUpConsoleCopy releases the place in outputs Open took for a pty copy
+// that has not started, so that nothing waits for it any more.
+func (p *IO) giveUpConsoleCopy() {
+	p.mu.Lock()
+	pending := p.consolePending
+	p.consolePending = false
+	p.mu.Unlock()
+	if pending {
+		p.outputs.Done()
 	}
 }
 
