@@ -86,7 +86,6 @@ type Config struct {
 type Container struct {
 	id     string
 	bundle string
-	rootfs []Mount
 	rt     *runtime.Runtime
 	init   *Process
 	deps   Deps
@@ -106,9 +105,12 @@ type Container struct {
 	// ioUID and ioGID own the stdio pipes of every process.
 	ioUID, ioGID int
 	// cgroup is the init's cgroup, nil if it could not be found; oom
-	// watches it. Both are set once the init exists and never change.
+	// watches it. Both are set once the init exists; guarded by mu.
 	cgroup *cgroups.Cgroup
 	oom    *cgroups.OOMWatcher
+	// initExited is set when the init's exit is being published; an OOM
+	// watch that comes later is closed at once. Guarded by mu.
+	initExited bool
 	// restore is set for a restore from a checkpoint; createOpts keeps the
 	// runtime options prepared at Create for the restore at Start.
 	restore    *runtime.CheckpointOpts
@@ -131,7 +133,6 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	c := &Container{
 		id:      cfg.ID,
 		bundle:  cfg.Bundle,
-		rootfs:  cfg.Rootfs,
 		rt:      cfg.Runtime,
 		deps:    deps,
 		init:    newProcess(cfg.ID, "", cfg.Stdio, deps.Events),
@@ -173,16 +174,22 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		NoPivot:       cfg.NoPivot,
 		NoNewKeyring:  cfg.NoNewKeyring,
 	}
+	created := &eventsapi.TaskCreate{
+		ContainerID: c.id,
+		Bundle:      c.bundle,
+		Rootfs:      mountsToAPI(cfg.Rootfs),
+		IO: &eventsapi.TaskIO{
+			Stdin:    cfg.Stdio.Stdin,
+			Stdout:   cfg.Stdio.Stdout,
+			Stderr:   cfg.Stdio.Stderr,
+			Terminal: cfg.Stdio.Terminal,
+		},
+	}
 	if c.restore != nil {
 		// The runtime's restore runs at Start, with this IO.
 		c.createOpts = opts
-		c.init.outbox.Send(events.TopicCreate, &eventsapi.TaskCreate{
-			ContainerID: c.id,
-			Bundle:      c.bundle,
-			Rootfs:      mountsToAPI(cfg.Rootfs),
-			IO:          &eventsapi.TaskIO{Stdin: cfg.Stdio.Stdin, Stdout: cfg.Stdio.Stdout, Stderr: cfg.Stdio.Stderr, Terminal: cfg.Stdio.Terminal},
-			Checkpoint:  c.restore.ImagePath,
-		})
+		created.Checkpoint = c.restore.ImagePath
+		c.init.outbox.Send(events.TopicCreate, created)
 		return c, nil
 	}
 	pid, err := c.rt.Create(ctx, c.id, c.bundle, opts, func(pid int) error {
@@ -210,18 +217,8 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		}
 	}
 	c.watchCgroup(pid)
-	c.init.outbox.Send(events.TopicCreate, &eventsapi.TaskCreate{
-		ContainerID: c.id,
-		Bundle:      c.bundle,
-		Rootfs:      mountsToAPI(cfg.Rootfs),
-		IO: &eventsapi.TaskIO{
-			Stdin:    cfg.Stdio.Stdin,
-			Stdout:   cfg.Stdio.Stdout,
-			Stderr:   cfg.Stdio.Stderr,
-			Terminal: cfg.Stdio.Terminal,
-		},
-		Pid: uint32(pid),
-	})
+	created.Pid = uint32(pid)
+	c.init.outbox.Send(events.TopicCreate, created)
 	return c, nil
 }
 
@@ -275,7 +272,7 @@ func (c *Container) Start(ctx context.Context, execID string) (int, error) {
 	return pid, nil
 }
 
-// Kill signals the init process (execID ""), with all every process of the
+// Kill signals the init process (execID ""), with every process of the
 // container, or an exec process. Killing a process that has exited is
 // ErrNotFound, as containerd expects.
 func (c *Container) Kill(ctx context.Context, execID string, signal uint32, all bool) error {
@@ -319,11 +316,14 @@ func (c *Container) Delete(ctx context.Context, execID string) (Status, error) {
 		return Status{}, fmt.Errorf("delete %s: %w", c.id, err)
 	}
 	// A created container's init was just killed by the forced delete; wait
-	// for its exit so that TaskExit comes before TaskDelete.
-	select {
-	case <-p.done:
-	case <-time.After(deleteWaitTimeout):
-		c.deps.Logger.Warn("delete: init exit not collected", "id", c.id, "pid", p.Pid())
+	// for its exit so that TaskExit comes before TaskDelete. A container
+	// created from a checkpoint and never started has no init to wait for.
+	if p.Pid() != 0 {
+		select {
+		case <-p.done:
+		case <-time.After(deleteWaitTimeout):
+			c.deps.Logger.Warn("delete: init exit not collected", "id", c.id, "pid", p.Pid())
+		}
 	}
 	p.mu.Lock()
 	pipes := p.pipes
@@ -331,7 +331,7 @@ func (c *Container) Delete(ctx context.Context, execID string) (Status, error) {
 	if pipes != nil {
 		pipes.Close()
 	}
-	if err := unmountAll(filepath.Join(c.bundle, "rootfs")); err != nil {
+	if err := UnmountRootfs(c.bundle); err != nil {
 		return Status{}, fmt.Errorf("delete %s: %w", c.id, err)
 	}
 	if err := markDeleted(c.bundle); err != nil {
@@ -365,6 +365,7 @@ func (c *Container) Pids(ctx context.Context) ([]int, error) {
 func (c *Container) initExiting() {
 	c.mu.Lock()
 	oom := c.oom
+	c.initExited = true
 	c.mu.Unlock()
 	if oom != nil {
 		// An OOM kill that caused this exit is published before it.
@@ -487,9 +488,11 @@ func (c *Container) startInit(ctx context.Context) error {
 }
 
 // watchCgroup finds the init's cgroup and watches it for OOM kills, which
-// are published as TaskOOM. Before start, no OOM can be missed. A cgroup
-// that cannot be found costs the container its stats and OOM events, not
-// its life: it is logged at Warn.
+// are published as TaskOOM. After a create the watch is in place before
+// the init runs; after a restore it starts once the restored init runs, so
+// an OOM kill in between is missed, and if the init already exited the
+// watch is closed at once. A cgroup that cannot be found costs the
+// container its stats and OOM events, not its life: it is logged at Warn.
 func (c *Container) watchCgroup(pid int) {
 	cg, err := cgroups.Load(pid)
 	if err != nil {
@@ -501,8 +504,17 @@ func (c *Container) watchCgroup(pid int) {
 		c.deps.Logger.Warn("no OOM watch", "id", c.id, "error", err)
 	}
 	c.mu.Lock()
-	c.cgroup, c.oom = cg, oom
+	exited := c.initExited
+	c.cgroup = cg
+	if !exited {
+		c.oom = oom
+	}
 	c.mu.Unlock()
+	if exited && oom != nil {
+		if err := oom.Close(); err != nil {
+			c.deps.Logger.Warn("close OOM watch", "id", c.id, "error", err)
+		}
+	}
 }
 
 func (c *Container) publishOOM() {

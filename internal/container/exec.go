@@ -82,7 +82,6 @@ func (c *Container) startExec(ctx context.Context, p *Process) (_ int, retErr er
 	c.execStarting()
 	p.outbox.ExpectStart()
 	defer close(p.startResolved)
-	watched := false
 	pid, err := c.rt.Exec(ctx, c.id, *p.spec, runtime.ExecOpts{
 		IO:            io.runcIO(),
 		ConsoleSocket: io.consoleSocket(),
@@ -92,19 +91,20 @@ func (c *Container) startExec(ctx context.Context, p *Process) (_ int, retErr er
 		p.pid = pid
 		p.mu.Unlock()
 		if err := c.deps.Watcher.Watch(pid, p.onExit); err != nil {
+			// Unwatched, its exit would never be published: stop it now,
+			// while the runtime call's Hold keeps the pid ours.
+			_ = syscall.Kill(pid, syscall.SIGKILL)
 			return err
 		}
-		watched = true
 		return nil
 	})
 	if err != nil {
+		// Exec returns an error only when nothing watches the process, so
+		// no exit will come: it no longer counts as running.
 		p.outbox.AbortStart()
-		if !watched {
-			// No exit will come: it no longer counts as running.
-			c.execExited()
-			if io.pipes != nil {
-				io.pipes.Close()
-			}
+		c.execExited()
+		if io.pipes != nil {
+			io.pipes.Close()
 		}
 		return 0, fmt.Errorf("start exec %s: %w", p.execID, err)
 	}
@@ -138,7 +138,7 @@ func (c *Container) execExited() {
 	}
 }
 
-// waitExecsLocked returns a channel closed once no exec is running, or nil
+// execsIdleChan returns a channel closed once no exec is running, or nil
 // if none is.
 func (c *Container) execsIdleChan() <-chan struct{} {
 	c.mu.Lock()

@@ -213,7 +213,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	return &taskapi.CreateTaskResponse{Pid: uint32(c.Init().Pid())}, nil
 }
 
-// Start starts the init process (an exec process once exec is supported).
+// Start starts the init process, or the exec process ExecID names.
 func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.StartResponse, error) {
 	c, _, err := s.process(r.GetID(), r.GetExecID())
 	if err != nil {
@@ -276,7 +276,8 @@ func (s *Service) Wait(ctx context.Context, r *taskapi.WaitRequest) (*taskapi.Wa
 	return &taskapi.WaitResponse{ExitStatus: st.ExitStatus, ExitedAt: timestamppb.New(st.ExitedAt)}, nil
 }
 
-// Kill signals the init process, or every process with All.
+// Kill signals the init process, the exec process ExecID names, or (All)
+// every process of the container.
 func (s *Service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Empty, error) {
 	c, _, err := s.process(r.GetID(), r.GetExecID())
 	if err != nil {
