@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // maxStdin bounds what `start` reads from containerd: a BootstrapParams or
@@ -64,14 +66,26 @@ func Start(ctx context.Context, f Flags, self string, stdin *os.File, stdout io.
 }
 
 // readStdin reads what containerd wrote, up to maxStdin, waiting at most
-// stdinTimeout for EOF. A stdin that cannot take a deadline (/dev/null, a
-// file) ends on its own.
+// stdinTimeout for EOF. containerd's pipe arrives in blocking mode, where
+// no deadline can be set, so it reads a non-blocking duplicate through the
+// netpoller. A stdin that cannot take a deadline (/dev/null, a file) ends
+// on its own.
 func readStdin(f *os.File) ([]byte, error) {
 	if f == nil {
 		return nil, nil
 	}
-	_ = f.SetReadDeadline(time.Now().Add(stdinTimeout))
-	data, err := io.ReadAll(io.LimitReader(f, maxStdin))
+	fd, err := unix.Dup(int(f.Fd()))
+	if err != nil {
+		return nil, fmt.Errorf("read stdin: %w", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("read stdin: %w", err)
+	}
+	in := os.NewFile(uintptr(fd), "stdin")
+	defer in.Close()
+	_ = in.SetReadDeadline(time.Now().Add(stdinTimeout))
+	data, err := io.ReadAll(io.LimitReader(in, maxStdin))
 	if err != nil {
 		return nil, fmt.Errorf("read stdin: %w", err)
 	}

@@ -3,6 +3,9 @@ package bootstrap
 import (
 	"bufio"
 	"context"
+	"debug/elf"
+	"encoding/binary"
+	"io"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -159,7 +162,7 @@ func trimMemory() {
 // stay in the page cache.
 func dropExecutablePages() {
 	exe, err := os.Readlink("/proc/self/exe")
-	if err != nil {
+	if err != nil || !fixedAddressExecutable(exe) {
 		return
 	}
 	f, err := os.Open("/proc/self/maps")
@@ -187,4 +190,22 @@ func dropExecutablePages() {
 		// address, never turned into a Go pointer.
 		_, _, _ = unix.Syscall(unix.SYS_MADVISE, uintptr(start), uintptr(end-start), unix.MADV_DONTNEED)
 	}
+}
+
+// fixedAddressExecutable reports whether exe is an ELF executable of type
+// ET_EXEC. Only such a binary's read-only mappings are the file's pages as
+// is: in a position-independent one (ET_DYN, -buildmode=pie) the loader
+// relocates read-only data into private copies, and dropping those would
+// bring back unrelocated pages.
+func fixedAddressExecutable(exe string) bool {
+	f, err := os.Open(exe)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var hdr [18]byte
+	if _, err := io.ReadFull(f, hdr[:]); err != nil {
+		return false
+	}
+	return string(hdr[:4]) == "\x7fELF" && binary.LittleEndian.Uint16(hdr[16:]) == uint16(elf.ET_EXEC)
 }

@@ -2,7 +2,12 @@ package bootstrap
 
 import (
 	"context"
+	"debug/elf"
+	"encoding/binary"
+	"os"
+	"path/filepath"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -84,4 +89,52 @@ func TestTrimmerStops(t *testing.T) {
 	}
 	runtime.GC()
 	runtime.GC()
+}
+
+// TestFixedAddressExecutable: the read-only pages are dropped only from an
+// ET_EXEC binary; a position-independent one (ET_DYN) has relocated
+// private copies there, and dropping them crashed a -buildmode=pie build.
+func TestFixedAddressExecutable(t *testing.T) {
+	header := func(typ elf.Type) []byte {
+		h := make([]byte, 64)
+		copy(h, "\x7fELF")
+		binary.LittleEndian.PutUint16(h[16:], uint16(typ))
+		return h
+	}
+	dir := t.TempDir()
+	tests := []struct {
+		name    string
+		content []byte // nil: no file
+		want    bool
+	}{
+		{"ET_EXEC", header(elf.ET_EXEC), true},
+		{"ET_DYN (pie)", header(elf.ET_DYN), false},
+		{"not ELF", []byte("#!/bin/sh\necho hello world\n"), false},
+		{"too short", []byte("\x7fELF"), false},
+		{"missing", nil, false},
+	}
+	for _, tt := range tests {
+		path := filepath.Join(dir, strings.ReplaceAll(tt.name, " ", "_"))
+		if tt.content != nil {
+			if err := os.WriteFile(path, tt.content, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := fixedAddressExecutable(path); got != tt.want {
+			t.Errorf("%s: fixedAddressExecutable = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	// make build links a fixed-address binary.
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := elf.Open(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if got, want := fixedAddressExecutable(exe), f.Type == elf.ET_EXEC; got != want {
+		t.Errorf("the test binary (%v): fixedAddressExecutable = %v", f.Type, got)
+	}
 }

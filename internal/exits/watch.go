@@ -36,6 +36,12 @@ func (r *Reaper) watchPidfd(pid int, f *os.File, onExit func(Exit)) {
 		// our unreaped child and stays in watched, so the sweep leaves it
 		// alone, it cannot be reused, and wait4(pid) reaps the right process.
 		r.logger.Warn("exits: pidfd wait failed, falling back to wait4", "pid", pid, "error", err)
+		// f is closed: Signal must not use it any more.
+		r.mu.Lock()
+		if _, ok := r.watched[pid]; ok {
+			r.watched[pid] = nil
+		}
+		r.mu.Unlock()
 		r.watchWait4Loop(pid, onExit)
 		return
 	}
