@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/containerd/errdefs"
 )
@@ -37,7 +39,7 @@ func LoadConfigFile(path string) (Options, error) {
 	if !cleanAbs(path) {
 		return Options{}, fmt.Errorf("runtime config path %q must be absolute and clean: %w", path, errdefs.ErrInvalidArgument)
 	}
-	data, err := os.ReadFile(path)
+	data, err := readRegularFile(path, maxConfigFile)
 	if err != nil {
 		if os.IsNotExist(err) {
 			return Options{}, fmt.Errorf("runtime config %s: %w", path, errdefs.ErrNotFound)
@@ -133,4 +135,24 @@ func stripComment(s string) string {
 		}
 	}
 	return s
+}
+
+// readRegularFile reads at most limit+1 bytes of path, which must be a
+// regular file: a fifo would block the open or the read, and a device
+// could be read without end. It opens non-blocking, so that a fifo is
+// refused rather than waited on.
+func readRegularFile(path string, limit int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("not a regular file (%s): %w", st.Mode().Type(), errdefs.ErrInvalidArgument)
+	}
+	return io.ReadAll(io.LimitReader(f, limit+1))
 }
