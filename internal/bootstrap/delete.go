@@ -77,8 +77,8 @@ func cleanupRuntime(ctx context.Context, f Flags, bundle string, warn io.Writer)
 	}
 }
 
-// removeDeadSocket removes the socket named in <bundle>/address when no
-// server answers on it any more: a server killed with SIGKILL cannot
+// removeDeadSocket removes the socket named in <bundle>/address, if it has
+// the form of a Tether socket, when no server answers on it any more: a server killed with SIGKILL cannot
 // remove its own.
 func removeDeadSocket(bundle string) {
 	data, err := os.ReadFile(filepath.Join(bundle, "address"))
@@ -87,7 +87,7 @@ func removeDeadSocket(bundle string) {
 	}
 	path := socketPathOf(strings.TrimSpace(string(data)))
 	if st, err := os.Lstat(path); err != nil || st.Mode().Type() != os.ModeSocket ||
-		!filepath.IsAbs(path) || filepath.Clean(path) != path {
+		!filepath.IsAbs(path) || filepath.Clean(path) != path || !isSocketName(filepath.Base(path)) {
 		return
 	}
 	unlock, err := lockDir(filepath.Dir(path))

@@ -121,7 +121,7 @@ func TestDeleteSockets(t *testing.T) {
 	testutil.CheckLeaks(t)
 	t.Run("dead socket removed", func(t *testing.T) {
 		bundle, f := deleteBundle(t)
-		path := filepath.Join(shortDir(t), "dead")
+		path := tetherSocketPath(t)
 		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 		if err != nil {
 			t.Fatal(err)
@@ -138,7 +138,7 @@ func TestDeleteSockets(t *testing.T) {
 	})
 	t.Run("dead socket named without scheme", func(t *testing.T) {
 		bundle, f := deleteBundle(t)
-		path := filepath.Join(shortDir(t), "dead")
+		path := tetherSocketPath(t)
 		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 		if err != nil {
 			t.Fatal(err)
@@ -155,7 +155,7 @@ func TestDeleteSockets(t *testing.T) {
 	})
 	t.Run("live socket kept", func(t *testing.T) {
 		bundle, f := deleteBundle(t)
-		path := filepath.Join(shortDir(t), "live")
+		path := tetherSocketPath(t)
 		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 		if err != nil {
 			t.Fatal(err)
@@ -170,6 +170,23 @@ func TestDeleteSockets(t *testing.T) {
 		}
 		if !serving(path) {
 			t.Fatal("the live server no longer answers")
+		}
+	})
+	t.Run("dead socket of another name kept", func(t *testing.T) {
+		bundle, f := deleteBundle(t)
+		path := filepath.Join(shortDir(t), "other.sock")
+		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln.SetUnlinkOnClose(false)
+		ln.Close()
+		if err := writeAddress(bundle, SocketAddress(path)); err != nil {
+			t.Fatal(err)
+		}
+		runDelete(t, f)
+		if _, err := os.Lstat(path); err != nil {
+			t.Fatalf("a socket not named like a Tether socket was removed: %v", err)
 		}
 	})
 	t.Run("regular file kept", func(t *testing.T) {
@@ -205,6 +222,9 @@ func TestDeleteRefusesBadFlags(t *testing.T) {
 		{"no namespace", Flags{ID: good.ID, Bundle: bundle}, nil},
 		{"no id", Flags{Namespace: "ns", Bundle: bundle}, nil},
 		{"id with path", Flags{Namespace: "ns", ID: "../x", Bundle: bundle}, errdefs.ErrInvalidArgument},
+		{"relative bundle", Flags{Namespace: "ns", ID: good.ID, Bundle: "state/" + good.ID}, errdefs.ErrInvalidArgument},
+		{"bundle with ..", Flags{Namespace: "ns", ID: good.ID, Bundle: bundle + "/../" + good.ID}, errdefs.ErrInvalidArgument},
+		{"bundle with a trailing slash", Flags{Namespace: "ns", ID: good.ID, Bundle: bundle + "/"}, errdefs.ErrInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -303,4 +323,15 @@ func TestDeleteSkipsRuntimeAfterServerDelete(t *testing.T) {
 			}
 		})
 	}
+}
+
+// tetherSocketPath is a socket path of the form SocketPath gives, in a
+// short directory of the test's.
+func tetherSocketPath(t *testing.T) string {
+	t.Helper()
+	path, err := SocketPath(shortDir(t), "/run/containerd/containerd.sock", "tether-test", t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

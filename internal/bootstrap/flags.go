@@ -19,6 +19,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+
+	"github.com/containerd/errdefs"
 )
 
 // Actions of the shim binary.
@@ -68,6 +71,9 @@ func ParseFlags(args []string, errOut io.Writer) (Flags, error) {
 // (containerd runs the shim in the bundle).
 func (f Flags) bundleDir() (string, error) {
 	if f.Bundle != "" {
+		if !filepath.IsAbs(f.Bundle) || filepath.Clean(f.Bundle) != f.Bundle {
+			return "", fmt.Errorf("-bundle %q must be an absolute, clean path: %w", f.Bundle, errdefs.ErrInvalidArgument)
+		}
 		return f.Bundle, nil
 	}
 	wd, err := os.Getwd()

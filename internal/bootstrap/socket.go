@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -56,6 +57,9 @@ func GroupID(bundle, id string) (string, error) {
 // SocketPath is the socket of a group's server:
 // <dir>/hex(sha256(<containerd address>/<namespace>/<group>)).
 func SocketPath(dir, containerdAddress, ns, group string) (string, error) {
+	if !filepath.IsAbs(dir) || filepath.Clean(dir) != dir {
+		return "", fmt.Errorf("socket dir %q must be an absolute, clean path: %w", dir, errdefs.ErrInvalidArgument)
+	}
 	sum := sha256.Sum256([]byte(filepath.Join(containerdAddress, ns, group)))
 	p := filepath.Join(dir, hex.EncodeToString(sum[:]))
 	if len(p) > maxSocketPath {
@@ -66,6 +70,16 @@ func SocketPath(dir, containerdAddress, ns, group string) (string, error) {
 
 // SocketAddress is the address containerd dials for a socket path.
 func SocketAddress(path string) string { return "unix://" + path }
+
+// isSocketName reports whether name has the form SocketPath gives a socket:
+// 64 lowercase hex digits.
+func isSocketName(name string) bool {
+	if len(name) != 2*sha256.Size {
+		return false
+	}
+	_, err := hex.DecodeString(name)
+	return err == nil && strings.ToLower(name) == name
+}
 
 // socketPathOf strips the unix:// scheme.
 func socketPathOf(address string) string { return strings.TrimPrefix(address, "unix://") }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
 	"github.com/tether-shim/tether/internal/testutil"
@@ -468,6 +469,17 @@ func TestServing(t *testing.T) {
 	for _, tt := range tests {
 		if got := serving(tt.path); got != tt.want {
 			t.Errorf("serving(%s) = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestSocketPathRefusesRelativeDir: a BootstrapParams socket_dir that is
+// relative or unclean would put the socket under the bundle and hand
+// containerd a relative address.
+func TestSocketPathRefusesRelativeDir(t *testing.T) {
+	for _, dir := range []string{"s", "./s", "/run/containerd/../s", "/run/s/", ""} {
+		if p, err := SocketPath(dir, "/run/containerd/containerd.sock", "default", "g1"); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("SocketPath(%q) = %q, %v; want InvalidArgument", dir, p, err)
 		}
 	}
 }
