@@ -3,6 +3,7 @@ package container
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"syscall"
@@ -192,9 +193,22 @@ func (c *Container) killExec(p *Process, signal uint32) error {
 		return fmt.Errorf("kill exec %s: not started: %w", p.execID, errdefs.ErrFailedPrecondition)
 	}
 	if err := c.deps.Watcher.Signal(pid, syscall.Signal(signal)); err != nil {
-		return fmt.Errorf("kill exec %s: %v: %w", p.execID, err, errdefs.ErrNotFound)
+		return fmt.Errorf("kill exec %s: %w", p.execID, signalErrorClass(err))
 	}
 	return nil
+}
+
+// signalErrorClass adds the errdefs class of a failed signal: a process
+// that is gone is NotFound, a signal number the kernel refuses is
+// InvalidArgument, anything else keeps its own cause.
+func signalErrorClass(err error) error {
+	switch {
+	case errors.Is(err, syscall.ESRCH):
+		return fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
+	case errors.Is(err, syscall.EINVAL):
+		return fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return err
 }
 
 // deleteExec forgets a created or stopped exec process.
