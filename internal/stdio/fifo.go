@@ -3,6 +3,7 @@ package stdio
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"sync/atomic"
 	"syscall"
@@ -39,8 +40,11 @@ func (p *IO) openFifos(out, errOut output) error {
 // client is away.
 func openOutputFifo(path string) (*os.File, error) {
 	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("stdio: %w: %w", err, errdefs.ErrNotFound)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("stdio: %w", errors.Join(err, errdefs.ErrNotFound))
+		return nil, fmt.Errorf("stdio: %w", err)
 	}
 	if st.Mode()&os.ModeNamedPipe == 0 {
 		return nil, fmt.Errorf("stdio: %s is not a fifo: %w", path, errdefs.ErrInvalidArgument)
@@ -57,8 +61,16 @@ func openOutputFifo(path string) (*os.File, error) {
 // opened non-blocking and read through the netpoller (see stdinFifo).
 func openStdinFifo(path string) (*stdinFifo, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, fmt.Errorf("stdio: open stdin %s: %w: %w", path, err, errdefs.ErrNotFound)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("stdio: open stdin %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		unix.Close(fd)
+		return nil, fmt.Errorf("stdio: stdin %s is not a fifo: %w", path, errdefs.ErrInvalidArgument)
 	}
 	f := os.NewFile(uintptr(fd), path)
 	rc, err := f.SyscallConn()

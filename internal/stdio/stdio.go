@@ -24,10 +24,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -103,6 +105,9 @@ func parseOutput(s string) (output, error) {
 	if err != nil {
 		return output{}, fmt.Errorf("stdio %q: %v: %w", s, err, errdefs.ErrInvalidArgument)
 	}
+	if u.Scheme != "" && (u.Host != "" || u.User != nil) {
+		return output{}, fmt.Errorf("stdio %q: a %s URI names a path, not a host (%s:///path): %w", s, u.Scheme, u.Scheme, errdefs.ErrInvalidArgument)
+	}
 	o := output{path: u.Path}
 	switch u.Scheme {
 	case "", "fifo":
@@ -114,10 +119,12 @@ func parseOutput(s string) (output, error) {
 		o.kind = kindFile
 	case "binary":
 		o.kind = kindBinary
+		// In key order, so that the logging binary sees the same
+		// arguments for the same URI.
 		q := u.Query()
-		for k, vs := range q {
+		for _, k := range slices.Sorted(maps.Keys(q)) {
 			o.args = append(o.args, k)
-			if len(vs) > 0 && vs[0] != "" {
+			if vs := q[k]; len(vs) > 0 && vs[0] != "" {
 				o.args = append(o.args, vs[0])
 			}
 		}

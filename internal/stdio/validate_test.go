@@ -1,6 +1,7 @@
 package stdio
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -48,6 +49,10 @@ func TestValidate(t *testing.T) {
 		{"file without path", Config{Stdout: "file://"}, true},
 		{"unclean binary", Config{Stdout: "binary:///bin/./logger"}, true},
 		{"binary without path", Config{Stdout: "binary://"}, true},
+		// A URI names a path on this host, never a host.
+		{"file with a host", Config{Stdout: "file://var/log/x.log"}, true},
+		{"binary with a host", Config{Stdout: "binary://host/bin/logger"}, true},
+		{"fifo with a user", Config{Stdout: "fifo://u@/run/c-stdout"}, true},
 		// Stdin is a path, not a URI.
 		{"stdin URI", Config{Stdin: "fifo://" + stdin}, true},
 
@@ -149,6 +154,20 @@ func TestRegressionValidateTerminalWithNonFifoStderr(t *testing.T) {
 		c := Config{Stdin: "/run/c-stdin", Stderr: stderr, Terminal: true}
 		if err := c.Validate(); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("Validate(%+v) = %v, want InvalidArgument", c, err)
+		}
+	}
+}
+
+// TestBinaryArgsInKeyOrder: the logging binary gets its URI's query as
+// arguments in key order, whatever order the map gives.
+func TestBinaryArgsInKeyOrder(t *testing.T) {
+	for range 20 {
+		o, err := parseOutput("binary:///bin/logger?zeta=1&alpha=2&mid=&beta=3")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := strings.Join(o.args, " "), "alpha 2 beta 3 mid zeta 1"; got != want {
+			t.Fatalf("args = %q, want %q", got, want)
 		}
 	}
 }
