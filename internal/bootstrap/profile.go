@@ -25,8 +25,6 @@ type profiler struct {
 }
 
 func startProfiler(ctx context.Context, dir string, logger *slog.Logger) *profiler {
-	// A shim's heap is around a megabyte: sample finely enough to see it.
-	runtime.MemProfileRate = 4096
 	p := &profiler{dir: dir, logger: logger, done: make(chan struct{})}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
