@@ -99,6 +99,11 @@ func (p *IO) startLogger(ctx context.Context, bin output, opts Options) (retErr 
 	if _, err := io.Copy(io.Discard, readyR); err != nil {
 		return fmt.Errorf("stdio: logging binary %s not ready: %w", bin.path, err)
 	}
+	// The AfterFunc runs in a goroutine of its own: a logger that got
+	// ready at once can win the race against an already cancelled ctx.
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("stdio: logging binary %s: %w", bin.path, err)
+	}
 	return nil
 }
 
