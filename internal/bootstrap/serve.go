@@ -39,6 +39,9 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	if err := f.validate(); err != nil {
 		return err
 	}
+	if err := restoreCallerEnv(); err != nil {
+		return fmt.Errorf("restore environment: %w", err)
+	}
 	bundle, err := f.bundleDir()
 	if err != nil {
 		return err
@@ -53,7 +56,9 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		With("runtime", "io.containerd.tether.v2", "namespace", f.Namespace, "shim", f.ID)
 
 	// One P is plenty for a shim, which mostly waits; every extra P can
-	// bring its own OS thread and stacks. See docs/performance.md.
+	// bring its own OS thread and stacks. See docs/performance.md. `start`
+	// already runs the server with GOMAXPROCS=1 (serverEnv); this covers a
+	// server started otherwise.
 	runtime.GOMAXPROCS(1)
 	// The heap profile's buckets and their hash table are runtime memory
 	// that is never returned; only -debug, which can write the profile,

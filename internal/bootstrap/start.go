@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
@@ -124,6 +125,54 @@ func ensureServer(f Flags, self, bundle, dir, path string) error {
 	return nil
 }
 
+// callerGOMAXPROCS carries the caller's GOMAXPROCS from `start` to the
+// server, which restores it (restoreCallerEnv) so that the processes it
+// starts inherit the environment containerd gave the shim.
+const callerGOMAXPROCS = "TETHER_CALLER_GOMAXPROCS"
+
+// serverEnv is the server's environment: env with GOMAXPROCS=1, and the
+// caller's GOMAXPROCS (empty if unset) in callerGOMAXPROCS.
+//
+// The server runs on one P (see Serve), and it must have one from the
+// first instruction: the Go runtime starts with a P per CPU, package
+// initialisation then allocates from each P's cache, and when Serve cut the
+// Ps to one, the spans cached by the others went back to the heap's central
+// lists. That touched span-set metadata the runtime never returns, by
+// chance: the same shim held 2.2 MB or 2.85 MB of anonymous memory from one
+// start to the next (docs/performance.md, "One P from the start").
+func serverEnv(env []string) []string {
+	out := make([]string, 0, len(env)+2)
+	caller := ""
+	for _, kv := range env {
+		switch {
+		case strings.HasPrefix(kv, "GOMAXPROCS="):
+			caller = strings.TrimPrefix(kv, "GOMAXPROCS=")
+		case strings.HasPrefix(kv, callerGOMAXPROCS+"="):
+		default:
+			out = append(out, kv)
+		}
+	}
+	return append(out, "GOMAXPROCS=1", callerGOMAXPROCS+"="+caller)
+}
+
+// restoreCallerEnv undoes serverEnv in the server's own environment, once
+// the Go runtime has read GOMAXPROCS: the caller's value comes back, or
+// GOMAXPROCS goes if the caller had none. Without callerGOMAXPROCS (a
+// server not launched by `start`) it changes nothing.
+func restoreCallerEnv() error {
+	caller, ok := os.LookupEnv(callerGOMAXPROCS)
+	if !ok {
+		return nil
+	}
+	if err := os.Unsetenv(callerGOMAXPROCS); err != nil {
+		return err
+	}
+	if caller == "" {
+		return os.Unsetenv("GOMAXPROCS")
+	}
+	return os.Setenv("GOMAXPROCS", caller)
+}
+
 // launch runs the server detached: in the bundle, in its own process group,
 // with the listening socket as fd 3 and /dev/null as stdio, so that it holds
 // none of containerd's pipes. It does not wait for the server.
@@ -141,6 +190,7 @@ func launch(f Flags, self, bundle string, socket *os.File) error {
 	args = append(args, ActionServe)
 	cmd := exec.Command(self, args...)
 	cmd.Dir = bundle
+	cmd.Env = serverEnv(os.Environ())
 	cmd.ExtraFiles = []*os.File{socket}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
