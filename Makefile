@@ -5,7 +5,7 @@
 #   make test-unit  unit tests of the root module (go test -race)
 #   make test-e2e   end-to-end tests (test/e2e, a separate module; needs root)
 #   make demo       run a container through Tether under a private containerd
-#   make lint       gofmt and go vet, in both modules
+#   make lint       gofmt and go vet, in every module
 #
 # The e2e tests take TETHER_E2E_VERSIONS (e.g. 1.6,2.4.2), TETHER_E2E_RUNTIME
 # (e.g. io.containerd.runc.v2 to check the harness with containerd's own shim)
@@ -57,11 +57,13 @@ bench:
 	cd bench && $(GO) build -o .bin/tether-bench . && flock -w $${BENCH_LOCK_WAIT:-3600} /tmp/tether-heavy.lock .bin/tether-bench
 
 lint:
-	@out=$$(gofmt -l cmd internal test testkit third_party 2>/dev/null); \
+	@out=$$(gofmt -l cmd internal test testkit third_party bench 2>/dev/null); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd test/e2e && $(GO) vet ./...
 	cd testkit && $(GO) vet ./...
+	cd bench && $(GO) vet ./...
+	cd bench/floor && $(GO) vet ./...
 
 clean:
 	rm -rf bin

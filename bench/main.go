@@ -146,10 +146,13 @@ type bench struct {
 	rootfs  string
 	image   string
 	shimBin string // the Tether binary built for this run
-	started time.Time
-	daemons []*daemon
-	res     *results
-	meta    meta
+	// floorBin is the memory floor (bench/floor) built for this run;
+	// empty if the repository is not at hand.
+	floorBin string
+	started  time.Time
+	daemons  []*daemon
+	res      *results
+	meta     meta
 }
 
 // side is one shim under test on its own containerd.
@@ -234,6 +237,11 @@ func (b *bench) run() error {
 	}
 	if err := b.buildShim(); err != nil {
 		return err
+	}
+	if root, err := testkit.RepoRoot(); err == nil {
+		if err := b.buildFloor(root); err != nil {
+			return err
+		}
 	}
 	if contains(b.cfg.Runtimes, "crun") || contains(b.cfg.MemRuntimes, "crun") {
 		if err := ensureHugetlb(); err != nil {
@@ -428,6 +436,7 @@ func (b *bench) runVersion(v *cdVersion) error {
 			for _, s := range sides {
 				b.memSingles(s, v, rt, rep)
 			}
+			b.memFloor(v, rt)
 			for _, s := range sides {
 				b.memGroup(s, v, rt, rep)
 			}

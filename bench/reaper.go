@@ -153,7 +153,7 @@ func (r *reaper) sweep() {
 }
 
 // ownCommands are the comms of what the bench runs itself (os/exec waits for them).
-var ownCommands = map[string]bool{"ctr": true, "runc": true, "crun": true, "containerd": true, "go": true, "git": true, "busybox": true}
+var ownCommands = map[string]bool{"ctr": true, "runc": true, "crun": true, "containerd": true, "go": true, "git": true, "busybox": true, floorComm: true}
 
 // mark returns a position; cpuSince sums the shims reaped after it.
 func (r *reaper) mark() int {
