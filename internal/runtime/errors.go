@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -58,18 +59,29 @@ type Error struct {
 	Message string
 	// Err is the underlying error (usually an exit status).
 	Err error
+	// TimedOut is set when the command was killed at its deadline; the
+	// error then is context.DeadlineExceeded.
+	TimedOut bool
 }
 
 // Error implements error.
 func (e *Error) Error() string {
+	if e.TimedOut {
+		return fmt.Sprintf("runtime %s %s: timed out: %v", e.Op, e.ID, e.Err)
+	}
 	if e.Message != "" {
 		return fmt.Sprintf("runtime %s %s: %s", e.Op, e.ID, e.Message)
 	}
 	return fmt.Sprintf("runtime %s %s: %v", e.Op, e.ID, e.Err)
 }
 
-// Unwrap returns the errdefs class and the underlying error.
+// Unwrap returns the errdefs class and the underlying error; a command
+// killed at its deadline is context.DeadlineExceeded (a ttrpc
+// DeadlineExceeded at the service boundary), whatever it said before.
 func (e *Error) Unwrap() []error {
+	if e.TimedOut {
+		return []error{context.DeadlineExceeded, e.Err}
+	}
 	class := Classify(e.Message)
 	if class == nil {
 		class = errdefs.ErrUnknown

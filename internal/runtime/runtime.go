@@ -19,6 +19,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -66,6 +67,9 @@ type Runtime struct {
 	cfg  Config
 	rc   *runc.Runc
 	hold Holder
+	// launchLimit and controlLimit are launchTimeout and controlTimeout;
+	// tests shorten them.
+	launchLimit, controlLimit time.Duration
 }
 
 // New returns a Runtime for cfg. hold must not be nil.
@@ -81,7 +85,7 @@ func New(cfg Config, hold Holder) *Runtime {
 		SystemdCgroup: cfg.SystemdCgroup,
 		Debug:         cfg.Debug,
 	}
-	return &Runtime{cfg: cfg, rc: rc, hold: hold}
+	return &Runtime{cfg: cfg, rc: rc, hold: hold, launchLimit: launchTimeout, controlLimit: controlTimeout}
 }
 
 // Binary returns the runtime binary this Runtime runs.
@@ -160,7 +164,7 @@ func (r *Runtime) Create(ctx context.Context, id, bundle string, opts CreateOpts
 func (r *Runtime) launch(ctx context.Context, op, id string, io runc.IO, pidFile string, register func(pid int) error, run func(context.Context, runc.IO) error) (int, error) {
 	release := r.hold.Hold()
 	defer release()
-	ctx, cancel := detached(ctx, launchTimeout)
+	ctx, cancel := detached(ctx, r.launchLimit)
 	defer cancel()
 	mark := r.logMark()
 	if io == nil {
@@ -172,7 +176,7 @@ func (r *Runtime) launch(ctx context.Context, op, id string, io runc.IO, pidFile
 		io = null
 	}
 	if err := run(ctx, io); err != nil {
-		return 0, r.fail(op, id, mark, err)
+		return 0, r.fail(ctx, op, id, mark, err)
 	}
 	pid, err := ReadPidFile(pidFile)
 	if err != nil {
@@ -210,20 +214,20 @@ func (r *Runtime) Exec(ctx context.Context, id string, spec specs.Process, opts 
 func (r *Runtime) Start(ctx context.Context, id string) error {
 	release := r.hold.Hold()
 	defer release()
-	ctx, cancel := detached(ctx, launchTimeout)
+	ctx, cancel := detached(ctx, r.launchLimit)
 	defer cancel()
 	mark := r.logMark()
-	return r.fail("start", id, mark, r.rc.Start(ctx, id))
+	return r.fail(ctx, "start", id, mark, r.rc.Start(ctx, id))
 }
 
 // Kill runs `<runtime> kill [--all] <id> <signal>`.
 func (r *Runtime) Kill(ctx context.Context, id string, signal uint32, all bool) error {
 	release := r.hold.Hold()
 	defer release()
-	ctx, cancel := detached(ctx, controlTimeout)
+	ctx, cancel := detached(ctx, r.controlLimit)
 	defer cancel()
 	mark := r.logMark()
-	return r.fail("kill", id, mark, r.rc.Kill(ctx, id, int(signal), &runc.KillOpts{All: all}))
+	return r.fail(ctx, "kill", id, mark, r.rc.Kill(ctx, id, int(signal), &runc.KillOpts{All: all}))
 }
 
 // Delete runs `<runtime> delete [--force] <id>`. A container the runtime no
@@ -231,10 +235,10 @@ func (r *Runtime) Kill(ctx context.Context, id string, signal uint32, all bool) 
 func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
 	release := r.hold.Hold()
 	defer release()
-	ctx, cancel := detached(ctx, controlTimeout)
+	ctx, cancel := detached(ctx, r.controlLimit)
 	defer cancel()
 	mark := r.logMark()
-	err := r.fail("delete", id, mark, r.rc.Delete(ctx, id, &runc.DeleteOpts{Force: force}))
+	err := r.fail(ctx, "delete", id, mark, r.rc.Delete(ctx, id, &runc.DeleteOpts{Force: force}))
 	if IsNotFound(err) {
 		return nil
 	}
@@ -245,11 +249,11 @@ func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
 func (r *Runtime) Ps(ctx context.Context, id string) ([]int, error) {
 	release := r.hold.Hold()
 	defer release()
-	ctx, cancel := detached(ctx, controlTimeout)
+	ctx, cancel := detached(ctx, r.controlLimit)
 	defer cancel()
 	mark := r.logMark()
 	pids, err := r.rc.Ps(ctx, id)
-	return pids, r.fail("ps", id, mark, err)
+	return pids, r.fail(ctx, "ps", id, mark, err)
 }
 
 // logMark returns the current size of the runtime's log, so that fail reads
@@ -268,7 +272,7 @@ func (r *Runtime) logMark() int64 {
 // fail turns a go-runc error into an *Error carrying the runtime's own
 // message: the last error entry of the JSON log, else the command output that
 // go-runc put into err. It returns nil for a nil err.
-func (r *Runtime) fail(op, id string, mark int64, err error) error {
+func (r *Runtime) fail(ctx context.Context, op, id string, mark int64, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -276,7 +280,7 @@ func (r *Runtime) fail(op, id string, mark int64, err error) error {
 	if msg == "" {
 		msg = outputOf(err)
 	}
-	return &Error{Op: op, ID: id, Message: msg, Err: err}
+	return &Error{Op: op, ID: id, Message: msg, Err: err, TimedOut: errors.Is(ctx.Err(), context.DeadlineExceeded)}
 }
 
 // detached returns a context that keeps ctx's values but not its
@@ -356,30 +360,30 @@ func outputOf(err error) string {
 func (r *Runtime) Pause(ctx context.Context, id string) error {
 	release := r.hold.Hold()
 	defer release()
-	ctx, cancel := detached(ctx, controlTimeout)
+	ctx, cancel := detached(ctx, r.controlLimit)
 	defer cancel()
 	mark := r.logMark()
-	return r.fail("pause", id, mark, r.rc.Pause(ctx, id))
+	return r.fail(ctx, "pause", id, mark, r.rc.Pause(ctx, id))
 }
 
 // Resume runs `<runtime> resume`.
 func (r *Runtime) Resume(ctx context.Context, id string) error {
 	release := r.hold.Hold()
 	defer release()
-	ctx, cancel := detached(ctx, controlTimeout)
+	ctx, cancel := detached(ctx, r.controlLimit)
 	defer cancel()
 	mark := r.logMark()
-	return r.fail("resume", id, mark, r.rc.Resume(ctx, id))
+	return r.fail(ctx, "resume", id, mark, r.rc.Resume(ctx, id))
 }
 
 // Update runs `<runtime> update --resources -` with the new resources.
 func (r *Runtime) Update(ctx context.Context, id string, res *specs.LinuxResources) error {
 	release := r.hold.Hold()
 	defer release()
-	ctx, cancel := detached(ctx, controlTimeout)
+	ctx, cancel := detached(ctx, r.controlLimit)
 	defer cancel()
 	mark := r.logMark()
-	return r.fail("update", id, mark, r.rc.Update(ctx, id, res))
+	return r.fail(ctx, "update", id, mark, r.rc.Update(ctx, id, res))
 }
 
 // CheckpointOpts are the options of Checkpoint and Restore, as
@@ -416,7 +420,7 @@ func (o CheckpointOpts) runc() runc.CheckpointOpts {
 func (r *Runtime) Checkpoint(ctx context.Context, id string, opts CheckpointOpts) error {
 	release := r.hold.Hold()
 	defer release()
-	ctx, cancel := detached(ctx, launchTimeout)
+	ctx, cancel := detached(ctx, r.launchLimit)
 	defer cancel()
 	mark := r.logMark()
 	var actions []runc.CheckpointAction
@@ -424,7 +428,7 @@ func (r *Runtime) Checkpoint(ctx context.Context, id string, opts CheckpointOpts
 		actions = append(actions, runc.LeaveRunning)
 	}
 	co := opts.runc()
-	return r.fail("checkpoint", id, mark, r.rc.Checkpoint(ctx, id, &co, actions...))
+	return r.fail(ctx, "checkpoint", id, mark, r.rc.Checkpoint(ctx, id, &co, actions...))
 }
 
 // Restore runs `<runtime> restore --detach` from opts.ImagePath and

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -332,6 +333,40 @@ func TestRegressionErrorMessageCarriesGoRuncPrefix(t *testing.T) {
 	}
 	if rerr.Message != "container not running" {
 		t.Errorf("Error.Message = %q, want %q", rerr.Message, "container not running")
+	}
+}
+
+// TestRegressionTimedOutCommandIsUnknown: a runtime command killed at its
+// deadline was classed Unknown (its exit status said only "signal:
+// killed"); containerd and the kubelet need DeadlineExceeded to tell a hung
+// runtime from a failing one.
+func TestRegressionTimedOutCommandIsUnknown(t *testing.T) {
+	binary := fakeRuntime(t)
+	t.Setenv("FAKE_RUNTIME_SLEEP", "30")
+	h := &countingHolder{}
+	rt := New(Config{Binary: binary, Log: filepath.Join(t.TempDir(), "log.json")}, h)
+	rt.controlLimit = 100 * time.Millisecond
+	err := rt.Kill(context.Background(), "c1", 9, false)
+	h.check(t, 1)
+	var rerr *Error
+	if !errors.As(err, &rerr) || !rerr.TimedOut {
+		t.Fatalf("Kill = %v, want a timed-out *Error", err)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errdefs.ErrUnknown) {
+		t.Errorf("Kill = %v: want context.DeadlineExceeded and not ErrUnknown", err)
+	}
+	if !strings.Contains(err.Error(), "timed out") {
+		t.Errorf("Kill = %q, want it to say it timed out", err)
+	}
+	// The caller's own deadline is not the command's: a cancelled request
+	// ctx does not cut a runtime command short (detached), so a failure
+	// after it is classed by what the runtime said.
+	t.Setenv("FAKE_RUNTIME_SLEEP", "")
+	t.Setenv("FAKE_RUNTIME_STDERR", "container not running")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := rt.Kill(ctx, "c1", 9, false); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("Kill with a cancelled request ctx = %v, want FailedPrecondition", err)
 	}
 }
 

@@ -2,7 +2,8 @@
 # fake-runtime.sh stands in for an OCI runtime in the log tests. It fails
 # every command: it appends $FAKE_RUNTIME_LOG (when set) as one line to the
 # file named by --log, prints $FAKE_RUNTIME_STDERR (when set) on stderr and
-# exits 1.
+# exits 1. With $FAKE_RUNTIME_SLEEP set it sleeps that long instead (a
+# runtime that hangs).
 log=
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -15,6 +16,9 @@ while [ $# -gt 0 ]; do
 		;;
 	esac
 done
+if [ -n "$FAKE_RUNTIME_SLEEP" ]; then
+	exec sleep "$FAKE_RUNTIME_SLEEP"
+fi
 if [ -n "$log" ] && [ -n "$FAKE_RUNTIME_LOG" ]; then
 	printf '%s\n' "$FAKE_RUNTIME_LOG" >>"$log"
 fi
