@@ -195,8 +195,16 @@ func (p *IO) copyInConsole(src *stdinFifo, dst io.Writer) {
 	_, _ = dst.Write(eof)
 }
 
-// Resize sets the terminal's size.
+// maxWinsize is the largest terminal dimension the kernel's winsize holds.
+const maxWinsize = 1<<16 - 1
+
+// Resize sets the terminal's size. A dimension above 65535 is
+// ErrInvalidArgument: the kernel's winsize has 16 bits for each, and a
+// silently truncated size is worse than a refused one.
 func (p *IO) Resize(width, height uint32) error {
+	if width > maxWinsize || height > maxWinsize {
+		return fmt.Errorf("resize pty to %dx%d: a terminal dimension is at most %d: %w", width, height, maxWinsize, errdefs.ErrInvalidArgument)
+	}
 	if p.console == nil || p.console.master == nil {
 		return fmt.Errorf("the process has no terminal: %w", errdefs.ErrFailedPrecondition)
 	}

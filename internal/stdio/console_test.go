@@ -110,6 +110,11 @@ func TestTerminal(t *testing.T) {
 		if err := p.Resize(100, 40); err != nil {
 			t.Errorf("Resize: %v", err)
 		}
+		// Refused, not cut to 16 bits (70000 would become 4464 columns):
+		// the size stays 40x100.
+		if err := p.Resize(70000, 40); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("Resize(70000, 40) = %v, want InvalidArgument", err)
+		}
 	})
 	w, err := os.OpenFile(in, os.O_WRONLY, 0)
 	if err != nil {
@@ -154,6 +159,11 @@ func TestResizeWithoutTerminal(t *testing.T) {
 	p := openIO(t, Config{Stdout: out}, Options{})
 	if err := p.Resize(100, 40); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("Resize without a terminal = %v, want FailedPrecondition", err)
+	}
+	for _, size := range [][2]uint32{{65536, 24}, {80, 1 << 20}} {
+		if err := p.Resize(size[0], size[1]); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("Resize(%d, %d) = %v, want InvalidArgument", size[0], size[1], err)
+		}
 	}
 	if err := p.ReceiveConsole(); err != nil {
 		t.Errorf("ReceiveConsole without a terminal = %v, want nil", err)
