@@ -192,6 +192,9 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		c.init.outbox.Send(events.TopicCreate, created)
 		return c, nil
 	}
+	// The init can exit as soon as it is watched: its exit waits for
+	// TaskCreate, and is dropped with it if the Create fails.
+	c.init.outbox.ExpectStart()
 	pid, err := c.rt.Create(ctx, c.id, c.bundle, opts, func(pid int) error {
 		c.init.mu.Lock()
 		c.init.pid = pid
@@ -199,6 +202,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		return deps.Watcher.Watch(pid, c.init.onExit)
 	})
 	if err != nil {
+		c.init.outbox.Abandon()
 		if pid != 0 || !errors.Is(err, errdefs.ErrAlreadyExists) {
 			// The runtime may have left state behind; a duplicate id is
 			// another container's state and must not be touched.
@@ -210,6 +214,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	}
 	if io.pipes != nil {
 		if err := io.pipes.ReceiveConsole(); err != nil {
+			c.init.outbox.Abandon()
 			if derr := c.rt.Delete(context.WithoutCancel(ctx), c.id, true); derr != nil {
 				deps.Logger.Warn("create failed; runtime delete", "id", c.id, "error", derr)
 			}
@@ -218,7 +223,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	}
 	c.watchCgroup(pid)
 	created.Pid = uint32(pid)
-	c.init.outbox.Send(events.TopicCreate, created)
+	c.init.outbox.Started(events.TopicCreate, created)
 	return c, nil
 }
 

@@ -24,6 +24,9 @@ type heldEvent struct {
 // everything held, without a start event. The reaper may thus call Exit as soon
 // as it sees the process die, even before the Start handler got to Started.
 //
+// Abandon drops everything, held and later: for a process whose creation
+// failed after it could already exit, which containerd never heard of.
+//
 // Exactly one exit per Outbox: a second Exit is dropped with a Warn. After the
 // exit, Send still publishes (the TaskDelete follows the exit), but a start
 // event can no longer precede the exit: Started is then dropped with a Warn,
@@ -53,6 +56,8 @@ type Outbox struct {
 	// held is the exit and the events sent after it, while a start is
 	// pending; empty otherwise.
 	held []heldEvent
+	// abandoned: Abandon was called; every event is dropped.
+	abandoned bool
 }
 
 // NewOutbox returns an Outbox that publishes to sink.
@@ -66,6 +71,10 @@ func NewOutbox(sink Sink) *Outbox {
 func (o *Outbox) Send(topic string, event proto.Message) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.abandoned {
+		o.logger.Debug("events: event of an abandoned process dropped", "topic", topic)
+		return
+	}
 	if len(o.held) > 0 {
 		o.held = append(o.held, heldEvent{topic, event})
 		return
@@ -80,7 +89,7 @@ func (o *Outbox) Send(topic string, event proto.Message) {
 func (o *Outbox) ExpectStart() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.startPending {
+	if o.startPending || o.abandoned {
 		return
 	}
 	if o.exitSeen {
@@ -97,6 +106,10 @@ func (o *Outbox) ExpectStart() {
 func (o *Outbox) Started(topic string, event proto.Message) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.abandoned {
+		o.logger.Debug("events: start event of an abandoned process dropped", "topic", topic)
+		return
+	}
 	if !o.startPending && o.exitPublished {
 		o.logger.Warn("events: start event after the exit dropped", "topic", topic)
 		return
@@ -127,12 +140,32 @@ func (o *Outbox) Exit(topic string, event proto.Message) {
 		return
 	}
 	o.exitSeen = true
+	if o.abandoned {
+		o.logger.Debug("events: exit of an abandoned process dropped", "topic", topic)
+		return
+	}
 	if o.startPending {
 		o.held = append(o.held, heldEvent{topic, event})
 		return
 	}
 	o.sink.Publish(topic, event)
 	o.exitPublished = true
+}
+
+// Abandon drops what is held and every event sent later: the process was
+// never announced to containerd, because the request that made it failed
+// (a Create whose runtime call or console failed after the process was
+// already watched), and its exit must not be published for a task
+// containerd never knew. Abandon is final.
+func (o *Outbox) Abandon() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.held) > 0 {
+		o.logger.Debug("events: held events of an abandoned process dropped", "count", len(o.held))
+	}
+	o.abandoned = true
+	o.startPending = false
+	o.held = nil
 }
 
 // releaseLocked ends the pending start and publishes what was held.

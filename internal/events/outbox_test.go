@@ -98,6 +98,28 @@ func TestOutboxAbortStartWithoutExit(t *testing.T) {
 	checkTopics(t, rec, TopicExit)
 }
 
+// An abandoned outbox drops the held exit and everything after it, whether
+// the exit came before Abandon or after.
+func TestOutboxAbandonDropsEverything(t *testing.T) {
+	t.Parallel()
+	for _, exitFirst := range []bool{true, false} {
+		o, rec, _ := newTestOutbox(t)
+		o.ExpectStart()
+		if exitFirst {
+			o.Exit(TopicExit, exitEv())
+		}
+		o.Abandon()
+		if !exitFirst {
+			o.Exit(TopicExit, exitEv())
+		}
+		o.Started(TopicCreate, &apievents.TaskCreate{ContainerID: "c"})
+		o.ExpectStart()
+		o.AbortStart()
+		o.Send(TopicDelete, &apievents.TaskDelete{ContainerID: "c"})
+		checkTopics(t, rec)
+	}
+}
+
 // A pending start does not hold Send back; only an exit does.
 func TestOutboxSendUnaffectedByPendingStart(t *testing.T) {
 	t.Parallel()

@@ -62,8 +62,12 @@ type Config struct {
 	Terminal bool
 }
 
-// IsNull reports whether the process gets no stdio at all.
-func (c Config) IsNull() bool { return c.Stdin == "" && c.Stdout == "" && c.Stderr == "" }
+// IsNull reports whether the process gets no stdio at all. A terminal is
+// stdio even without client endpoints: the runtime needs a console socket
+// to send the pty to, and the output is drained (as containerd's shim does).
+func (c Config) IsNull() bool {
+	return c.Stdin == "" && c.Stdout == "" && c.Stderr == "" && !c.Terminal
+}
 
 // Options are what Open needs besides the Config.
 type Options struct {

@@ -132,7 +132,7 @@ func TestIsNull(t *testing.T) {
 		null bool
 	}{
 		{Config{}, true},
-		{Config{Terminal: true}, true},
+		{Config{Terminal: true}, false},
 		{Config{Stdin: "/in"}, false},
 		{Config{Stdout: "/out"}, false},
 		{Config{Stderr: "/err"}, false},

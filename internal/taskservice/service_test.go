@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -48,6 +49,7 @@ type harness struct {
 	t        *testing.T
 	svc      *Service
 	rec      *eventstest.Recorder
+	reaper   *exits.Reaper
 	root     string // the stub runtime's state dir
 	bundles  string // the directory holding bundles
 	options  *anypb.Any
@@ -69,6 +71,7 @@ func newHarness(t *testing.T) *harness {
 	h := &harness{
 		t:        t,
 		rec:      &eventstest.Recorder{},
+		reaper:   reaper,
 		root:     t.TempDir(),
 		bundles:  t.TempDir(),
 		shutdown: make(chan struct{}),
@@ -193,6 +196,45 @@ func TestLifecycleEventsInOrder(t *testing.T) {
 	}
 	if _, err := h.svc.State(ctx, &taskv2.StateRequest{ID: "c1"}); codeOfErr(err) != codes.NotFound {
 		t.Fatalf("state after delete: %v, want NotFound", err)
+	}
+}
+
+// TestRegressionFailedCreatePublishedExit: a Create whose runtime call
+// succeeded but whose terminal never came failed, and its init, already
+// watched, was killed; its TaskExit was then published for a task whose
+// TaskCreate never was, which containerd does not know.
+func TestRegressionFailedCreatePublishedExit(t *testing.T) {
+	h := newHarness(t)
+	ctx := ctxT(t)
+	bundle := h.bundle("badcon", map[string]string{"stub-bad-console": ""})
+	_, err := h.svc.Create(ctx, &taskv2.CreateTaskRequest{
+		ID:       "badcon",
+		Bundle:   bundle,
+		Terminal: true,
+		Options:  h.options,
+	})
+	if err == nil {
+		t.Fatal("Create without a terminal from the runtime succeeded")
+	}
+	data, err := os.ReadFile(filepath.Join(bundle, "init.pid"))
+	if err != nil {
+		t.Fatalf("the stub wrote no init.pid: %v", err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	// The init was killed by the runtime's delete; once it is reaped, its
+	// exit callback has run or is running, and Close waits for it.
+	for syscall.Kill(pid, 0) == nil {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("init %d of the failed create is still there", pid)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if err := h.reaper.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if topics := h.rec.Topics(); len(topics) != 0 {
+		t.Fatalf("events of a failed create: %v, want none", topics)
 	}
 }
 

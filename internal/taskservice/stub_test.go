@@ -8,6 +8,9 @@ package taskservice
 //
 //	stub-block   create waits until the file is removed (a slow create)
 //	stub-fail    create fails with the file's content as the message
+//	stub-bad-console
+//	             create connects to --console-socket and hangs up without
+//	             sending a terminal
 // Exec'd processes run the test binary with TETHER_STUB_EXEC set to the
 // process args: "exit N" or "sleep".
 //
@@ -25,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -131,12 +135,21 @@ func stubRuntime(args []string) int {
 		self, _ := os.Executable()
 		cmd := exec.Command(self)
 		cmd.Env = append(os.Environ(), stubInitEnv+"="+dir)
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		// With a terminal, runc's init has the pty's slave as its stdio,
+		// never the create command's.
+		if a.flags["--console-socket"] == "" {
+			cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		}
 		if err := cmd.Start(); err != nil {
 			return fail(err.Error())
 		}
 		p := strconv.Itoa(cmd.Process.Pid)
 		os.WriteFile(filepath.Join(dir, "pid"), []byte(p), 0o600)
+		if sock := a.flags["--console-socket"]; sock != "" && fileExists(filepath.Join(bundle, "stub-bad-console")) {
+			if c, err := net.Dial("unix", sock); err == nil {
+				c.Close()
+			}
+		}
 		if pf := a.flags["--pid-file"]; pf != "" {
 			os.WriteFile(pf, []byte(p), 0o600)
 		}
