@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -22,6 +23,8 @@ func countingTrimmer() (*trimmer, *atomic.Int32, *atomic.Int32) {
 	t := newTrimmer()
 	t.trim = func() { trims.Add(1) }
 	t.retrim = func() { retrims.Add(1) }
+	t.drop = func() {}
+	t.pauseGC = func() func() { return func() {} }
 	t.idle, t.delay, t.every = 100*time.Millisecond, 50*time.Millisecond, 0
 	return t, &trims, &retrims
 }
@@ -69,6 +72,95 @@ func TestTrimmerRetrimsAfterCollectionsWhileIdle(t *testing.T) {
 		t.Fatalf("retrims while busy: %d, want %d", got, before)
 	}
 	waitCount(t, "trims after the burst", trims, 2)
+}
+
+// TestTrimmerPausesCollectorWhileIdle: every trim pauses the collector,
+// the next request resumes it before it is handled, and a trimmer that
+// stops while paused resumes it too.
+func TestTrimmerPausesCollectorWhileIdle(t *testing.T) {
+	testutil.CheckLeaks(t)
+	tr, trims, _ := countingTrimmer()
+	var pauses, resumes atomic.Int32
+	tr.pauseGC = func() func() {
+		pauses.Add(1)
+		return func() { resumes.Add(1) }
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go tr.run(ctx)
+	waitCount(t, "trims", trims, 1)
+	waitCount(t, "pauses", &pauses, 1)
+	// Paused once the resume is stored, right after pauseGC returned.
+	for deadline := time.Now().Add(5 * time.Second); tr.resumeGC.Load() == nil; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the trimmer never stored its resume")
+		}
+	}
+	tr.Poke()
+	if got := resumes.Load(); got != 1 {
+		t.Fatalf("resumes after the first request = %d, want 1 (before the request is handled)", got)
+	}
+	tr.Poke()
+	if got := resumes.Load(); got != 1 {
+		t.Fatalf("resumes after a second request = %d, want still 1", got)
+	}
+	waitCount(t, "pauses after the next idle period", &pauses, 2)
+	cancel()
+	<-tr.done
+	if got := resumes.Load(); got != 2 {
+		t.Fatalf("resumes after the trimmer stopped while paused = %d, want 2", got)
+	}
+}
+
+// TestPauseCollectorRestoresSettings: pausing turns the collector off under
+// a memory limit no higher than the operator's, and resuming gives back
+// GOGC and GOMEMLIMIT as they were.
+func TestPauseCollectorRestoresSettings(t *testing.T) {
+	oldGC := debug.SetGCPercent(50)
+	oldLimit := debug.SetMemoryLimit(1 << 40)
+	defer func() {
+		debug.SetGCPercent(oldGC)
+		debug.SetMemoryLimit(oldLimit)
+	}()
+	resume := pauseCollector()
+	if gc := debug.SetGCPercent(-1); gc != -1 {
+		t.Errorf("GOGC while paused = %d, want -1 (off)", gc)
+	}
+	if limit := debug.SetMemoryLimit(-1); limit <= 0 || limit > 1<<40 {
+		t.Errorf("memory limit while paused = %d, want positive and at most the operator's %d", limit, int64(1<<40))
+	}
+	resume()
+	if gc := debug.SetGCPercent(-1); gc != 50 {
+		t.Errorf("GOGC after resume = %d, want 50", gc)
+	}
+	debug.SetGCPercent(50)
+	if limit := debug.SetMemoryLimit(-1); limit != 1<<40 {
+		t.Errorf("memory limit after resume = %d, want %d", limit, int64(1<<40))
+	}
+
+	// An operator's limit below what the pause would set stays.
+	debug.SetMemoryLimit(1 << 20)
+	resume = pauseCollector()
+	if limit := debug.SetMemoryLimit(-1); limit != 1<<20 {
+		t.Errorf("memory limit while paused under a 1 MiB GOMEMLIMIT = %d, want %d", limit, 1<<20)
+	}
+	resume()
+}
+
+// TestNewTrimmerIsComplete: every hook of a server's trimmer is set (a nil
+// one crashed the server at its first trim, which the counting trimmers of
+// the other tests cannot show).
+func TestNewTrimmerIsComplete(t *testing.T) {
+	tr := newTrimmer()
+	for name, f := range map[string]bool{
+		"trim": tr.trim != nil, "drop": tr.drop != nil, "retrim": tr.retrim != nil, "pauseGC": tr.pauseGC != nil,
+	} {
+		if !f {
+			t.Errorf("newTrimmer().%s is nil", name)
+		}
+	}
+	if tr.idle <= 0 || tr.delay <= 0 || tr.every <= 0 {
+		t.Errorf("newTrimmer() timings %v, %v, %v: want all positive", tr.idle, tr.delay, tr.every)
+	}
 }
 
 // TestTrimmerStops: the trimmer's goroutine ends with ctx, and the
