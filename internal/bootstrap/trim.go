@@ -176,13 +176,105 @@ func (t *trimmer) run(ctx context.Context) {
 	}
 }
 
-// trimMemory collects garbage and returns free heap to the kernel.
+// trimMemory ends idle OS threads, collects garbage and returns free heap
+// to the kernel.
 func trimMemory() {
+	shedThreads(maxShed)
 	// One collection only: each one makes the runtime touch more of its
 	// span-set metadata (a second one here cost 200 kB per shim). The copy
 	// buffers the stdio pools hold go to their victim caches now and are
 	// freed by the next collection, after the next request.
 	debug.FreeOSMemory()
+}
+
+// Thread shedding.
+const (
+	// maxShed bounds the threads one trim ends.
+	maxShed = 16
+	// shedWait is how long shedThreads waits for one thread to exit.
+	shedWait = 20 * time.Millisecond
+)
+
+// shedThreads ends up to max of the OS threads the Go runtime keeps parked
+// after a burst; it never retires them itself. Runtime commands block a
+// thread each in wait4 (go-runc waits for its children that way) and the
+// scheduler starts another for the P meanwhile, so a shim whose container
+// started while the node was busy keeps a thread or two it no longer needs,
+// each with 48 KiB of stacks. It runs before the trim's collection, which
+// then returns the ended threads' signal stacks.
+//
+// A goroutine that locks its thread and exits without unlocking it takes
+// the thread with it (runtime.LockOSThread); the main thread is parked
+// instead. shedThreads ends one thread at a time and stops when two
+// attempts in a row leave the count where it was: the first may have hit
+// the main thread, the second means that no thread was idle and the
+// scheduler started a new one for the P the ended one held. Nothing in the
+// shim depends on the identity of a thread: it locks none otherwise, and it
+// starts no child with a parent-death signal, which Linux ties to the
+// thread that started the child.
+func shedThreads(max int) {
+	misses := 0
+	for range max {
+		before := threadCount()
+		if before <= 0 {
+			return
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			runtime.LockOSThread()
+		}()
+		<-done
+		if waitThreadsBelow(before) {
+			misses = 0
+			continue
+		}
+		if misses++; misses == 2 {
+			return
+		}
+	}
+}
+
+// waitThreadsBelow waits up to shedWait for the thread count to fall
+// below n.
+func waitThreadsBelow(n int) bool {
+	deadline := time.Now().Add(shedWait)
+	for threadCount() >= n {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
+}
+
+// threadCount returns this process's number of threads, or 0 if
+// /proc/self/stat cannot be read.
+func threadCount() int {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0
+	}
+	return parseThreadCount(string(b))
+}
+
+// parseThreadCount reads num_threads (field 20) from a /proc/<pid>/stat
+// line, or returns 0. The command name (field 2) may hold spaces and
+// parentheses, so fields are counted from its last closing parenthesis.
+func parseThreadCount(stat string) int {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(stat[i+1:])
+	if len(f) < 18 {
+		return 0
+	}
+	n, err := strconv.Atoi(f[17])
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
 }
 
 // pauseHeadroom is how far the Go runtime's memory may grow while the

@@ -9,7 +9,9 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -160,6 +162,49 @@ func TestNewTrimmerIsComplete(t *testing.T) {
 	}
 	if tr.idle <= 0 || tr.delay <= 0 || tr.every <= 0 {
 		t.Errorf("newTrimmer() timings %v, %v, %v: want all positive", tr.idle, tr.delay, tr.every)
+	}
+}
+
+func TestParseThreadCount(t *testing.T) {
+	tests := []struct {
+		stat string
+		want int
+	}{
+		{"4242 (containerd-shim) S 1 4242 4242 0 -1 4194560 960 0 0 0 2 1 0 0 20 0 7 0 123 1234 56 18446744073709551615", 7},
+		{"4242 (a (b) c) S 1 4242 4242 0 -1 4194560 960 0 0 0 2 1 0 0 20 0 12 0 123", 12},
+		{"4242 (x) S 1 2", 0},
+		{"garbage", 0},
+		{"4242 (x) S 1 4242 4242 0 -1 4194560 960 0 0 0 2 1 0 0 20 0 -3 0", 0},
+	}
+	for _, tt := range tests {
+		if got := parseThreadCount(tt.stat); got != tt.want {
+			t.Errorf("parseThreadCount(%q) = %d, want %d", tt.stat, got, tt.want)
+		}
+	}
+}
+
+// TestShedThreads: after a burst of blocking system calls has made the
+// runtime start threads, shedThreads ends some of them.
+func TestShedThreads(t *testing.T) {
+	before := threadCount()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// A blocking call: the scheduler hands the P to another thread.
+			ts := syscall.Timespec{Nsec: int64(50 * time.Millisecond)}
+			_ = syscall.Nanosleep(&ts, nil)
+		}()
+	}
+	wg.Wait()
+	burst := threadCount()
+	if burst <= before {
+		t.Fatalf("the burst started no thread (%d before, %d after): the test shows nothing", before, burst)
+	}
+	shedThreads(maxShed)
+	if after := threadCount(); after >= burst {
+		t.Fatalf("threads: %d before the burst, %d after it, %d after shedThreads; want fewer than %d", before, burst, after, burst)
 	}
 }
 
