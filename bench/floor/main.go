@@ -13,7 +13,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -43,7 +42,7 @@ import (
 	"github.com/containerd/ttrpc"
 	_ "github.com/containerd/typeurl/v2"
 	_ "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
+	_ "golang.org/x/sys/unix"
 	_ "google.golang.org/grpc/codes"
 	_ "google.golang.org/grpc/status"
 	_ "google.golang.org/protobuf/encoding/protowire"
@@ -144,31 +143,39 @@ func call(sock string) error {
 }
 
 // trim is what Tether's trimmer does when idle (internal/bootstrap/trim.go):
-// free heap back to the kernel, and drop the executable's read-only pages
-// from the page tables. The floor binary is built static and non-PIE, as
-// Tether is.
+// free heap back to the kernel, then drop the executable's read-only pages
+// from the page tables, all mappings read first and the text last, with raw
+// system calls, so that little code runs after the drop to fault pages
+// back in. The floor binary is built static and non-PIE, as Tether is.
 func trim() {
 	debug.FreeOSMemory()
 	exe, err := os.Readlink("/proc/self/exe")
 	if err != nil {
 		return
 	}
-	f, err := os.Open("/proc/self/maps")
+	data, err := os.ReadFile("/proc/self/maps")
 	if err != nil {
 		return
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 6 || fields[5] != exe || !strings.HasPrefix(fields[1], "r") || strings.Contains(fields[1], "w") {
+	var text, other [][2]uintptr
+	for line := range strings.Lines(string(data)) {
+		fields := strings.Fields(line)
+		if len(fields) < 6 || fields[5] != exe || len(fields[1]) < 3 || fields[1][0] != 'r' || fields[1][1] == 'w' {
 			continue
 		}
 		lo, hi, _ := strings.Cut(fields[0], "-")
 		start, err1 := strconv.ParseUint(lo, 16, 64)
 		end, err2 := strconv.ParseUint(hi, 16, 64)
-		if err1 == nil && err2 == nil && end > start {
-			unix.Syscall(unix.SYS_MADVISE, uintptr(start), uintptr(end-start), unix.MADV_DONTNEED)
+		if err1 != nil || err2 != nil || end <= start {
+			continue
 		}
+		if fields[1][2] == 'x' {
+			text = append(text, [2]uintptr{uintptr(start), uintptr(end)})
+		} else {
+			other = append(other, [2]uintptr{uintptr(start), uintptr(end)})
+		}
+	}
+	for _, r := range append(other, text...) {
+		_, _, _ = syscall.RawSyscall(syscall.SYS_MADVISE, r[0], r[1]-r[0], syscall.MADV_DONTNEED)
 	}
 }

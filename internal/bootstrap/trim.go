@@ -1,7 +1,6 @@
 package bootstrap
 
 import (
-	"bufio"
 	"context"
 	"debug/elf"
 	"encoding/binary"
@@ -12,9 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Timing of the trimmer.
@@ -310,36 +308,62 @@ func pauseCollector() (resume func()) {
 // dropExecutablePages drops this process's page table entries of the
 // executable's read-only, file-backed mappings (MADV_DONTNEED). The pages
 // stay in the page cache.
+//
+// Whatever runs after a mapping is dropped faults its pages back in, 64 KiB
+// around each fault. So the mappings are all read and the file closed
+// first, the drops are raw system calls one after the other (no scheduler
+// hand-off, no wrapper in another part of the binary), and the text goes
+// last: that kept about 0.3 MB of code and read-only data out of an idle
+// shim (docs/performance.md, "Idle trimming").
 func dropExecutablePages() {
 	exe, err := os.Readlink("/proc/self/exe")
 	if err != nil || !fixedAddressExecutable(exe) {
 		return
 	}
-	f, err := os.Open("/proc/self/maps")
+	data, err := os.ReadFile("/proc/self/maps")
 	if err != nil {
 		return
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// address perms offset dev inode path
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 6 || fields[5] != exe || strings.ContainsAny(fields[1], "w") || !strings.HasPrefix(fields[1], "r") {
-			continue
+	var text, other []mapRange
+	for line := range strings.Lines(string(data)) {
+		r, exec, ok := readOnlyMapping(line, exe)
+		switch {
+		case !ok:
+		case exec:
+			text = append(text, r)
+		default:
+			other = append(other, r)
 		}
-		lo, hi, ok := strings.Cut(fields[0], "-")
-		if !ok {
-			continue
-		}
-		start, err1 := strconv.ParseUint(lo, 16, 64)
-		end, err2 := strconv.ParseUint(hi, 16, 64)
-		if err1 != nil || err2 != nil || end <= start {
-			continue
-		}
-		// The raw syscall: the region is not Go memory, so it is named by
-		// address, never turned into a Go pointer.
-		_, _, _ = unix.Syscall(unix.SYS_MADVISE, uintptr(start), uintptr(end-start), unix.MADV_DONTNEED)
 	}
+	for _, r := range append(other, text...) {
+		// The region is not Go memory, so it is named by address, never
+		// turned into a Go pointer.
+		_, _, _ = syscall.RawSyscall(syscall.SYS_MADVISE, r.start, r.end-r.start, syscall.MADV_DONTNEED)
+	}
+}
+
+// mapRange is an address range of a mapping.
+type mapRange struct{ start, end uintptr }
+
+// readOnlyMapping parses one line of /proc/self/maps and reports whether it
+// is a readable, non-writable mapping of the file exe, and whether it is
+// executable.
+func readOnlyMapping(line, exe string) (r mapRange, exec, ok bool) {
+	// address perms offset dev inode path
+	fields := strings.Fields(line)
+	if len(fields) < 6 || fields[5] != exe || len(fields[1]) < 3 || fields[1][0] != 'r' || fields[1][1] == 'w' {
+		return mapRange{}, false, false
+	}
+	lo, hi, found := strings.Cut(fields[0], "-")
+	if !found {
+		return mapRange{}, false, false
+	}
+	start, err1 := strconv.ParseUint(lo, 16, 64)
+	end, err2 := strconv.ParseUint(hi, 16, 64)
+	if err1 != nil || err2 != nil || end <= start {
+		return mapRange{}, false, false
+	}
+	return mapRange{uintptr(start), uintptr(end)}, fields[1][2] == 'x', true
 }
 
 // fixedAddressExecutable reports whether exe is an ELF executable of type

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -274,4 +275,65 @@ func TestFixedAddressExecutable(t *testing.T) {
 	if got, want := fixedAddressExecutable(exe), f.Type == elf.ET_EXEC; got != want {
 		t.Errorf("the test binary (%v): fixedAddressExecutable = %v", f.Type, got)
 	}
+}
+
+func TestReadOnlyMapping(t *testing.T) {
+	const exe = "/usr/bin/containerd-shim-tether-v2"
+	tests := []struct {
+		line     string
+		want     mapRange
+		exec, ok bool
+	}{
+		{"00400000-0070e000 r-xp 00000000 fe:00 9978210                            " + exe + "\n", mapRange{0x400000, 0x70e000}, true, true},
+		{"0070e000-00aa9000 r--p 0030e000 fe:00 9978210                            " + exe, mapRange{0x70e000, 0xaa9000}, false, true},
+		{"00aa9000-00ade000 rw-p 006a9000 fe:00 9978210                            " + exe, mapRange{}, false, false},
+		{"7f00-8f00 r--p 00000000 fe:00 1 /usr/lib/other.so", mapRange{}, false, false},
+		{"7f00-8f00 ---p 00000000 fe:00 1 " + exe, mapRange{}, false, false},
+		{"8f00-7f00 r--p 00000000 fe:00 1 " + exe, mapRange{}, false, false},
+		{"zz-8f00 r--p 00000000 fe:00 1 " + exe, mapRange{}, false, false},
+		{"7ffd1703c000-7ffd1705d000 rw-p 00000000 00:00 0                          [stack]", mapRange{}, false, false},
+		{"", mapRange{}, false, false},
+	}
+	for _, tt := range tests {
+		r, exec, ok := readOnlyMapping(tt.line, exe)
+		if r != tt.want || exec != tt.exec || ok != tt.ok {
+			t.Errorf("readOnlyMapping(%q) = %v, %v, %v; want %v, %v, %v", tt.line, r, exec, ok, tt.want, tt.exec, tt.ok)
+		}
+	}
+}
+
+// TestDropExecutablePages: the test binary's resident code shrinks (it is
+// linked at a fixed address, as the shim is).
+func TestDropExecutablePages(t *testing.T) {
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !fixedAddressExecutable(exe) {
+		t.Fatalf("%s is not a fixed-address executable: the test shows nothing", exe)
+	}
+	textRSS := func() int {
+		data, err := os.ReadFile("/proc/self/smaps")
+		if err != nil {
+			t.Fatal(err)
+		}
+		total, in := 0, false
+		for line := range strings.Lines(string(data)) {
+			f := strings.Fields(line)
+			if len(f) >= 6 && strings.Contains(f[0], "-") {
+				in = f[5] == exe && strings.HasPrefix(f[1], "r-x")
+			} else if in && len(f) >= 2 && f[0] == "Rss:" {
+				n, _ := strconv.Atoi(f[1])
+				total += n
+			}
+		}
+		return total
+	}
+	before := textRSS()
+	dropExecutablePages()
+	after := textRSS()
+	if after >= before {
+		t.Fatalf("resident text %d kB before, %d kB after dropExecutablePages: want less", before, after)
+	}
+	t.Logf("resident text: %d kB before, %d kB after", before, after)
 }
