@@ -122,12 +122,7 @@ func TestDeleteSockets(t *testing.T) {
 	t.Run("dead socket removed", func(t *testing.T) {
 		bundle, f := deleteBundle(t)
 		path := tetherSocketPath(t)
-		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln.SetUnlinkOnClose(false)
-		ln.Close()
+		deadSocket(t, path)
 		if err := writeAddress(bundle, SocketAddress(path)); err != nil {
 			t.Fatal(err)
 		}
@@ -139,12 +134,7 @@ func TestDeleteSockets(t *testing.T) {
 	t.Run("dead socket named without scheme", func(t *testing.T) {
 		bundle, f := deleteBundle(t)
 		path := tetherSocketPath(t)
-		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln.SetUnlinkOnClose(false)
-		ln.Close()
+		deadSocket(t, path)
 		if err := os.WriteFile(filepath.Join(bundle, "address"), []byte(path+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -175,12 +165,7 @@ func TestDeleteSockets(t *testing.T) {
 	t.Run("dead socket of another name kept", func(t *testing.T) {
 		bundle, f := deleteBundle(t)
 		path := filepath.Join(shortDir(t), "other.sock")
-		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln.SetUnlinkOnClose(false)
-		ln.Close()
+		deadSocket(t, path)
 		if err := writeAddress(bundle, SocketAddress(path)); err != nil {
 			t.Fatal(err)
 		}

@@ -176,6 +176,18 @@ func TestWriteAddress(t *testing.T) {
 }
 
 // shortDir returns a directory with a short path, for unix sockets.
+// deadSocket leaves a socket file at path that nothing listens on, as a
+// server that died leaves it.
+func deadSocket(t *testing.T, path string) {
+	t.Helper()
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+}
+
 func shortDir(t *testing.T) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "tsk")
@@ -403,12 +415,7 @@ func TestListen(t *testing.T) {
 	})
 	t.Run("stale socket replaced", func(t *testing.T) {
 		path := filepath.Join(shortDir(t), "sock")
-		stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		stale.SetUnlinkOnClose(false)
-		stale.Close()
+		deadSocket(t, path)
 		if st, err := os.Lstat(path); err != nil || st.Mode().Type() != os.ModeSocket {
 			t.Fatalf("precondition: stale socket file: %v", err)
 		}
@@ -446,12 +453,7 @@ func TestServing(t *testing.T) {
 	}
 	defer ln.Close()
 	dead := filepath.Join(dir, "dead")
-	d, err := net.ListenUnix("unix", &net.UnixAddr{Name: dead, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.SetUnlinkOnClose(false)
-	d.Close()
+	deadSocket(t, dead)
 	file := filepath.Join(dir, "file")
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
