@@ -24,7 +24,9 @@ func (b *bench) buildFloor(root string) error {
 	logf("building the memory floor (bench/floor)")
 	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, ".")
+	// Not PIE whatever GOFLAGS says: the floor drops its read-only pages,
+	// which is safe only in a fixed-address binary.
+	cmd := exec.CommandContext(ctx, "go", "build", "-buildmode=exe", "-o", out, ".")
 	cmd.Dir = filepath.Join(root, "bench", "floor")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr

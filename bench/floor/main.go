@@ -2,8 +2,9 @@
 // dependencies: a ttrpc server of the task API that links every package
 // Tether's server imports from outside the repository, runs the Go runtime
 // the way Tether's server does (one P, no heap profiling, SIGCHLD notified)
-// and gives memory back the same way once idle. It answers Connect and State
-// and nothing else; it runs no container.
+// and frees heap and drops its read-only pages once idle as Tether does
+// (not Tether's thread shedding or collector pause). It answers Connect and
+// State and nothing else; it runs no container.
 //
 // The bench starts it (floor serve SOCKET), calls it (floor call SOCKET:
 // three Connect and three State requests) and samples it like a shim
