@@ -201,29 +201,33 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		c.init.mu.Unlock()
 		return deps.Watcher.Watch(pid, c.init.onExit)
 	})
-	if err != nil {
+	// fail abandons the init's events and, unless the runtime state is
+	// another container's, deletes what the runtime left.
+	fail := func(err error, deleteState bool) (*Container, error) {
 		c.init.outbox.Abandon()
-		if pid != 0 || !errors.Is(err, errdefs.ErrAlreadyExists) {
-			// The runtime may have left state behind; a duplicate id is
-			// another container's state and must not be touched.
+		if deleteState {
 			if derr := c.rt.Delete(context.WithoutCancel(ctx), c.id, true); derr != nil {
 				deps.Logger.Warn("create failed; runtime delete", "id", c.id, "error", derr)
 			}
 		}
 		return nil, fmt.Errorf("create %s: %w", c.id, err)
 	}
+	if err != nil {
+		// A duplicate id is another container's state and must not be
+		// touched.
+		return fail(err, pid != 0 || !errors.Is(err, errdefs.ErrAlreadyExists))
+	}
 	if io.pipes != nil {
 		if err := io.pipes.ReceiveConsole(); err != nil {
-			c.init.outbox.Abandon()
-			if derr := c.rt.Delete(context.WithoutCancel(ctx), c.id, true); derr != nil {
-				deps.Logger.Warn("create failed; runtime delete", "id", c.id, "error", derr)
-			}
-			return nil, fmt.Errorf("create %s: %w", c.id, err)
+			return fail(err, true)
 		}
 	}
-	c.watchCgroup(pid)
 	created.Pid = uint32(pid)
 	c.init.outbox.Started(events.TopicCreate, created)
+	// After TaskCreate, so that a TaskOOM never precedes it; the init
+	// cannot run before Start, and watchCgroup copes with an init that
+	// already exited.
+	c.watchCgroup(pid)
 	return c, nil
 }
 

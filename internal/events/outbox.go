@@ -17,7 +17,9 @@ type heldEvent struct {
 // exec) on top of a Sink. Its zero value is not usable; use NewOutbox.
 //
 // The events reach the Sink in the order of the Outbox calls, with one
-// exception that guarantees a process's start event precedes its exit event:
+// exception that guarantees a process's start event (TaskCreate for an init
+// being created, TaskStart or TaskExecStarted when it starts) precedes its
+// exit event:
 // between ExpectStart and the matching Started or AbortStart, an Exit is held
 // back, and so is every event sent after it. Started publishes the start event
 // and then everything held, in order; AbortStart (the start failed) publishes
@@ -43,8 +45,8 @@ type Outbox struct {
 	sink   Sink
 	logger *slog.Logger
 
-	// mu guards startPending, exitSeen, exitPublished and held, and
-	// serialises the calls into sink.
+	// mu guards startPending, exitSeen, exitPublished, held and
+	// abandoned, and serialises the calls into sink.
 	mu sync.Mutex
 	// startPending: ExpectStart was called and neither Started nor
 	// AbortStart yet.
@@ -84,8 +86,9 @@ func (o *Outbox) Send(topic string, event proto.Message) {
 
 // ExpectStart marks a start as pending: until Started or AbortStart, Exit is
 // held back. Call it before the process can possibly exit, i.e. before asking
-// the runtime to start it. It is a no-op if a start is already pending, and is
-// ignored with a Warn if the exit was already seen.
+// the runtime to create or start it. It is a no-op if a start is already
+// pending or the Outbox is abandoned, and is ignored with a Warn if the exit
+// was already seen.
 func (o *Outbox) ExpectStart() {
 	o.mu.Lock()
 	defer o.mu.Unlock()

@@ -66,6 +66,9 @@ type Error struct {
 
 // Error implements error.
 func (e *Error) Error() string {
+	if e.TimedOut && e.Message != "" {
+		return fmt.Sprintf("runtime %s %s: timed out (%s): %v", e.Op, e.ID, e.Message, e.Err)
+	}
 	if e.TimedOut {
 		return fmt.Sprintf("runtime %s %s: timed out: %v", e.Op, e.ID, e.Err)
 	}

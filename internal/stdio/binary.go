@@ -96,13 +96,15 @@ func (p *IO) startLogger(ctx context.Context, bin output, opts Options) (retErr 
 	// A cancelled ctx ends the wait too, not only its deadline.
 	stopWait := context.AfterFunc(ctx, func() { _ = readyR.SetReadDeadline(time.Now()) })
 	defer stopWait()
-	if _, err := io.Copy(io.Discard, readyR); err != nil {
-		return fmt.Errorf("stdio: logging binary %s not ready: %w", bin.path, err)
+	_, err = io.Copy(io.Discard, readyR)
+	// ctx first: a cancelled ctx ends the wait with a read deadline, and
+	// the AfterFunc runs in a goroutine of its own, so a logger that got
+	// ready at once can also win the race against an already cancelled ctx.
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("stdio: logging binary %s: %w", bin.path, cerr)
 	}
-	// The AfterFunc runs in a goroutine of its own: a logger that got
-	// ready at once can win the race against an already cancelled ctx.
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("stdio: logging binary %s: %w", bin.path, err)
+	if err != nil {
+		return fmt.Errorf("stdio: logging binary %s not ready: %w", bin.path, err)
 	}
 	return nil
 }

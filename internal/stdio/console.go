@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -68,12 +69,21 @@ func (c *console) receive() error {
 		return fmt.Errorf("stdio: read pty from the runtime: %w", err)
 	}
 	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-	if err != nil || len(msgs) != 1 {
-		return fmt.Errorf("stdio: pty message from the runtime: %v", err)
+	if err != nil {
+		return fmt.Errorf("stdio: pty message from the runtime: %v: %w", err, errdefs.ErrUnknown)
+	}
+	if len(msgs) != 1 {
+		return fmt.Errorf("stdio: the runtime sent %d control messages, not a pty: %w", len(msgs), errdefs.ErrUnknown)
 	}
 	fds, err := unix.ParseUnixRights(&msgs[0])
-	if err != nil || len(fds) != 1 {
-		return fmt.Errorf("stdio: pty fd from the runtime: %v", err)
+	if err != nil {
+		return fmt.Errorf("stdio: pty fd from the runtime: %v: %w", err, errdefs.ErrUnknown)
+	}
+	if len(fds) != 1 {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return fmt.Errorf("stdio: the runtime sent %d descriptors, not one pty: %w", len(fds), errdefs.ErrUnknown)
 	}
 	if err := unix.SetNonblock(fds[0], true); err != nil {
 		unix.Close(fds[0])
@@ -196,7 +206,7 @@ func (p *IO) copyInConsole(src *stdinFifo, dst io.Writer) {
 }
 
 // maxWinsize is the largest terminal dimension the kernel's winsize holds.
-const maxWinsize = 1<<16 - 1
+const maxWinsize = math.MaxUint16
 
 // Resize sets the terminal's size. A dimension above 65535 is
 // ErrInvalidArgument: the kernel's winsize has 16 bits for each, and a
