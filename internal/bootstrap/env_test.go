@@ -40,8 +40,8 @@ func TestRestoreCallerEnv(t *testing.T) {
 		want      string
 		wantIsSet bool
 	}{
-		{"caller had none", ptr(""), "", false},
-		{"caller had one", ptr("8"), "8", true},
+		{"caller had none", new(""), "", false},
+		{"caller had one", new("8"), "8", true},
 		{"not launched by start", nil, "1", true},
 	}
 	for _, tt := range tests {
@@ -66,5 +66,3 @@ func TestRestoreCallerEnv(t *testing.T) {
 		})
 	}
 }
-
-func ptr[T any](v T) *T { return &v }

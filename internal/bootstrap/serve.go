@@ -109,7 +109,7 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	server, err := ttrpc.NewServer(
 		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
 		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
-			trim.Poke()
+			defer trim.Begin()()
 			if !f.Debug {
 				return m(ctx, u)
 			}

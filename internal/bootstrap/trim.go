@@ -3,8 +3,6 @@ package bootstrap
 import (
 	"context"
 	"debug/elf"
-	"encoding/binary"
-	"io"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -49,9 +47,13 @@ const (
 // The trimmer's goroutine is owned by Serve, which stops it by cancelling
 // ctx and waits for done.
 type trimmer struct {
-	poke chan struct{} // buffered 1; a request arrived
-	gc   chan struct{} // buffered 1; a garbage collection finished
-	done chan struct{} // closed when the goroutine returns
+	poke chan struct{} // buffered 1; a request began or ended
+	// inflight counts the requests between Begin and their end; no trim
+	// runs while one is in flight (a slow Create must not have its
+	// threads shed or the collector paused under it).
+	inflight atomic.Int32
+	gc       chan struct{} // buffered 1; a garbage collection finished
+	done     chan struct{} // closed when the goroutine returns
 	// stopped ends the re-arming of the collection notice.
 	stopped atomic.Bool
 	// resumeGC is set from a trim until the next request: the garbage
@@ -87,6 +89,23 @@ func newTrimmer() *trimmer {
 // paused; it never blocks. The server calls it before each request.
 func (t *trimmer) Poke() {
 	t.resume()
+	t.nudge()
+}
+
+// Begin is Poke for a request that runs until the returned end is called:
+// the idle time counts from its end. The server calls it around each
+// request.
+func (t *trimmer) Begin() (end func()) {
+	t.inflight.Add(1)
+	t.Poke()
+	return func() {
+		t.inflight.Add(-1)
+		t.nudge()
+	}
+}
+
+// nudge restarts the idle time; it never blocks.
+func (t *trimmer) nudge() {
 	select {
 	case t.poke <- struct{}{}:
 	default:
@@ -142,13 +161,16 @@ func (t *trimmer) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.poke:
-			// A Poke between pauseGC and paused.Store finds nothing
+			// A Poke between pauseGC and resumeGC.Store finds nothing
 			// to resume; its token resumes here.
 			t.resume()
 			trimmed = false
 			retrim.Stop()
 			idle.Reset(t.idle)
 		case <-idle.C:
+			if t.inflight.Load() > 0 {
+				break // the request's end restarts the idle time
+			}
 			// The order matters, each measured: pausing before the
 			// collection left 0.5 MB more anonymous memory, and
 			// pausing after the pages were dropped paged 0.7 MB of
@@ -193,7 +215,7 @@ const (
 	shedWait = 20 * time.Millisecond
 )
 
-// shedThreads ends up to max of the OS threads the Go runtime keeps parked
+// shedThreads ends up to limit of the OS threads the Go runtime keeps parked
 // after a burst; it never retires them itself. Runtime commands block a
 // thread each in wait4 (go-runc waits for its children that way) and the
 // scheduler starts another for the P meanwhile, so a shim whose container
@@ -210,9 +232,9 @@ const (
 // shim depends on the identity of a thread: it locks none otherwise, and it
 // starts no child with a parent-death signal, which Linux ties to the
 // thread that started the child.
-func shedThreads(max int) {
+func shedThreads(limit int) {
 	misses := 0
-	for range max {
+	for range limit {
 		before := threadCount()
 		if before <= 0 {
 			return
@@ -367,19 +389,25 @@ func readOnlyMapping(line, exe string) (r mapRange, exec, ok bool) {
 }
 
 // fixedAddressExecutable reports whether exe is an ELF executable of type
-// ET_EXEC. Only such a binary's read-only mappings are the file's pages as
-// is: in a position-independent one (ET_DYN, -buildmode=pie) the loader
-// relocates read-only data into private copies, and dropping those would
-// bring back unrelocated pages.
+// ET_EXEC without a PT_GNU_RELRO segment. Only such a binary's read-only
+// mappings are the file's pages as is: in a position-independent one (ET_DYN,
+// -buildmode=pie) the loader relocates read-only data into private copies,
+// and in an externally linked one (cgo, -linkmode=external) it fills in the
+// RELRO pages and then write-protects them; dropping either would bring back
+// unrelocated pages. make build links neither.
 func fixedAddressExecutable(exe string) bool {
-	f, err := os.Open(exe)
+	f, err := elf.Open(exe)
 	if err != nil {
 		return false
 	}
 	defer f.Close()
-	var hdr [18]byte
-	if _, err := io.ReadFull(f, hdr[:]); err != nil {
+	if f.Type != elf.ET_EXEC {
 		return false
 	}
-	return string(hdr[:4]) == "\x7fELF" && binary.LittleEndian.Uint16(hdr[16:]) == uint16(elf.ET_EXEC)
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_GNU_RELRO {
+			return false
+		}
+	}
+	return true
 }

@@ -77,6 +77,28 @@ func TestTrimmerRetrimsAfterCollectionsWhileIdle(t *testing.T) {
 	waitCount(t, "trims after the burst", trims, 2)
 }
 
+// TestTrimmerWaitsForRequestsInFlight: no trim while a request runs, however
+// long; the idle time counts from its end.
+func TestTrimmerWaitsForRequestsInFlight(t *testing.T) {
+	testutil.CheckLeaks(t)
+	tr, trims, _ := countingTrimmer()
+	ctx, cancel := context.WithCancel(context.Background())
+	go tr.run(ctx)
+	defer func() {
+		cancel()
+		<-tr.done
+	}()
+	waitCount(t, "trims", trims, 1)
+	end := tr.Begin()
+	time.Sleep(5 * tr.idle)
+	if got := trims.Load(); got != 1 {
+		end()
+		t.Fatalf("trims while a request was in flight for 5 idle periods: %d, want still 1", got)
+	}
+	end()
+	waitCount(t, "trims after the request ended", trims, 2)
+}
+
 // TestTrimmerPausesCollectorWhileIdle: every trim pauses the collector,
 // the next request resumes it before it is handled, and a trimmer that
 // stops while paused resumes it too.
@@ -233,10 +255,25 @@ func TestTrimmerStops(t *testing.T) {
 // ET_EXEC binary; a position-independent one (ET_DYN) has relocated
 // private copies there, and dropping them crashed a -buildmode=pie build.
 func TestFixedAddressExecutable(t *testing.T) {
-	header := func(typ elf.Type) []byte {
-		h := make([]byte, 64)
+	// header builds a minimal 64-bit ELF file of type typ with one program
+	// header of type prog (none if 0).
+	header := func(typ elf.Type, prog elf.ProgType) []byte {
+		h := make([]byte, 64, 64+56)
 		copy(h, "\x7fELF")
-		binary.LittleEndian.PutUint16(h[16:], uint16(typ))
+		h[elf.EI_CLASS], h[elf.EI_DATA], h[elf.EI_VERSION] = byte(elf.ELFCLASS64), byte(elf.ELFDATA2LSB), byte(elf.EV_CURRENT)
+		le := binary.LittleEndian
+		le.PutUint16(h[16:], uint16(typ))
+		le.PutUint16(h[18:], uint16(elf.EM_X86_64))
+		le.PutUint32(h[20:], uint32(elf.EV_CURRENT))
+		le.PutUint16(h[52:], 64) // e_ehsize
+		if prog != 0 {
+			le.PutUint64(h[32:], 64) // e_phoff
+			le.PutUint16(h[54:], 56) // e_phentsize
+			le.PutUint16(h[56:], 1)  // e_phnum
+			ph := make([]byte, 56)
+			le.PutUint32(ph, uint32(prog))
+			h = append(h, ph...)
+		}
 		return h
 	}
 	dir := t.TempDir()
@@ -245,8 +282,10 @@ func TestFixedAddressExecutable(t *testing.T) {
 		content []byte // nil: no file
 		want    bool
 	}{
-		{"ET_EXEC", header(elf.ET_EXEC), true},
-		{"ET_DYN (pie)", header(elf.ET_DYN), false},
+		{"ET_EXEC", header(elf.ET_EXEC, elf.PT_LOAD), true},
+		{"ET_EXEC without program headers", header(elf.ET_EXEC, 0), true},
+		{"ET_EXEC with RELRO (external linking)", header(elf.ET_EXEC, elf.PT_GNU_RELRO), false},
+		{"ET_DYN (pie)", header(elf.ET_DYN, elf.PT_LOAD), false},
 		{"not ELF", []byte("#!/bin/sh\necho hello world\n"), false},
 		{"too short", []byte("\x7fELF"), false},
 		{"missing", nil, false},
