@@ -16,11 +16,9 @@ package container
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -68,6 +66,8 @@ type Deps struct {
 type Config struct {
 	ID     string
 	Bundle string
+	// Spec is what LoadSpec read of the bundle's config.json.
+	Spec   Spec
 	Rootfs []Mount
 	Stdio  stdio.Config
 	// Runtime runs the OCI runtime for this container.
@@ -142,7 +142,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		restore: cfg.Restore,
 	}
 	c.init.beforeExitEvent = c.initExiting
-	c.sharedPidNS = sharesPidNamespace(cfg.Bundle)
+	c.sharedPidNS = cfg.Spec.SharesPidNamespace
 	if err := clearDeleted(cfg.Bundle); err != nil {
 		return nil, fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
@@ -391,32 +391,6 @@ func (c *Container) initExiting() {
 		}
 	}
 	c.awaitExecs()
-}
-
-// sharesPidNamespace reports whether the bundle's spec gives the container
-// no pid namespace of its own (none listed, or one joined by path).
-func sharesPidNamespace(bundle string) bool {
-	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
-	if err != nil {
-		return false
-	}
-	var spec struct {
-		Linux *struct {
-			Namespaces []struct {
-				Type string `json:"type"`
-				Path string `json:"path"`
-			} `json:"namespaces"`
-		} `json:"linux"`
-	}
-	if json.Unmarshal(data, &spec) != nil || spec.Linux == nil {
-		return false
-	}
-	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type == "pid" {
-			return ns.Path != ""
-		}
-	}
-	return true
 }
 
 // procIO is the stdio of one process: pipes (or a pty) to the client's

@@ -11,6 +11,8 @@ package taskservice
 //	stub-bad-console
 //	             create connects to --console-socket and hangs up without
 //	             sending a terminal
+//
+// and create writes its arguments, one a line, to stub-create-args.
 // Exec'd processes run the test binary with TETHER_STUB_EXEC set to the
 // process args: "exit N" or "sleep".
 //
@@ -126,6 +128,7 @@ func stubRuntime(args []string) int {
 		if msg, err := os.ReadFile(filepath.Join(bundle, "stub-fail")); err == nil {
 			return fail(string(msg))
 		}
+		os.WriteFile(filepath.Join(bundle, "stub-create-args"), []byte(strings.Join(args, "\n")), 0o600)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fail(err.Error())
 		}
