@@ -10,6 +10,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(thpChildEnv) != "" {
+		os.Exit(thpChild())
+	}
 	primeRuntime()
 	os.Exit(m.Run())
 }

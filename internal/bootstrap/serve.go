@@ -42,6 +42,12 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	if err := restoreCallerEnv(); err != nil {
 		return fmt.Errorf("restore environment: %w", err)
 	}
+	// Before any child: see thp.go. A server that cannot give its children
+	// the host's huge page setting back must not start containers.
+	marked, markErr := markNoHugePages()
+	if err := releaseHugePages(); err != nil {
+		return err
+	}
 	bundle, err := f.bundleDir()
 	if err != nil {
 		return err
@@ -54,6 +60,9 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	}
 	logger := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level})).
 		With("runtime", "io.containerd.tether.v2", "namespace", f.Namespace, "shim", f.ID)
+	if markErr != nil {
+		logger.Warn("huge pages: not every mapping could be marked; the shim may use more memory", "marked", marked, "error", markErr)
+	}
 
 	// One P is plenty for a shim, which mostly waits; every extra P can
 	// bring its own OS thread and stacks. See docs/performance.md. `start`
