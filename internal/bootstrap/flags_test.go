@@ -13,6 +13,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(thpChildEnv) != "" {
 		os.Exit(thpChild())
 	}
+	if os.Getenv(dialChildEnv) != "" {
+		os.Exit(dialChild())
+	}
 	primeRuntime()
 	os.Exit(m.Run())
 }

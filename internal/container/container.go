@@ -135,7 +135,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		bundle:  cfg.Bundle,
 		rt:      cfg.Runtime,
 		deps:    deps,
-		init:    newProcess(cfg.ID, "", cfg.Stdio, deps.Events),
+		init:    newProcess(cfg.ID, "", cfg.Stdio, deps.Events, deps.Logger),
 		execs:   make(map[string]*Process),
 		ioUID:   cfg.IoUID,
 		ioGID:   cfg.IoGID,
@@ -482,7 +482,7 @@ func (c *Container) watchCgroup(pid int) {
 		c.deps.Logger.Warn("no cgroup: stats and OOM events unavailable", "id", c.id, "pid", pid, "error", err)
 		return
 	}
-	oom, err := cg.WatchOOM(c.publishOOM)
+	oom, err := cg.WatchOOM(c.publishOOM, c.deps.Logger.With("id", c.id))
 	if err != nil {
 		c.deps.Logger.Warn("no OOM watch", "id", c.id, "error", err)
 	}

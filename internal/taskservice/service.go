@@ -72,7 +72,7 @@ type Service struct {
 // New returns a Service with no containers.
 func New(cfg Config) *Service {
 	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+		panic("taskservice: New with a nil Logger")
 	}
 	if cfg.Shutdown == nil {
 		cfg.Shutdown = func() {}
