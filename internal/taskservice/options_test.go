@@ -9,6 +9,7 @@ import (
 
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -72,5 +73,29 @@ func TestRegressionConfigBodySystemdCgroup(t *testing.T) {
 	args := createArgs(t, h, "cri1", `{"linux":{"cgroupsPath":"/kubepods/pod1/cri1"}}`, opts)
 	if !slices.Contains(args, "--systemd-cgroup") {
 		t.Errorf("runtime args %q lack --systemd-cgroup", args)
+	}
+}
+
+// TestRegressionFailedCreateLeftRuntimeState: a create that failed after
+// the runtime made its state (a failing hook) with a message mentioning
+// "already exists" was classed AlreadyExists, which Create takes for
+// another container's state and leaves alone: the half-created container
+// stayed in the runtime root. Now only the runtime's own duplicate-id
+// message is AlreadyExists, and the failed create is deleted.
+func TestRegressionFailedCreateLeftRuntimeState(t *testing.T) {
+	testutil.CheckLeaks(t)
+	h := newHarness(t)
+	ctx := ctxT(t)
+	msg := "error running hook #0: exit status 1, stderr: mkdir /var/lib/x: file already exists"
+	bundle := h.bundle("hook1", map[string]string{"stub-fail-late": msg})
+	_, err := h.svc.Create(ctx, &taskv2.CreateTaskRequest{ID: "hook1", Bundle: bundle, Options: h.options})
+	if err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("create = %v, want the hook's failure", err)
+	}
+	if code := codeOfErr(err); code == codes.AlreadyExists {
+		t.Errorf("a failed hook is reported as AlreadyExists: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(h.root, "hook1")); !os.IsNotExist(err) {
+		t.Errorf("the runtime still has the failed container's state (stat: %v)", err)
 	}
 }
