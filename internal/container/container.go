@@ -166,7 +166,9 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 			io.pipes.Close()
 		}
 	}()
+	c.init.mu.Lock()
 	c.init.pipes = io.pipes
+	c.init.mu.Unlock()
 	opts := runtime.CreateOpts{
 		IO:            io.runcIO(),
 		ConsoleSocket: io.consoleSocket(),
