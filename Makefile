@@ -6,6 +6,7 @@
 #   make test-e2e   end-to-end tests (test/e2e, a separate module; needs root)
 #   make demo       run a container through Tether under a private containerd
 #   make lint       gofmt and go vet, in every module
+#   make fuzz       every fuzz target for FUZZTIME (30s) each
 #
 # The e2e tests take TETHER_E2E_VERSIONS (e.g. 1.6,2.4.2), TETHER_E2E_RUNTIME
 # (e.g. io.containerd.runc.v2 to check the harness with containerd's own shim)
@@ -16,7 +17,7 @@ GO ?= go
 BIN := bin/containerd-shim-tether-v2
 E2E_TIMEOUT ?= 75m
 
-.PHONY: all build test test-unit test-e2e deps demo lint clean bench
+.PHONY: all build test test-unit test-e2e deps demo lint clean bench fuzz
 
 all: build
 
@@ -47,6 +48,11 @@ test-e2e:
 
 demo:
 	bash scripts/demo.sh
+
+# fuzz runs every fuzz target for FUZZTIME (default 30s) each; make test runs
+# their seed corpora (testdata/fuzz) as ordinary tests.
+fuzz:
+	bash scripts/fuzz.sh
 
 # bench compares Tether with the stock shim under private containerds (bench/,
 # a separate module; needs root): prints a table, writes bench/results/latest.*.

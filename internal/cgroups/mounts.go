@@ -53,7 +53,7 @@ func parseMountinfo(data []byte) ([]mount, error) {
 		}
 		f := strings.Fields(line)
 		sep := slices.Index(f, "-")
-		if sep < 6 || len(f) < sep+3 {
+		if sep < 6 || len(f) < sep+4 {
 			return nil, fmt.Errorf("cgroups: mountinfo line %d %q: %w", i+1, line, errdefs.ErrInternal)
 		}
 		fstype := f[sep+1]

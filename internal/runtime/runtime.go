@@ -325,7 +325,8 @@ func lastLogError(path string, from int64) string {
 	if _, err := f.Seek(from, io.SeekStart); err != nil {
 		return ""
 	}
-	data, err := io.ReadAll(f)
+	// Bounded too while the runtime still appends.
+	data, err := io.ReadAll(io.LimitReader(f, logTail))
 	if err != nil {
 		return ""
 	}
