@@ -220,7 +220,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		return fail(err, pid != 0 || !errors.Is(err, errdefs.ErrAlreadyExists))
 	}
 	if io.pipes != nil {
-		if err := io.pipes.ReceiveConsole(); err != nil {
+		if err := io.pipes.StartOutput(); err != nil {
 			return fail(err, true)
 		}
 	}
@@ -467,7 +467,7 @@ func (c *Container) startInit(ctx context.Context) error {
 	pipes := c.init.pipes
 	c.init.mu.Unlock()
 	if pipes != nil {
-		return pipes.ReceiveConsole()
+		return pipes.StartOutput()
 	}
 	return nil
 }

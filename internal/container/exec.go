@@ -110,7 +110,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) (_ int, retErr er
 		return 0, fmt.Errorf("start exec %s: %w", p.execID, err)
 	}
 	if io.pipes != nil {
-		if err := io.pipes.ReceiveConsole(); err != nil {
+		if err := io.pipes.StartOutput(); err != nil {
 			c.deps.Logger.Warn("exec: no terminal from the runtime", "id", c.id, "exec", p.execID, "error", err)
 		}
 	}

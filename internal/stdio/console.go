@@ -157,11 +157,25 @@ func (c *console) Close() error {
 	return os.RemoveAll(c.dir)
 }
 
-// ReceiveConsole takes the pty master the runtime sent and starts copying
-// it to the client's stdout fifo, and the client's stdin to it. Call it
-// after the runtime's create or exec returned. Without a terminal it does
-// nothing.
-func (p *IO) ReceiveConsole() error {
+// StartOutput starts delivering the process's output to the client. Call
+// it once the runtime's create, exec or restore returned, and only if it
+// succeeded: until then the pipes hold only what the runtime itself wrote
+// there (runc writes its own error to the process's stderr), which must not
+// reach the client as the process's output; on failure Close drops it.
+// containerd's shim starts its copies at the same point.
+//
+// With pipes it starts their copies. With a terminal it takes the pty
+// master the runtime sent and starts copying it to the client's stdout
+// fifo, and the client's stdin to it. Without stdio it does nothing. After
+// stopOutputs or Close it starts nothing.
+func (p *IO) StartOutput() error {
+	p.mu.Lock()
+	pending := p.pendingOut
+	p.pendingOut = nil
+	p.mu.Unlock()
+	for _, c := range pending {
+		go p.copyOut(c.dst, c.src, c.closeDst)
+	}
 	if p.console == nil {
 		return nil
 	}

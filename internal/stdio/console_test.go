@@ -60,14 +60,14 @@ func sendConsole(t *testing.T, path string, master int) {
 // startOnTerminal emulates the runtime for a terminal: it makes a pty, sends
 // the master to p's console socket, lets p receive it, and starts cmd as a
 // session leader with the slave as its controlling terminal. before runs
-// after ReceiveConsole, before cmd starts.
+// after StartOutput, before cmd starts.
 func startOnTerminal(t *testing.T, p *IO, cmd *exec.Cmd, before func()) *container {
 	t.Helper()
 	master, slave := newPty(t)
 	defer slave.Close()
 	sendConsole(t, p.ConsoleSocket().Path(), master)
-	if err := p.ReceiveConsole(); err != nil {
-		t.Fatalf("ReceiveConsole: %v", err)
+	if err := p.StartOutput(); err != nil {
+		t.Fatalf("StartOutput: %v", err)
 	}
 	if before != nil {
 		before()
@@ -101,7 +101,7 @@ func TestTerminal(t *testing.T) {
 		t.Errorf("console socket %s is not under ConsoleDir %s", sock.Path(), consoleDir)
 	}
 	if err := p.Resize(80, 24); !errdefs.IsFailedPrecondition(err) {
-		t.Errorf("Resize before ReceiveConsole = %v, want FailedPrecondition", err)
+		t.Errorf("Resize before StartOutput = %v, want FailedPrecondition", err)
 	}
 	var b lockedBuffer
 	r := openReader(t, out, &b, 4096, 0)
@@ -165,26 +165,26 @@ func TestResizeWithoutTerminal(t *testing.T) {
 			t.Errorf("Resize(%d, %d) = %v, want InvalidArgument", size[0], size[1], err)
 		}
 	}
-	if err := p.ReceiveConsole(); err != nil {
-		t.Errorf("ReceiveConsole without a terminal = %v, want nil", err)
+	if err := p.StartOutput(); err != nil {
+		t.Errorf("StartOutput without a terminal = %v, want nil", err)
 	}
 }
 
-// TestReceiveConsoleWithoutRuntime: nobody connects to the console socket;
-// ReceiveConsole gives up after its bounded wait (10 s).
-func TestReceiveConsoleWithoutRuntime(t *testing.T) {
+// TestStartOutputWithoutRuntime: nobody connects to the console socket;
+// StartOutput gives up after its bounded wait (10 s).
+func TestStartOutputWithoutRuntime(t *testing.T) {
 	testutil.CheckLeaks(t)
 	consoleDir := t.TempDir()
 	p := openIO(t, Config{Terminal: true}, Options{ConsoleDir: consoleDir})
 	done := make(chan error, 1)
-	go func() { done <- p.ReceiveConsole() }()
+	go func() { done <- p.StartOutput() }()
 	select {
 	case err := <-done:
 		if err == nil {
-			t.Error("ReceiveConsole succeeded without a runtime")
+			t.Error("StartOutput succeeded without a runtime")
 		}
 	case <-time.After(receiveTimeout + bound):
-		t.Fatalf("ReceiveConsole did not return within %v", receiveTimeout+bound)
+		t.Fatalf("StartOutput did not return within %v", receiveTimeout+bound)
 	}
 	if err := closeIO(p); err != nil {
 		t.Error(err)
@@ -347,13 +347,13 @@ func TestRegressionTerminalStdinEOFAfterPartialLine(t *testing.T) {
 	r.wait(t)
 }
 
-// TestRegressionTerminalExitBeforeReceiveConsole: a quick `exec -t` can
+// TestRegressionTerminalExitBeforeStartOutput: a quick `exec -t` can
 // exit, and its exit watcher call Drain, before the runtime call returned
-// and ReceiveConsole started the pty copy. Drain used to find no copy to
+// and StartOutput started the pty copy. Drain used to find no copy to
 // wait for and return at once, so TaskExit went out before the output was
 // copied (and WaitGroup.Add could race with Wait). Open now counts the pty
 // copy, so Drain waits for it.
-func TestRegressionTerminalExitBeforeReceiveConsole(t *testing.T) {
+func TestRegressionTerminalExitBeforeStartOutput(t *testing.T) {
 	testutil.CheckLeaks(t)
 	dir := t.TempDir()
 	out := mkfifo(t, dir, "stdout")
@@ -377,8 +377,8 @@ func TestRegressionTerminalExitBeforeReceiveConsole(t *testing.T) {
 	// Let Drain run first, as the exit watcher does in the race.
 	time.Sleep(50 * time.Millisecond)
 	sendConsole(t, p.ConsoleSocket().Path(), master)
-	if err := p.ReceiveConsole(); err != nil {
-		t.Fatalf("ReceiveConsole: %v", err)
+	if err := p.StartOutput(); err != nil {
+		t.Fatalf("StartOutput: %v", err)
 	}
 	select {
 	case <-drained:
@@ -392,7 +392,7 @@ func TestRegressionTerminalExitBeforeReceiveConsole(t *testing.T) {
 }
 
 // TestRegressionConsoleMasterRace: the pty master was stored by the
-// create's ReceiveConsole and read by ResizePty, the exit watcher's Drain and
+// create's StartOutput and read by ResizePty, the exit watcher's Drain and
 // Close on other goroutines without a lock (a data race under -race). And
 // a master that came after Close was kept open.
 func TestRegressionConsoleMasterRace(t *testing.T) {
@@ -419,15 +419,15 @@ func TestRegressionConsoleMasterRace(t *testing.T) {
 	master, slave := newPty(t)
 	defer slave.Close()
 	sendConsole(t, p.ConsoleSocket().Path(), master)
-	if err := p.ReceiveConsole(); err != nil {
-		t.Fatalf("ReceiveConsole: %v", err)
+	if err := p.StartOutput(); err != nil {
+		t.Fatalf("StartOutput: %v", err)
 	}
 	// Resizes race with the master's arrival, then succeed.
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		if err := p.Resize(100, 30); err == nil {
 			break
 		} else if time.Now().After(deadline) {
-			t.Fatalf("Resize after ReceiveConsole: %v", err)
+			t.Fatalf("Resize after StartOutput: %v", err)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -447,8 +447,8 @@ func TestRegressionConsoleMasterRace(t *testing.T) {
 	q.console.closed = true // as if Close ran while the runtime was sending
 	q.console.mu.Unlock()
 	sendConsole(t, sock, master2)
-	if err := q.ReceiveConsole(); !errdefs.IsFailedPrecondition(err) {
-		t.Fatalf("ReceiveConsole after Close = %v, want FailedPrecondition", err)
+	if err := q.StartOutput(); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("StartOutput after Close = %v, want FailedPrecondition", err)
 	}
 	if q.console.pty() != nil {
 		t.Fatal("a master that came after Close was kept")

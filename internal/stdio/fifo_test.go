@@ -693,3 +693,49 @@ func TestRegressionDrainUnboundedWhileLeftBehindWrites(t *testing.T) {
 	}
 	r.wait(t)
 }
+
+// TestRegressionRuntimeErrorOnStdio: the output copies started at Open, so
+// what runc writes to the process's stderr when its create or exec fails
+// ("runc create failed: ... exec: \"/nonexistent\": ...") reached the client
+// as the container's output: `docker run` printed it and `docker logs`
+// showed it. Now the copies start with StartOutput, once the runtime
+// succeeded; a failed create's pipes are closed without it. Output written
+// before StartOutput by a process that did start is delivered.
+func TestRegressionRuntimeErrorOnStdio(t *testing.T) {
+	testutil.CheckLeaks(t)
+	dir := t.TempDir()
+
+	// The create fails: the runtime's text never reaches the client.
+	errp := mkfifo(t, dir, "stderr")
+	var failed lockedBuffer
+	p := openIOPending(t, Config{Stderr: errp}, Options{})
+	r := openReader(t, errp, &failed, 4096, 0)
+	if _, err := p.stderrW.WriteString("runc create failed: exec: \"/nonexistent\"\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := closeIO(p); err != nil {
+		t.Fatal(err)
+	}
+	r.wait(t)
+	if got := failed.String(); got != "" {
+		t.Fatalf("the client got the runtime's error as output: %q", got)
+	}
+
+	// The create succeeds: what the process wrote meanwhile is delivered.
+	out := mkfifo(t, dir, "stdout")
+	var ok lockedBuffer
+	q := openIOPending(t, Config{Stdout: out}, Options{})
+	r2 := openReader(t, out, &ok, 4096, 0)
+	if _, err := q.stdoutW.WriteString("early\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.StartOutput(); err != nil {
+		t.Fatal(err)
+	}
+	q.CloseAfterStart()
+	q.Drain(drainAll)
+	r2.wait(t)
+	if got := ok.String(); got != "early\n" {
+		t.Fatalf("the client got %q, want the process's early output", got)
+	}
+}

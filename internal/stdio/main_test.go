@@ -180,6 +180,31 @@ func openIO(t *testing.T, c Config, o Options) *IO {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
+	// Without a terminal, as if the runtime's create had returned; a
+	// terminal's StartOutput waits for the pty, which the test sends.
+	if !c.Terminal {
+		if err := p.StartOutput(); err != nil {
+			t.Fatalf("StartOutput: %v", err)
+		}
+	}
+	return p
+}
+
+// openIOPending is openIO without StartOutput: the runtime's create has
+// not returned yet.
+func openIOPending(t *testing.T, c Config, o Options) *IO {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	p, err := Open(ctx, c, o)
+	if err != nil {
+		t.Fatalf("Open(%+v): %v", c, err)
+	}
+	t.Cleanup(func() {
+		if err := closeIO(p); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
 	return p
 }
 
@@ -240,6 +265,13 @@ func startContainer(t *testing.T, p *IO, r *exits.Reaper, cmd *exec.Cmd) *contai
 	}
 	if err := p.CloseAfterStart(); err != nil {
 		t.Errorf("CloseAfterStart: %v", err)
+	}
+	// As the container package does once the runtime's create returned
+	// (with a terminal, startOnTerminal did it already).
+	if p.console == nil {
+		if err := p.StartOutput(); err != nil {
+			t.Errorf("StartOutput: %v", err)
+		}
 	}
 	c := &container{cmd: cmd, done: make(chan struct{})}
 	go func() {

@@ -208,7 +208,7 @@ type IO struct {
 	mu sync.Mutex
 	// stdinFifo is the client's stdin fifo, nil once closed; guarded by mu.
 	stdinFifo *stdinFifo
-	// consolePending is set from Open, for a terminal, until ReceiveConsole
+	// consolePending is set from Open, for a terminal, until StartOutput
 	// starts the pty copy or stopOutputs gives its place up: Open counts
 	// the copy in outputs already, so that a Drain that comes first (a
 	// quick exec exits before its runtime call returned) waits for it.
@@ -216,11 +216,24 @@ type IO struct {
 	consolePending bool
 	// closed is set by Close; guarded by mu.
 	closed bool
+	// pendingOut are the output copies of pipes that Open prepared and
+	// StartOutput has not started yet: until the runtime's create or exec
+	// returned, the pipes hold only what the runtime itself wrote. Each
+	// counts in outputs already; stopOutputs gives their places up.
+	// Guarded by mu.
+	pendingOut []pendingCopy
+}
+
+// pendingCopy is an output copy waiting for StartOutput.
+type pendingCopy struct {
+	dst      io.Writer
+	src      *os.File
+	closeDst func()
 }
 
 // Open prepares the stdio of a process: opens the client's endpoints and
 // the pipes, starts the copies or the logging binary, or creates the
-// console socket of a terminal (the copies start in ReceiveConsole). On
+// console socket of a terminal (the copies start in StartOutput). On
 // error everything opened is closed again. ctx bounds only the wait for a
 // logging binary to become ready.
 func Open(ctx context.Context, c Config, opts Options) (_ *IO, retErr error) {
@@ -284,7 +297,7 @@ func Open(ctx context.Context, c Config, opts Options) (_ *IO, retErr error) {
 }
 
 // openStdin opens the client's stdin fifo and, without a terminal, the pipe
-// it is copied into; with a terminal the copy starts in ReceiveConsole.
+// it is copied into; with a terminal the copy starts in StartOutput.
 func (p *IO) openStdin(path string, pipe bool) error {
 	in, err := openStdinFifo(path)
 	if err != nil {
@@ -304,8 +317,9 @@ func (p *IO) openStdin(path string, pipe bool) error {
 	return nil
 }
 
-// pipe makes the pipe of one output stream and starts its copy into dst;
-// closeDst runs when the copy ends.
+// pipe makes the pipe of one output stream and prepares its copy into
+// dst, which StartOutput starts; closeDst runs when the copy ends (or
+// gives up without starting).
 func (p *IO) pipe(shim, contnr **os.File, dst io.Writer, closeDst func()) error {
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -313,7 +327,9 @@ func (p *IO) pipe(shim, contnr **os.File, dst io.Writer, closeDst func()) error 
 	}
 	*shim, *contnr = r, w
 	p.outputs.Add(1)
-	go p.copyOut(dst, r, closeDst)
+	p.mu.Lock()
+	p.pendingOut = append(p.pendingOut, pendingCopy{dst: dst, src: r, closeDst: closeDst})
+	p.mu.Unlock()
 	return nil
 }
 
@@ -460,6 +476,7 @@ func (p *IO) Drain(timeout time.Duration) {
 func (p *IO) stopOutputs() {
 	p.stopping.Store(true)
 	p.giveUpConsoleCopy()
+	p.giveUpOutputCopies()
 	now := time.Now()
 	for _, f := range append([]*os.File{p.stdoutR, p.stderrR}, p.outFiles...) {
 		if f != nil {
@@ -481,6 +498,22 @@ func (p *IO) giveUpConsoleCopy() {
 	p.consolePending = false
 	p.mu.Unlock()
 	if pending {
+		p.outputs.Done()
+	}
+}
+
+// giveUpOutputCopies releases the places of the pipe copies StartOutput
+// has not started, and closes their destinations: what the pipes hold is
+// the runtime's, never delivered.
+func (p *IO) giveUpOutputCopies() {
+	p.mu.Lock()
+	pending := p.pendingOut
+	p.pendingOut = nil
+	p.mu.Unlock()
+	for _, c := range pending {
+		if c.closeDst != nil {
+			c.closeDst()
+		}
 		p.outputs.Done()
 	}
 }

@@ -37,6 +37,9 @@ func TestRegressionClientDropsUnreadTailAtExit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
+	if err := p.StartOutput(); err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command("/bin/sh", "-c", "head -c 40000 /dev/zero")
 	p.Set(cmd)
 	if err := cmd.Start(); err != nil {
