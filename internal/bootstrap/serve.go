@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -55,12 +56,21 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	}
 	logw := openLog(filepath.Join(bundle, "log"))
 	defer logw.Close()
+	// A fatal error or an unrecovered panic is written to fd 2, which is
+	// /dev/null: keep a copy in the bundle (crashLog).
+	crash, crashErr := setCrashOutput(bundle)
+	if crash != nil {
+		defer crash.Close()
+	}
 	level := slog.LevelInfo
 	if f.Debug {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level})).
 		With("runtime", "io.containerd.tether.v2", "namespace", f.Namespace, "shim", f.ID)
+	if crashErr != nil {
+		logger.Warn("crash output: a crash would leave no trace", "error", crashErr)
+	}
 	if markErr != nil {
 		logger.Warn("huge pages: not every mapping could be marked; the shim may use more memory", "marked", marked, "error", markErr)
 	}
@@ -130,7 +140,8 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	defer signal.Stop(signals)
 
 	served := make(chan error, 1)
-	go func() { served <- serveTTRPC(ctx, server, ln, logger) }()
+	guarded := newGuardedListener(ln, logger, trim.Poke)
+	go func() { served <- serveTTRPC(ctx, server, guarded, logger) }()
 	go trim.run(ctx)
 	if f.Debug {
 		prof := startProfiler(ctx, bundle, logger)
@@ -191,12 +202,11 @@ wait:
 	return serveErr
 }
 
-// newTTRPCServer returns the shim's ttrpc server: it serves only peers of
-// its own uid, and every request holds off the trimmer (and is logged with
-// its duration when debug is set).
+// newTTRPCServer returns the shim's ttrpc server: every request holds off
+// the trimmer (and is logged with its duration when debug is set). It
+// serves a guardedListener, which admits only peers of the server's uid.
 func newTTRPCServer(logger *slog.Logger, trim *trimmer, debug bool) (*ttrpc.Server, error) {
 	return ttrpc.NewServer(
-		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
 		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
 			defer trim.Begin()()
 			if !debug {
@@ -211,10 +221,30 @@ func newTTRPCServer(logger *slog.Logger, trim *trimmer, debug bool) (*ttrpc.Serv
 }
 
 // serveTTRPC serves server on ln until it is shut down. ttrpc logs its own
-// warnings (a refused peer, a failed accept, a response that cannot be
-// sent) through the logger in the context Serve gets, so logger goes there:
+// warnings (a failed accept, a response that cannot be sent, a connection
+// that could not be set up) through the logger in the context Serve gets, so logger goes there:
 // without it they went to slog.Default, which the server never sets and
 // whose stderr is /dev/null.
 func serveTTRPC(ctx context.Context, server *ttrpc.Server, ln net.Listener, logger *slog.Logger) error {
 	return server.Serve(log.WithLogger(ctx, logger), ln)
+}
+
+// crashLog is the file in the bundle that receives the Go runtime's output
+// of a fatal error or an unrecovered panic (the server's stderr is
+// /dev/null). containerd removes the bundle with the task; until then
+// `tether` and operators can read why a shim died.
+const crashLog = "tether-crash.log"
+
+// setCrashOutput makes the runtime copy crash output to crashLog in bundle
+// (runtime/debug.SetCrashOutput) and returns the file, which must stay open.
+func setCrashOutput(bundle string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(bundle, crashLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := debug.SetCrashOutput(f, debug.CrashOptions{}); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }

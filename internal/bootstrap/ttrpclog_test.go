@@ -36,10 +36,11 @@ func dialChild() int {
 	}
 }
 
-// TestRegressionTTRPCWarningsLost: ttrpc's own warnings, such as a peer of
-// another uid refused by the handshake, went to slog.Default, which goes
-// nowhere in the server. They now reach the shim's logger, and so
-// containerd's log. Needs root, to run the peer as another uid.
+// TestRegressionTTRPCWarningsLost: the warning about a peer of another uid,
+// refused by ttrpc's handshake, went to slog.Default, which goes nowhere in
+// the server. The server's listener now refuses such a peer itself, and
+// says so through the shim's logger, and so in containerd's log. Needs
+// root, to run the peer as another uid.
 func TestRegressionTTRPCWarningsLost(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Fatal("this test runs a peer as uid 65534 and needs root")
@@ -67,7 +68,7 @@ func TestRegressionTTRPCWarningsLost(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	served := make(chan error, 1)
-	go func() { served <- serveTTRPC(ctx, server, ln, logger) }()
+	go func() { served <- serveTTRPC(ctx, server, newGuardedListener(ln.(*net.UnixListener), logger, func() {}), logger) }()
 	defer func() {
 		server.Close()
 		<-served
@@ -95,7 +96,7 @@ func TestRegressionTTRPCWarningsLost(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if r, ok := rec.Find(slog.LevelError, "refusing connection"); ok {
+		if r, ok := rec.Find(slog.LevelWarn, "refusing a connection"); ok {
 			t.Logf("logged: %s %q %v", r.Level, r.Msg, r.Attrs)
 			return
 		}

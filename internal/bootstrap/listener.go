@@ -1,0 +1,167 @@
+package bootstrap
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Limits of what one connection to the server's socket can make it hold.
+const (
+	// maxFrame is ttrpc's own limit on a message (4 MiB); a frame that
+	// declares more ends the connection.
+	maxFrame = 4 << 20
+	// frameHeader is the size of a ttrpc frame header: length, stream id,
+	// type and flags.
+	frameHeader = 10
+	// frameTimeout bounds the time from a frame's first byte to its last.
+	// containerd writes a frame at once; a peer that stalls inside one
+	// loses the connection. Between frames a connection may idle forever.
+	frameTimeout = 10 * time.Second
+	// frameChunk is how much a frame's buffer grows at a time.
+	frameChunk = 64 << 10
+)
+
+// guardedListener is the server's listener. It serves only peers of the
+// server's own uid (SO_PEERCRED), refusing others with a warning, and
+// wraps each connection in a frameConn. It tells activity of every
+// accepted and closed connection, so that the trimmer also sees traffic
+// that never becomes a request.
+type guardedListener struct {
+	*net.UnixListener
+	uid      int
+	logger   *slog.Logger
+	activity func()
+	// frameTimeout is frameTimeout; tests shorten it.
+	frameTimeout time.Duration
+}
+
+// newGuardedListener wraps ln; activity must not block.
+func newGuardedListener(ln *net.UnixListener, logger *slog.Logger, activity func()) *guardedListener {
+	return &guardedListener{UnixListener: ln, uid: os.Getuid(), logger: logger, activity: activity, frameTimeout: frameTimeout}
+}
+
+// Accept returns the next connection of a peer of the server's uid.
+func (l *guardedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			return nil, err
+		}
+		l.activity()
+		uid, err := peerUID(c)
+		if err != nil || uid != l.uid {
+			l.logger.Warn("refusing a connection to the shim's socket", "peer_uid", uid, "want_uid", l.uid, "error", err)
+			c.Close()
+			continue
+		}
+		return &frameConn{UnixConn: c, activity: l.activity, timeout: l.frameTimeout}, nil
+	}
+}
+
+// peerUID is the uid of the process at the other end of c.
+func peerUID(c *net.UnixConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return -1, err
+	}
+	if cerr != nil {
+		return -1, cerr
+	}
+	return int(cred.Uid), nil
+}
+
+// errFrameTooLarge ends a connection whose peer declared a frame above
+// maxFrame.
+var errFrameTooLarge = errors.New("ttrpc frame larger than 4 MiB")
+
+// frameConn hands ttrpc whole frames only. ttrpc allocates a frame's buffer
+// from the length in its header, before any of its bytes arrived, and keeps
+// it (in a pool) afterwards: a peer that declares 4 MiB and sends nothing
+// more made the shim hold 4 MiB per connection for as long as it liked.
+// frameConn reads each frame itself first, growing its buffer only as bytes
+// come, within frameTimeout of its first byte, and refuses frames above
+// maxFrame. So what a connection makes the shim hold is what it sent, for
+// at most frameTimeout per frame.
+//
+// Read is called by ttrpc's one reader goroutine of the connection, never
+// concurrently; pending is owned by it.
+type frameConn struct {
+	*net.UnixConn
+	activity func()
+	timeout  time.Duration // from a frame's first byte to its last
+	// pending is the rest of the frame being handed to ttrpc.
+	pending []byte
+}
+
+// Read returns bytes of the current frame, reading the next whole frame
+// first when the current one is done.
+func (c *frameConn) Read(p []byte) (int, error) {
+	if len(c.pending) == 0 {
+		c.pending = nil
+		if err := c.fill(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, c.pending)
+	c.pending = c.pending[n:]
+	return n, nil
+}
+
+// fill reads the next whole frame into pending.
+func (c *frameConn) fill() error {
+	var first [1]byte
+	// Between frames: no deadline, containerd's connections idle.
+	if _, err := io.ReadFull(c.UnixConn, first[:]); err != nil {
+		return err
+	}
+	if err := c.SetReadDeadline(time.Now().Add(c.timeout)); err != nil {
+		return err
+	}
+	buf := make([]byte, frameHeader, frameHeader+frameChunk)
+	buf[0] = first[0]
+	if _, err := io.ReadFull(c.UnixConn, buf[1:]); err != nil {
+		return fmt.Errorf("ttrpc frame header: %w", err)
+	}
+	length := int(binary.BigEndian.Uint32(buf[:4]))
+	if length > maxFrame {
+		return fmt.Errorf("%w: %d bytes", errFrameTooLarge, length)
+	}
+	for got := 0; got < length; {
+		want := min(length-got, frameChunk)
+		buf = slices.Grow(buf, want)
+		n, err := c.UnixConn.Read(buf[len(buf) : len(buf)+want])
+		buf = buf[:len(buf)+n]
+		got += n
+		if err != nil {
+			return fmt.Errorf("ttrpc frame of %d bytes after %d: %w", length, got, err)
+		}
+	}
+	if err := c.SetReadDeadline(time.Time{}); err != nil {
+		return err
+	}
+	c.pending = buf
+	return nil
+}
+
+// Close closes the connection and tells of the activity.
+func (c *frameConn) Close() error {
+	err := c.UnixConn.Close()
+	c.activity()
+	return err
+}

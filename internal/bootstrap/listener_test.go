@@ -1,0 +1,102 @@
+package bootstrap
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tether-shim/tether/internal/testutil"
+)
+
+// framePair is a frameConn over one end of a unix socket pair and the
+// other end, as the peer.
+func framePair(t *testing.T) (*frameConn, *net.UnixConn, *atomic.Int32) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var activity atomic.Int32
+	_, logger := testutil.NewLog(t)
+	gl := newGuardedListener(ln, logger, func() { activity.Add(1) })
+	gl.frameTimeout = 100 * time.Millisecond
+	c, err := gl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); peer.Close() })
+	return c.(*frameConn), peer, &activity
+}
+
+func testFrame(length uint32, body []byte) []byte {
+	b := make([]byte, frameHeader)
+	binary.BigEndian.PutUint32(b, length)
+	binary.BigEndian.PutUint32(b[4:], 1)
+	b[8] = 1
+	return append(b, body...)
+}
+
+// TestFrameConnPassesFrames: whole frames, written in pieces, reach the
+// reader byte for byte.
+func TestFrameConnPassesFrames(t *testing.T) {
+	c, peer, activity := framePair(t)
+	big := bytes.Repeat([]byte("x"), 3*frameChunk+17)
+	want := append(append(testFrame(5, []byte("hello")), testFrame(0, nil)...), testFrame(uint32(len(big)), big)...)
+	go func() {
+		for rest := want; len(rest) > 0; {
+			n := min(len(rest), 1000)
+			peer.Write(rest[:n])
+			rest = rest[n:]
+		}
+	}()
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("the frames came out changed")
+	}
+	if activity.Load() == 0 {
+		t.Error("Accept did not tell of the activity")
+	}
+}
+
+// TestRegressionFrameLengthHeldMemory: ttrpc allocated a frame's buffer
+// from its declared length before its bytes came, and a peer declaring
+// 4 MiB made the shim hold it for as long as the peer kept the connection.
+// Now a frame above 4 MiB ends the connection at once, and one that stalls
+// ends it after frameTimeout, holding only what was sent.
+func TestRegressionFrameLengthHeldMemory(t *testing.T) {
+	c, peer, _ := framePair(t)
+	if _, err := peer.Write(testFrame(maxFrame+1, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Read(make([]byte, 4096)); !errors.Is(err, errFrameTooLarge) {
+		t.Fatalf("a frame above 4 MiB: Read = %v, want errFrameTooLarge", err)
+	}
+
+	c2, peer2, _ := framePair(t)
+	if _, err := peer2.Write(testFrame(maxFrame, []byte("only this"))); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c2.Read(make([]byte, 4096))
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("a stalled frame: Read = %v, want a timeout", err)
+	}
+	if c2.pending != nil {
+		t.Fatalf("a stalled frame left %d bytes pending", len(c2.pending))
+	}
+}

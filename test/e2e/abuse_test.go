@@ -1,0 +1,304 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
+	apitypes "github.com/containerd/containerd/api/types"
+	"github.com/containerd/ttrpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// stressScale multiplies the amount of abuse: 1 in `make test`,
+// TETHER_STRESS_SCALE (make stress sets 10) otherwise.
+func stressScale(t *testing.T) int {
+	t.Helper()
+	s := os.Getenv("TETHER_STRESS_SCALE")
+	if s == "" {
+		return 1
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		t.Fatalf("TETHER_STRESS_SCALE=%q: want a positive integer", s)
+	}
+	return n
+}
+
+// memKB reads Rss and Anonymous (kB) of pid from smaps_rollup.
+func memKB(t *testing.T, pid int) (rss, anon int) {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 {
+			continue
+		}
+		n, _ := strconv.Atoi(fields[1])
+		switch fields[0] {
+		case "Rss:":
+			rss = n
+		case "Anonymous:":
+			anon = n
+		}
+	}
+	return rss, anon
+}
+
+// frame is one ttrpc message as it goes on the wire: a 10-byte header
+// (length, stream id, type, flags; big-endian) and the payload.
+func frame(length uint32, stream uint32, typ, flags byte, payload []byte) []byte {
+	b := make([]byte, 10, 10+len(payload))
+	binary.BigEndian.PutUint32(b[0:], length)
+	binary.BigEndian.PutUint32(b[4:], stream)
+	b[8], b[9] = typ, flags
+	return append(b, payload...)
+}
+
+// abuseConn dials path, writes data, reads whatever comes back for a
+// moment, and hangs up. It reports whether the shim answered anything.
+func abuseConn(path string, data []byte) (answered bool, err error) {
+	c, err := net.DialTimeout("unix", path, 5*time.Second)
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write(data); err != nil {
+		return false, nil // the shim hung up first: fine
+	}
+	buf := make([]byte, 512)
+	n, _ := c.Read(buf)
+	return n > 0, nil
+}
+
+// TestTTRPCAbuse drives a running shim with what a hostile or broken peer
+// sends over its socket: raw garbage, frames with lying or huge lengths,
+// requests to unknown services and methods, random payloads for every task
+// method, and hostile but well-formed Creates and Execs (ids with "..", NUL
+// and 10 kB lengths, bundles and stdio outside, at directories, sockets and
+// symlinks, garbage Anys), over hundreds of connections, some at once.
+// The shim must neither crash nor hang, accept none of the hostile
+// requests, keep serving its container, and give the memory back: its
+// anonymous memory once idle again within 1 MiB of before.
+func TestTTRPCAbuse(t *testing.T) {
+	scale := stressScale(t)
+	forEachVersion(t, "abuse", func(t *testing.T, d *daemon, ns string) {
+		d.runDetached(t, ns, "a1")
+		s := d.shimOf(t, ns, "a1")
+		client := dialShim(t, s.path)
+		call := func(f func(ctx context.Context) error) error {
+			ctx, cancel := nsContext(ns)
+			defer cancel()
+			return f(ctx)
+		}
+		state := func() error {
+			return call(func(ctx context.Context) error {
+				_, err := client.State(ctx, &taskapi.StateRequest{ID: "a1"})
+				return err
+			})
+		}
+		if err := state(); err != nil {
+			t.Fatalf("State before: %v", err)
+		}
+		time.Sleep(3 * time.Second) // idle: the trimmer has run
+		rss0, anon0 := memKB(t, s.pid)
+
+		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+		randBytes := func(n int) []byte {
+			b := make([]byte, n)
+			for i := range b {
+				b[i] = byte(rng.IntN(256))
+			}
+			return b
+		}
+		methods := []string{"State", "Create", "Start", "Delete", "Pids", "Pause", "Resume", "Checkpoint", "Kill",
+			"Exec", "ResizePty", "CloseIO", "Update", "Wait", "Stats", "Connect", "Nope", ""}
+		request := func(service, method string, payload []byte) []byte {
+			req, err := proto.Marshal(&ttrpc.Request{Service: service, Method: method, Payload: payload,
+				TimeoutNano: int64(time.Second),
+				Metadata:    []*ttrpc.KeyValue{{Key: nsHeader, Value: ns}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return req
+		}
+
+		// Each connection gets one kind of abuse; 40 of them at a time.
+		var conns [][]byte
+		for range 100 * scale {
+			conns = append(conns, randBytes(rng.IntN(4096)))                                               // garbage
+			conns = append(conns, frame(1<<31, 1, 1, 0, randBytes(64)))                                    // a 2 GiB frame, never sent
+			conns = append(conns, frame(5<<20, 1, 1, 0, nil))                                              // above ttrpc's 4 MiB limit
+			conns = append(conns, frame(100, 2, 1, 0, randBytes(100)))                                     // an even stream id
+			conns = append(conns, frame(100, 1, byte(rng.IntN(256)), byte(rng.IntN(256)), randBytes(100))) // any type and flags
+			m := methods[rng.IntN(len(methods))]
+			svc := []string{"containerd.task.v2.Task", "containerd.task.v3.Task", "x.y.Z"}[rng.IntN(3)]
+			p := request(svc, m, randBytes(rng.IntN(512)))
+			conns = append(conns, frame(uint32(len(p)), 1, 1, 0, p))
+		}
+		var (
+			wg      sync.WaitGroup
+			mu      sync.Mutex
+			dialErr error
+			sem     = make(chan struct{}, 40)
+		)
+		start := time.Now()
+		for _, data := range conns {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				if _, err := abuseConn(s.path, data); err != nil {
+					mu.Lock()
+					dialErr = err
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if dialErr != nil {
+			t.Errorf("the shim stopped accepting connections: %v", dialErr)
+		}
+		t.Logf("%d abusive connections in %v", len(conns), time.Since(start).Round(time.Millisecond))
+
+		// Hostile but well-formed requests: every one refused.
+		outside := t.TempDir()
+		dir := filepath.Join(outside, "dir")
+		link := filepath.Join(outside, "link")
+		sock := filepath.Join(outside, "sock")
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("/etc/passwd", link); err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		bundle := d.bundle(ns, "a1")
+		other := filepath.Join(filepath.Dir(bundle), "hostile1")
+		hostile := []struct {
+			what string
+			req  *taskapi.CreateTaskRequest
+		}{
+			{"id with ..", &taskapi.CreateTaskRequest{ID: "..", Bundle: filepath.Join(filepath.Dir(bundle), "..")}},
+			{"id with NUL", &taskapi.CreateTaskRequest{ID: "a\x00b", Bundle: bundle}},
+			{"10 kB id", &taskapi.CreateTaskRequest{ID: strings.Repeat("a", 10<<10), Bundle: bundle}},
+			{"bundle outside", &taskapi.CreateTaskRequest{ID: "hostile1", Bundle: filepath.Join(outside, "hostile1")}},
+			{"bundle with ..", &taskapi.CreateTaskRequest{ID: "hostile1", Bundle: filepath.Dir(bundle) + "/../hostile1"}},
+			{"stdin a directory", &taskapi.CreateTaskRequest{ID: "hostile1", Bundle: other, Stdin: dir}},
+			{"stdout a socket", &taskapi.CreateTaskRequest{ID: "hostile1", Bundle: other, Stdout: sock}},
+			{"stdout a symlink", &taskapi.CreateTaskRequest{ID: "hostile1", Bundle: other, Stdout: link}},
+			{"stdout relative", &taskapi.CreateTaskRequest{ID: "hostile1", Bundle: other, Stdout: "../out"}},
+			{"stdout a host", &taskapi.CreateTaskRequest{ID: "hostile1", Bundle: other, Stdout: "file://host/x"}},
+			{"garbage options", &taskapi.CreateTaskRequest{ID: "hostile1", Bundle: other, Options: &anypb.Any{TypeUrl: "containerd.runc.v1.Options", Value: randBytes(64)}}},
+			{"unknown options", &taskapi.CreateTaskRequest{ID: "hostile1", Bundle: other, Options: &anypb.Any{TypeUrl: "x.y", Value: []byte("z")}}},
+			{"huge rootfs list", &taskapi.CreateTaskRequest{ID: "hostile1", Bundle: other, Rootfs: hugeMounts(5000)}},
+		}
+		spec, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(other, 0o711); err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(other)
+		if err := os.WriteFile(filepath.Join(other, "config.json"), spec, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		accepted := 0
+		for _, h := range hostile {
+			err := call(func(ctx context.Context) error { _, err := client.Create(ctx, h.req); return err })
+			if err == nil {
+				accepted++
+				t.Errorf("hostile Create (%s) was accepted", h.what)
+				_ = call(func(ctx context.Context) error {
+					_, _ = client.Kill(ctx, &taskapi.KillRequest{ID: h.req.ID, Signal: 9})
+					_, err := client.Delete(ctx, &taskapi.DeleteRequest{ID: h.req.ID})
+					return err
+				})
+				continue
+			}
+			expectCode(t, "hostile Create ("+h.what+")", err, codes.InvalidArgument, codes.NotFound, codes.FailedPrecondition, codes.ResourceExhausted)
+		}
+		for _, e := range []struct{ what, id, stdout string }{
+			{"exec id with ..", "..", ""},
+			{"exec stdout a socket", "x1", sock},
+			{"exec 10 kB id", strings.Repeat("e", 10<<10), ""},
+		} {
+			err := call(func(ctx context.Context) error {
+				_, err := client.Exec(ctx, &taskapi.ExecProcessRequest{ID: "a1", ExecID: e.id, Stdout: e.stdout,
+					Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: []byte(`{"args":["/bin/true"],"cwd":"/"}`)}})
+				if err == nil {
+					_, err = client.Start(ctx, &taskapi.StartRequest{ID: "a1", ExecID: e.id})
+				}
+				return err
+			})
+			if err == nil {
+				accepted++
+				t.Errorf("hostile Exec (%s) was accepted", e.what)
+				continue
+			}
+			expectCode(t, "hostile Exec ("+e.what+")", err, codes.InvalidArgument, codes.NotFound, codes.FailedPrecondition)
+		}
+
+		// Still the same shim, still serving its container.
+		if !alive(s.pid) {
+			crash, _ := os.ReadFile(filepath.Join(bundle, "tether-crash.log"))
+			t.Fatalf("the shim %d died; its crash log:\n%s", s.pid, crash)
+		}
+		if err := state(); err != nil {
+			t.Fatalf("State after the abuse: %v", err)
+		}
+		var rss1, anon1 int
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			time.Sleep(3 * time.Second)
+			if !alive(s.pid) {
+				crash, _ := os.ReadFile(filepath.Join(bundle, "tether-crash.log"))
+				t.Fatalf("the shim %d died once idle; its crash log:\n%s", s.pid, crash)
+			}
+			rss1, anon1 = memKB(t, s.pid)
+			if anon1 <= anon0+1024 || time.Now().After(deadline) {
+				break
+			}
+		}
+		t.Logf("shim %d: RSS %d -> %d kB, anonymous %d -> %d kB; %d hostile requests accepted", s.pid, rss0, rss1, anon0, anon1, accepted)
+		if anon1 > anon0+1024 {
+			t.Errorf("the shim holds %d kB anonymous memory once idle after the abuse, %d kB more than before (limit 1024)", anon1, anon1-anon0)
+		}
+		if _, err := os.Stat(filepath.Join(outside, "hostile1")); err == nil {
+			t.Error("a hostile Create made a bundle outside")
+		}
+	})
+}
+
+// hugeMounts is a rootfs list of n overlay mounts with long options.
+func hugeMounts(n int) []*apitypes.Mount {
+	ms := make([]*apitypes.Mount, n)
+	for i := range ms {
+		ms[i] = &apitypes.Mount{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=" + strings.Repeat("/l", 100)}}
+	}
+	return ms
+}
