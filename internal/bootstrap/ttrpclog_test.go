@@ -68,7 +68,9 @@ func TestRegressionTTRPCWarningsLost(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	served := make(chan error, 1)
-	go func() { served <- serveTTRPC(ctx, server, newGuardedListener(ln.(*net.UnixListener), logger, func() {}), logger) }()
+	go func() {
+		served <- serveTTRPC(ctx, server, newGuardedListener(ln.(*net.UnixListener), logger, func() {}), logger)
+	}()
 	defer func() {
 		server.Close()
 		<-served
