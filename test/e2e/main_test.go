@@ -58,6 +58,7 @@ var (
 	shimDir        string // directory put first on containerd's PATH
 	rootfsDir      string // busybox rootfs for ctr run --rootfs
 	imageTar       string // OCI image layout tarball of the same rootfs
+	pauseTar       string // the CRI sandbox image pauseImage: the same rootfs running sleep
 	versions       []*cdVersion
 	runcs          []*runcBin // the first is the one of the plain version subtests
 	daemons        = map[string]*daemon{}
@@ -205,6 +206,12 @@ func setup(tmp string) error {
 	imageTar = filepath.Join(tmp, "busybox-oci.tar")
 	if err := testkit.BuildImageTar(rootfsDir, imageTar, imageName, imageMarker, "tether e2e: busybox rootfs"); err != nil {
 		return fmt.Errorf("OCI image: %w", err)
+	}
+	pauseTar = filepath.Join(tmp, "pause-oci.tar")
+	// Killed by the CRI plugin with SIGKILL when the pod stops, like the real pause.
+	if err := testkit.BuildImageTarCmd(rootfsDir, pauseTar, pauseImage, "tether e2e pause image", "tether e2e: busybox sleep as pause",
+		[]string{"/bin/sleep", "2147483647"}); err != nil {
+		return fmt.Errorf("pause image: %w", err)
 	}
 	return nil
 }
