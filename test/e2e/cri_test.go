@@ -84,9 +84,6 @@ func getCRIDaemon(t *testing.T, v *cdVersion) *criDaemon {
 	if st, err := os.Stat(crictlPath()); err != nil || st.Mode()&0o111 == 0 {
 		t.Fatalf("crictl %s is missing (run scripts/install-deps.sh): %v", crictlPath(), err)
 	}
-	if !isTether() {
-		t.Fatalf("the CRI tests configure Tether as the runtime; %s=%s is not supported by them", envRuntime, runtimeName)
-	}
 	name, tag := "cri-"+v.name, "cri"+v.tag
 	cd := criDaemons[v.name]
 	if cd == nil {
@@ -94,6 +91,9 @@ func getCRIDaemon(t *testing.T, v *cdVersion) *criDaemon {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// To check the tests against another shim (TETHER_E2E_RUNTIME), the
+		// runtime named tether gets that shim's runtime type.
+		snippet = []byte(strings.ReplaceAll(string(snippet), fmt.Sprintf("runtime_type = %q", tetherRuntime), fmt.Sprintf("runtime_type = %q", runtimeName)))
 		optsDir := filepath.Join(libBase, tag+"-opts")
 		d := &daemon{
 			Daemon: testkit.Daemon{
@@ -429,8 +429,8 @@ func TestCRIPod(t *testing.T) {
 		if h != criRuntime {
 			t.Errorf("pod runtime handler %v, want %s", h, criRuntime)
 		}
-		if rt := jsonPath(insp, "info", "runtimeType"); rt != tetherRuntime {
-			t.Errorf("pod runtime type %v, want %s", rt, tetherRuntime)
+		if rt := jsonPath(insp, "info", "runtimeType"); rt != runtimeName {
+			t.Errorf("pod runtime type %v, want %s", rt, runtimeName)
 		}
 		sb := cd.shimOf(t, criNamespace, pod)
 
@@ -454,7 +454,7 @@ func TestCRIPod(t *testing.T) {
 					t.Errorf("container %.12s: bootstrap.json has version %d address %q; want 3 and the sandbox shim's %s", id, version, address, sb.address)
 				}
 				t.Logf("container %.12s: containerd %s skipped start (bootstrap.json version %d)", id, cd.v.name, version)
-			case cd.v.major >= 2:
+			case cd.v.major >= 2 && isTether():
 				t.Errorf("container %.12s: no bootstrap.json; containerd %s runs start for pod containers only when the sandbox's shim answered a version below 3, and Tether answers 3", id, cd.v.name)
 			case skipped:
 				t.Errorf("container %.12s: containerd %s wrote a bootstrap.json (version %d)", id, cd.v.name, version)
@@ -673,4 +673,78 @@ func TestCRIConfigInReadme(t *testing.T) {
 			t.Errorf("README.md does not contain %s verbatim:\n%s", criConfigFile(major), snippet)
 		}
 	}
+}
+
+// What a pod meets besides the happy path: a container that exits by itself
+// (exit code and reason), one OOM-killed under its memory limit (reason
+// OOMKilled), a containerd restart while the pod runs (CRI reconnects to
+// the pod's shim and can still exec and stop), and stopp with containers
+// still running (they are killed) followed by rmp: nothing is left.
+func TestCRIPodEdges(t *testing.T) {
+	forEachCRIVersion(t, func(t *testing.T, cd *criDaemon) {
+		socketsBefore := socketDirEntries()
+		p := cd.newPod(t, "edges-"+cd.v.tag)
+		pod := cd.runPod(t, p, criRuntime)
+		sb := cd.shimOf(t, criNamespace, pod)
+
+		// A container that exits 3 by itself.
+		exiter := cd.createStartAny(t, pod, p, "exiter", nil, "/bin/sh", "-c", "echo bye; exit 3")
+		st := cd.waitContainerState(t, exiter, "CONTAINER_EXITED")
+		if code := jsonUint(st["exitCode"]); code != 3 || st["reason"] != "Error" {
+			t.Errorf("a container that exits 3: exit code %d reason %v, want 3 and Error (status %v)", code, st["reason"], st)
+		}
+
+		// OOM: 32 MiB limit, a 256 MiB buffer.
+		oom := cd.createStartAny(t, pod, p, "oom", map[string]any{"memory_limit_in_bytes": 32 << 20},
+			"/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1")
+		st = cd.waitContainerState(t, oom, "CONTAINER_EXITED")
+		if code := jsonUint(st["exitCode"]); code != 137 || st["reason"] != "OOMKilled" {
+			t.Errorf("an OOM-killed container: exit code %d reason %v, want 137 and OOMKilled (status %v)", code, st["reason"], st)
+		}
+
+		// Two long-running containers, then a containerd restart.
+		a := cd.createStart(t, pod, p, "a", "/bin/sleep", "1000000")
+		b := cd.createStart(t, pod, p, "b", "/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done")
+		cd.restart(t)
+		cd.waitContainerState(t, a, "CONTAINER_RUNNING")
+		if insp := cd.crictlJSON(t, "inspectp", "-o", "json", pod); jsonPath(insp, "status", "state") != "SANDBOX_READY" {
+			t.Fatalf("after a containerd restart the pod is %v, want SANDBOX_READY", jsonPath(insp, "status", "state"))
+		}
+		if out := cd.mustCrictl(t, "exec", a, "/bin/echo", "after-restart"); out != "after-restart\n" {
+			t.Errorf("exec after a containerd restart: %q", out)
+		}
+		if shims := cd.podShims(); len(shims) != 1 || shims[0].Pid != sb.pid {
+			t.Errorf("after a containerd restart, shims %v; want only the pod's %d", shims, sb.pid)
+		}
+
+		// stopp with a and b running: CRI stops them (b ignores SIGTERM).
+		cd.mustCrictl(t, "stopp", pod)
+		for _, id := range []string{a, b} {
+			st := cd.waitContainerState(t, id, "CONTAINER_EXITED")
+			t.Logf("container %.12s after stopp: exit code %v reason %v", id, st["exitCode"], st["reason"])
+		}
+		cd.mustCrictl(t, "rmp", pod)
+		cd.assertPodGone(t, p, sb, socketsBefore, pod, exiter, oom, a, b)
+	})
+}
+
+// createStartAny is createStart without waiting for RUNNING (the container
+// may have exited by then), with the resources of the container's linux section.
+func (cd *criDaemon) createStartAny(t *testing.T, pod string, p criPod, name string, resources map[string]any, command ...string) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), name+".json")
+	linux := map[string]any{}
+	if resources != nil {
+		linux["resources"] = resources
+	}
+	writeJSON(t, file, map[string]any{
+		"metadata": map[string]any{"name": name},
+		"image":    map[string]any{"image": imageName},
+		"command":  command,
+		"log_path": name + ".log",
+		"linux":    linux,
+	})
+	id := strings.TrimSpace(cd.mustCrictl(t, "create", pod, file, p.file))
+	cd.mustCrictl(t, "start", id)
+	return id
 }
