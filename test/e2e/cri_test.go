@@ -395,6 +395,18 @@ func forEachCRIVersion(t *testing.T, f func(t *testing.T, cd *criDaemon)) {
 				if t.Failed() {
 					t.Log(cd.LogTail(off, 200))
 				}
+				// What a failed test may have left: pods (each test removes
+				// its own in cleanup too), then stale shim sockets.
+				if cd.Running() {
+					cd.runCrictl(t, "rmp", "--all", "--force")
+				}
+				for _, path := range cd.sockets[criNamespace] {
+					for deadline := time.Now().Add(5 * time.Second); len(listeners(path)) > 0 && time.Now().Before(deadline); {
+						time.Sleep(50 * time.Millisecond)
+					}
+					removeStaleSocket(path)
+				}
+				delete(cd.sockets, criNamespace)
 			})
 			f(t, cd)
 		})
@@ -562,7 +574,8 @@ func (cd *criDaemon) waitLog(t *testing.T, p criPod, name, want string) {
 			if !line.MatchString(l) {
 				return false, fmt.Sprintf("a line not in CRI log format: %q", l)
 			}
-			if strings.HasSuffix(l, " "+want) {
+			// A terminal's lines end in \r\n.
+			if strings.HasSuffix(strings.TrimSuffix(l, "\r"), " "+want) {
 				return true, ""
 			}
 		}
@@ -702,6 +715,30 @@ func TestCRIPodEdges(t *testing.T) {
 			t.Errorf("an OOM-killed container: exit code %d reason %v, want 137 and OOMKilled (status %v)", code, st["reason"], st)
 		}
 
+		// A shell with stdin and a terminal, driven through crictl attach -it.
+		sh := cd.createStartCfg(t, pod, p, "attached", map[string]any{"stdin": true, "tty": true}, nil, "/bin/sh")
+		tp := startBinOnPty(t, 33, 97, crictlPath(), []string{"--config", cd.crictlConfig, "attach", "-it", sh}, "crictl attach -it")
+		// The prompt was printed before attach; a newline asks for another.
+		for deadline := time.Now().Add(60 * time.Second); !strings.Contains(tp.since(0), "# "); {
+			tp.send(t, "\r")
+			time.Sleep(time.Second)
+			if time.Now().After(deadline) {
+				t.Fatalf("no prompt through crictl attach -it within 60s; output %q", tp.since(0))
+			}
+		}
+		mark := tp.mark()
+		tp.send(t, "echo attached-$((40+2)); stty size\r")
+		tp.waitOutput(t, 30*time.Second, "the attached shell to run the command on a 33x97 terminal", mark, func(s string) bool {
+			return hasLine(s, "attached-42") && hasLine(s, "33 97")
+		})
+		tp.send(t, "exit 5\r")
+		tp.wait(t, 60*time.Second)
+		st = cd.waitContainerState(t, sh, "CONTAINER_EXITED")
+		if code := jsonUint(st["exitCode"]); code != 5 {
+			t.Errorf("the attached shell exited 5: exit code %d (status %v)", code, st)
+		}
+		cd.waitLog(t, p, "attached", "stdout F attached-42")
+
 		// Two long-running containers, then a containerd restart.
 		a := cd.createStart(t, pod, p, "a", "/bin/sleep", "1000000")
 		b := cd.createStart(t, pod, p, "b", "/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done")
@@ -732,18 +769,28 @@ func TestCRIPodEdges(t *testing.T) {
 // may have exited by then), with the resources of the container's linux section.
 func (cd *criDaemon) createStartAny(t *testing.T, pod string, p criPod, name string, resources map[string]any, command ...string) string {
 	t.Helper()
+	return cd.createStartCfg(t, pod, p, name, nil, resources, command...)
+}
+
+// createStartCfg is createStartAny with extra top-level fields of the container config.
+func (cd *criDaemon) createStartCfg(t *testing.T, pod string, p criPod, name string, extra, resources map[string]any, command ...string) string {
+	t.Helper()
 	file := filepath.Join(t.TempDir(), name+".json")
 	linux := map[string]any{}
 	if resources != nil {
 		linux["resources"] = resources
 	}
-	writeJSON(t, file, map[string]any{
+	cfg := map[string]any{
 		"metadata": map[string]any{"name": name},
 		"image":    map[string]any{"image": imageName},
 		"command":  command,
 		"log_path": name + ".log",
 		"linux":    linux,
-	})
+	}
+	for k, v := range extra {
+		cfg[k] = v
+	}
+	writeJSON(t, file, cfg)
 	id := strings.TrimSpace(cd.mustCrictl(t, "create", pod, file, p.file))
 	cd.mustCrictl(t, "start", id)
 	return id

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -267,6 +268,23 @@ func forEachVersion(t *testing.T, short string, f func(t *testing.T, d *daemon, 
 	}
 }
 
+// forEachVersionFirstRunc is forEachVersion with the first runc of
+// TETHER_E2E_RUNC only. It is for the stdio volume tests (TestStdoutGiB,
+// TestHundredLines): they take about 35 s and 18 s per subtest, 70% of the
+// suite with two runcs, and what they load is the shim's data path, which
+// runc is not on once it has created the process (the shim passes the fds).
+// Every runc still runs each create, start, exec, kill, tty, update, pause,
+// OOM and delete test.
+func forEachVersionFirstRunc(t *testing.T, short string, f func(t *testing.T, d *daemon, ns string)) {
+	t.Helper()
+	if len(versions) == 0 {
+		t.Fatal("no containerd versions selected")
+	}
+	for _, v := range versions {
+		forOne(t, short, v, runcs[0], f)
+	}
+}
+
 // forOne is the subtest of forEachVersion for v and r.
 func forOne(t *testing.T, short string, v *cdVersion, r *runcBin, f func(t *testing.T, d *daemon, ns string)) {
 	t.Helper()
@@ -372,7 +390,35 @@ func globalCleanup() {
 			}
 		}
 	}
+	removeCRIRuncState()
 	// Keep the logs of the last run for a post-mortem; remove the rest.
 	testkit.RemoveBases(runBase, libBase)
 	testkit.RemoveCgroups("e2e-")
+}
+
+// removeCRIRuncState removes runc's state of the CRI tests' containers from
+// /run/containerd/runc/k8s.io, the namespace a real CRI shares: only those
+// whose cgroup is below /e2e-cri-.
+func removeCRIRuncState() {
+	dir := filepath.Join("/run/containerd/runc", criNamespace)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		data, err := os.ReadFile(filepath.Join(dir, e.Name(), "state.json"))
+		if err != nil {
+			continue
+		}
+		var st struct {
+			Config struct {
+				Cgroups struct {
+					Path string `json:"path"`
+				} `json:"cgroups"`
+			} `json:"config"`
+		}
+		if json.Unmarshal(data, &st) == nil && strings.HasPrefix(st.Config.Cgroups.Path, "/e2e-cri-") {
+			_ = os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
+	}
 }
