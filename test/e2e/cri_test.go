@@ -357,15 +357,22 @@ func (cd *criDaemon) podShims() []testkit.Proc {
 	return out
 }
 
-// bootstrapOf reads <bundle>/bootstrap.json, which containerd 2.x writes
-// into a pod container's bundle when it skips the shim's start (the
-// sandbox's shim answered version 3) and connects to the sandbox's shim
-// directly. ok is false if there is none.
-func (cd *criDaemon) bootstrapOf(t *testing.T, id string) (version int, address string, ok bool) {
+// bootstrapOf reads what containerd 2.x wrote into the bundle of
+// container id: bootstrap.json (how to reach its shim: the answer of the
+// shim's start, or the sandbox's if start was skipped) and the file
+// sandbox, which it writes only when it skips the shim's start because the
+// sandbox's shim answered version 3 (it then connects the container to the
+// sandbox's shim directly). 1.x writes neither.
+func (cd *criDaemon) bootstrapOf(t *testing.T, id string) (version int, address, sandbox string, hasBootstrap bool) {
 	t.Helper()
+	if data, err := os.ReadFile(filepath.Join(cd.bundle(criNamespace, id), "sandbox")); err == nil {
+		sandbox = string(data)
+	} else if !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
 	data, err := os.ReadFile(filepath.Join(cd.bundle(criNamespace, id), "bootstrap.json"))
 	if os.IsNotExist(err) {
-		return 0, "", false
+		return 0, "", sandbox, false
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -378,7 +385,7 @@ func (cd *criDaemon) bootstrapOf(t *testing.T, id string) (version int, address 
 	if err := json.Unmarshal(data, &b); err != nil {
 		t.Fatalf("bootstrap.json of %.12s: %v: %q", id, err, data)
 	}
-	return b.Version, b.Address, true
+	return b.Version, b.Address, sandbox, true
 }
 
 // forEachCRIVersion runs f as a subtest per containerd version against its CRI daemon.
@@ -457,21 +464,31 @@ func TestCRIPod(t *testing.T) {
 			t.Fatalf("shim processes of this containerd: %v; want only the pod's, %d", shims, sb.pid)
 		}
 		for _, id := range []string{term, stubborn} {
-			version, address, skipped := cd.bootstrapOf(t, id)
+			version, address, sandbox, hasBootstrap := cd.bootstrapOf(t, id)
+			t.Logf("container %.12s: bootstrap.json %v (version %d, address %s), sandbox file %q", id, hasBootstrap, version, address, sandbox)
 			switch {
-			case cd.v.major >= 2 && skipped:
-				// The sandbox's shim answered version 3: containerd did not
-				// run `start` and connects to the sandbox's socket directly.
-				if version != 3 || address != sb.address {
-					t.Errorf("container %.12s: bootstrap.json has version %d address %q; want 3 and the sandbox shim's %s", id, version, address, sb.address)
+			case cd.v.major == 1:
+				if hasBootstrap || sandbox != "" {
+					t.Errorf("container %.12s: containerd %s wrote bootstrap.json (%v) or sandbox (%q)", id, cd.v.name, hasBootstrap, sandbox)
 				}
-				t.Logf("container %.12s: containerd %s skipped start (bootstrap.json version %d)", id, cd.v.name, version)
-			case cd.v.major >= 2 && isTether():
-				t.Errorf("container %.12s: no bootstrap.json; containerd %s runs start for pod containers only when the sandbox's shim answered a version below 3, and Tether answers 3", id, cd.v.name)
-			case skipped:
-				t.Errorf("container %.12s: containerd %s wrote a bootstrap.json (version %d)", id, cd.v.name, version)
+			case isTether():
+				// Tether answered the sandbox's start with version 3:
+				// containerd skips start and uses the sandbox's shim.
+				if sandbox != pod || version != 3 || address != sb.address {
+					t.Errorf("container %.12s: sandbox file %q, bootstrap.json version %d address %q; want %s, 3 and the sandbox shim's %s (start skipped)",
+						id, sandbox, version, address, pod, sb.address)
+				}
+			case version >= 3:
+				if sandbox != pod {
+					t.Errorf("container %.12s: bootstrap.json version %d but sandbox file %q, want %s", id, version, sandbox, pod)
+				}
 			default:
-				// containerd 1.x ran `start`, which found the pod's shim by the
+				if sandbox != "" {
+					t.Errorf("container %.12s: bootstrap.json version %d (start was run) but sandbox file %q", id, version, sandbox)
+				}
+			}
+			if sandbox == "" {
+				// containerd ran `start`, which found the pod's shim by the
 				// io.kubernetes.cri.sandbox-id annotation.
 				if s := cd.shimOf(t, criNamespace, id); s.pid != sb.pid || s.address != sb.address {
 					t.Errorf("container %.12s: shim %d at %s; want the sandbox's, %d at %s", id, s.pid, s.address, sb.pid, sb.address)
