@@ -7,9 +7,12 @@
 #   make demo       run a container through Tether under a private containerd
 #   make lint       gofmt and go vet, in every module
 #
-# The e2e tests take TETHER_E2E_VERSIONS (e.g. 1.6,2.4.2), TETHER_E2E_RUNTIME
-# (e.g. io.containerd.runc.v2 to check the harness with containerd's own shim)
-# and TETHER_SHIM_BIN (a prebuilt shim); see test/e2e/README.md.
+# The e2e tests take TETHER_E2E_VERSIONS (e.g. 1.6,2.4.2), TETHER_E2E_RUNC
+# (runc binaries, default Debian's and /opt/tether/runc-1.5.3/bin/runc),
+# TETHER_E2E_RUNTIME (e.g. io.containerd.runc.v2 to check the harness with
+# containerd's own shim) and TETHER_SHIM_BIN (a prebuilt shim); see
+# test/e2e/README.md. The CRI tests (TestCRI*) need crictl, which `make deps`
+# builds.
 
 SHELL := /bin/bash
 GO ?= go
