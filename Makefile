@@ -8,9 +8,12 @@
 #   make lint       gofmt and go vet, in every module
 #   make fuzz       every fuzz target for FUZZTIME (30s) each
 #
-# The e2e tests take TETHER_E2E_VERSIONS (e.g. 1.6,2.4.2), TETHER_E2E_RUNTIME
-# (e.g. io.containerd.runc.v2 to check the harness with containerd's own shim)
-# and TETHER_SHIM_BIN (a prebuilt shim); see test/e2e/README.md.
+# The e2e tests take TETHER_E2E_VERSIONS (e.g. 1.6,2.4.2), TETHER_E2E_RUNC
+# (runc binaries, default Debian's and /opt/tether/runc-1.5.3/bin/runc),
+# TETHER_E2E_RUNTIME (e.g. io.containerd.runc.v2 to check the harness with
+# containerd's own shim) and TETHER_SHIM_BIN (a prebuilt shim); see
+# test/e2e/README.md. The CRI tests (TestCRI*) need crictl, which `make deps`
+# builds.
 
 SHELL := /bin/bash
 GO ?= go

@@ -2,7 +2,8 @@
 # install-deps.sh installs everything the demo, the tests and the benchmarks need:
 # Debian's containerd 1.6, runc, crun and busybox-static, and containerd 1.7, 2.2 and 2.4
 # (plus the stock containerd-shim-runc-v2 of 2.4, for bench/) built from the Go module
-# proxy into $TETHER_DEPS (default /opt/tether). It is
+# proxy into $TETHER_DEPS (default /opt/tether), plus crictl (cri-tools, for the CRI tests)
+# and a current runc (built with seccomp against Debian's libseccomp-dev). It is
 # idempotent: what is present is not rebuilt. Any failure exits non-zero.
 set -euo pipefail
 
@@ -11,6 +12,10 @@ want_apt=()
 for pair in containerd:containerd ctr:containerd runc:runc crun:crun busybox:busybox-static; do
   bin=${pair%%:*} pkg=${pair##*:}
   command -v "$bin" >/dev/null 2>&1 || want_apt+=("$pkg")
+done
+# The runc build below links libseccomp through cgo.
+for pkg in libseccomp-dev pkg-config; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || want_apt+=("$pkg")
 done
 # busybox must be the static build: the rootfs copies it as the only binary.
 if command -v busybox >/dev/null 2>&1 && ! file -L "$(command -v busybox)" 2>/dev/null | grep -q static; then
@@ -62,6 +67,29 @@ build_runc_shim() {
   )
   rm -rf "$tmp"
 }
+
+# build_crictl VERSION: builds crictl of cri-tools VERSION into $DEPS/cri-tools-VERSION/bin.
+build_crictl() {
+  local ver=$1 out=$DEPS/cri-tools-$1/bin
+  if [ -x "$out/crictl" ]; then return 0; fi
+  echo "install-deps: building crictl $ver (a minute or two)" >&2
+  mkdir -p "$out"
+  GOBIN=$out GOFLAGS= CGO_ENABLED=0 go install "sigs.k8s.io/cri-tools/cmd/crictl@v$ver"
+}
+
+# build_runc VERSION: builds runc VERSION with seccomp into $DEPS/runc-VERSION/bin, beside
+# Debian's runc 1.1.5 (the e2e tests run with both: TETHER_E2E_RUNC).
+build_runc() {
+  local ver=$1 out=$DEPS/runc-$1/bin
+  if [ -x "$out/runc" ]; then return 0; fi
+  echo "install-deps: building runc $ver (a minute or two)" >&2
+  mkdir -p "$out"
+  GOBIN=$out GOFLAGS= CGO_ENABLED=1 go install -tags seccomp "github.com/opencontainers/runc@v$ver"
+  "$out/runc" --version | grep -q "^libseccomp:" || { echo "install-deps: $out/runc has no seccomp" >&2; exit 1; }
+}
+
+build_crictl "${TETHER_CRICTL_VERSION:-1.34.0}"
+build_runc "${TETHER_RUNC_VERSION:-1.5.3}"
 
 versions=${TETHER_CONTAINERD_VERSIONS:-"1.7.35 2.2.1 2.4.2"}
 # containerd versions whose stock shim is built too (only those also in $versions).

@@ -26,6 +26,11 @@ type Daemon struct {
 	Sock       string // grpc socket; ttrpc is Sock + ".ttrpc"
 	Config     string // config file
 	LogPath    string // containerd's stdout and stderr
+	// CRIConfig, if not empty, keeps containerd's CRI plugins enabled and is
+	// appended to the config file: TOML in the config version of Major
+	// (see WriteConfig). Empty disables the CRI plugins, which keeps a
+	// daemon that needs no CRI quick to start.
+	CRIConfig string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -125,12 +130,18 @@ type Result struct {
 // WriteConfig writes the config file of d: root, state, sockets, the plugins
 // a test never needs disabled, metrics off, and debug.level set to
 // debugLevel. Major picks the config format (version 3 for containerd 2).
+// NRI is always disabled: containerd 2 would otherwise recreate the
+// host-wide /var/run/nri/nri.sock. The CRI plugins are disabled unless
+// CRIConfig is set, which is then appended.
 func (d *Daemon) WriteConfig(debugLevel string) error {
 	var b strings.Builder
 	// Plugins no test or benchmark needs. Unknown names are ignored by containerd,
 	// so the list may name plugins of other versions.
-	disabled := []string{
-		"io.containerd.grpc.v1.cri",
+	var disabled []string
+	if d.CRIConfig == "" {
+		disabled = append(disabled, "io.containerd.grpc.v1.cri")
+	}
+	disabled = append(disabled,
 		"io.containerd.nri.v1.nri",
 		"io.containerd.snapshotter.v1.btrfs",
 		"io.containerd.snapshotter.v1.zfs",
@@ -138,12 +149,16 @@ func (d *Daemon) WriteConfig(debugLevel string) error {
 		"io.containerd.snapshotter.v1.aufs",
 		"io.containerd.tracing.processor.v1.otlp",
 		"io.containerd.internal.v1.tracing",
-	}
+	)
 	if d.Major >= 2 {
+		if d.CRIConfig == "" {
+			disabled = append(disabled,
+				"io.containerd.cri.v1.images",
+				"io.containerd.cri.v1.runtime",
+				"io.containerd.podsandbox.controller.v1.podsandbox",
+			)
+		}
 		disabled = append(disabled,
-			"io.containerd.cri.v1.images",
-			"io.containerd.cri.v1.runtime",
-			"io.containerd.podsandbox.controller.v1.podsandbox",
 			"io.containerd.snapshotter.v1.erofs",
 			"io.containerd.differ.v1.erofs",
 		)
@@ -165,6 +180,10 @@ func (d *Daemon) WriteConfig(debugLevel string) error {
 	fmt.Fprintf(&b, "[debug]\n  level = %q\n\n", debugLevel)
 	b.WriteString("[metrics]\n  address = \"\"\n\n")
 	fmt.Fprintf(&b, "[plugins.\"io.containerd.internal.v1.opt\"]\n  path = %q\n", filepath.Join(d.Root, "opt"))
+	if d.CRIConfig != "" {
+		b.WriteString("\n")
+		b.WriteString(d.CRIConfig)
+	}
 	return os.WriteFile(d.Config, []byte(b.String()), 0o644)
 }
 

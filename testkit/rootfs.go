@@ -110,8 +110,14 @@ func CheckStatic(path string) error {
 // blobs/sha256/...) with one gzip layer made of rootfs plus ImageMarkerPath,
 // which holds marker and a newline. The index names the image with
 // io.containerd.image.name, which ctr image import uses as the image name;
-// createdBy is the history entry of the layer.
+// createdBy is the history entry of the layer. The image's command is /bin/sh.
 func BuildImageTar(rootfs, out, name, marker, createdBy string) error {
+	return BuildImageTarCmd(rootfs, out, name, marker, createdBy, []string{"/bin/sh"})
+}
+
+// BuildImageTarCmd is BuildImageTar with cmd as the image's command (its
+// config's Cmd; there is no Entrypoint).
+func BuildImageTarCmd(rootfs, out, name, marker, createdBy string, cmd []string) error {
 	layer, err := tarDir(rootfs, map[string]string{ImageMarkerPath: marker + "\n"})
 	if err != nil {
 		return err
@@ -133,7 +139,7 @@ func BuildImageTar(rootfs, out, name, marker, createdBy string) error {
 		"os":           "linux",
 		"config": map[string]any{
 			"Env": []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-			"Cmd": []string{"/bin/sh"},
+			"Cmd": cmd,
 		},
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{diffID}},
 		"history": []map[string]any{

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -60,6 +61,11 @@ func TestDetachedLifecycle(t *testing.T) {
 		}
 		if p, err := ppid(tk.pid); err != nil || p != s.pid {
 			t.Logf("note: the container's init %d has parent %d (err %v), the shim is %d", tk.pid, p, err, s.pid)
+		}
+		// The shim runs "runc" from its PATH: that must be the runc under test.
+		want, _ := filepath.EvalSymlinks(d.r.path)
+		if got := lookPathIn(testkit.Getenv(testkit.Environ(s.pid), "PATH"), "runc"); got != want {
+			t.Errorf("the shim's PATH finds runc at %q, want %s (%s)", got, d.r.path, want)
 		}
 		d.mustCtr(t, ns, "task", "kill", "-s", "SIGKILL", "c1")
 		d.waitStatus(t, ns, "c1", "STOPPED")
@@ -233,4 +239,19 @@ func TestImageRun(t *testing.T) {
 			return len(ps) == 0, fmt.Sprintf("shims: %v", ps)
 		})
 	})
+}
+
+// lookPathIn finds an executable name in the directories of path, following
+// symlinks; "" if there is none.
+func lookPathIn(path, name string) string {
+	for _, dir := range filepath.SplitList(path) {
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			if r, err := filepath.EvalSymlinks(p); err == nil {
+				return r
+			}
+			return p
+		}
+	}
+	return ""
 }

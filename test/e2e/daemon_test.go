@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -52,45 +53,96 @@ func lookupVersion(name string) (*cdVersion, error) {
 	return v, nil
 }
 
+// runcBin is one runc binary under test. The shim runs "runc" from its
+// PATH, which it inherits from containerd: dir, which holds a symlink runc
+// to path, comes first on the PATH of the containerd that tests it.
+type runcBin struct {
+	path    string // the binary
+	version string // from runc --version: 1.1.5+ds1, 1.5.3, ...
+	dir     string
+	suffix  string // of subtest and daemon names: "" for the default runc, else -runc<version>
+	tag     string // of paths and namespaces: "" for the default runc, else -r<version digits>
+}
+
+// newRuncBin checks path and makes dir with a runc symlink to it.
+func newRuncBin(dir, path string, isDefault bool) (*runcBin, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r := run(ctx, path, "--version")
+	first, _, _ := strings.Cut(r.stdout, "\n")
+	version, ok := strings.CutPrefix(first, "runc version ")
+	if r.code != 0 || !ok {
+		return nil, fmt.Errorf("runc %s (run scripts/install-deps.sh): --version: %s", path, r)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.Symlink(path, filepath.Join(dir, "runc")); err != nil {
+		return nil, err
+	}
+	rb := &runcBin{path: path, version: version, dir: dir}
+	if !isDefault {
+		rb.suffix = "-runc" + version
+		rb.tag = "-r" + strings.Map(func(c rune) rune {
+			if c >= '0' && c <= '9' {
+				return c
+			}
+			return -1
+		}, version)
+	}
+	return rb, nil
+}
+
 // daemon is one private containerd.
 type daemon struct {
 	testkit.Daemon
 	v      *cdVersion
+	r      *runcBin
 	broken error // set when a start failed; later tests fail fast
 
 	sockets map[string][]string // shim sockets seen per namespace, removed if stale at cleanup
 }
 
-// getDaemon returns the running containerd of version v, starting it on first use.
+// getDaemon returns the running containerd of version v with the default
+// runc, starting it on first use.
 func getDaemon(t *testing.T, v *cdVersion) *daemon {
 	t.Helper()
-	d := daemons[v.name]
+	return getDaemonRunc(t, v, runcs[0])
+}
+
+// getDaemonRunc returns the running containerd of version v whose shims run
+// runc r, starting it on first use.
+func getDaemonRunc(t *testing.T, v *cdVersion, r *runcBin) *daemon {
+	t.Helper()
+	name, tag := v.name+r.suffix, v.tag+r.tag
+	d := daemons[name]
 	if d == nil {
 		d = &daemon{
 			Daemon: testkit.Daemon{
-				Name:       v.name,
+				Name:       name,
 				Major:      v.major,
 				Containerd: v.containerd,
 				Ctr:        v.ctr,
-				Root:       filepath.Join(libBase, v.tag),
-				State:      filepath.Join(runBase, v.tag),
-				Sock:       filepath.Join(runBase, v.tag+".sock"),
-				Config:     filepath.Join(libBase, v.tag+".toml"),
-				LogPath:    filepath.Join(libBase, v.tag+".log"),
+				Root:       filepath.Join(libBase, tag),
+				State:      filepath.Join(runBase, tag),
+				Sock:       filepath.Join(runBase, tag+".sock"),
+				Config:     filepath.Join(libBase, tag+".toml"),
+				LogPath:    filepath.Join(libBase, tag+".log"),
 			},
 			v:       v,
+			r:       r,
 			sockets: map[string][]string{},
 		}
-		daemons[v.name] = d
+		daemons[name] = d
 		if err := d.start(true); err != nil {
 			d.broken = err
 		}
 	}
 	if d.broken != nil {
-		t.Fatalf("containerd %s: %v", v.name, d.broken)
+		t.Fatalf("containerd %s: %v", name, d.broken)
 	}
 	if !d.Running() {
-		t.Fatalf("containerd %s is not running (log: %s)\n%s", v.name, d.LogPath, d.LogTail(0, 60))
+		t.Fatalf("containerd %s is not running (log: %s)\n%s", name, d.LogPath, d.LogTail(0, 60))
 	}
 	return d
 }
@@ -121,9 +173,9 @@ func (d *daemon) start(fresh bool) error {
 	}
 	return d.Start(context.Background(), testkit.StartOptions{
 		Env: append(testkit.FilterEnv(os.Environ(), "PATH", "NOTIFY_SOCKET", "CONTAINERD_ADDRESS", "CONTAINERD_NAMESPACE"),
-			"PATH="+shimDir+":"+os.Getenv("PATH")),
+			"PATH="+shimDir+":"+d.r.dir+":"+os.Getenv("PATH")),
 		AppendLog: true,
-		Banner:    fmt.Sprintf("\n===== e2e: starting containerd %s at %s =====\n", d.v.name, time.Now().Format(time.RFC3339Nano)),
+		Banner:    fmt.Sprintf("\n===== e2e: starting containerd %s at %s =====\n", d.Name, time.Now().Format(time.RFC3339Nano)),
 		Poll:      200 * time.Millisecond,
 		TailLines: 60,
 	})
@@ -136,11 +188,11 @@ func (d *daemon) stop() error { return d.Stop(20 * time.Second) }
 func (d *daemon) restart(t *testing.T) {
 	t.Helper()
 	if err := d.stop(); err != nil {
-		t.Fatalf("stop containerd %s: %v", d.v.name, err)
+		t.Fatalf("stop containerd %s: %v", d.Name, err)
 	}
 	if err := d.start(false); err != nil {
 		d.broken = err
-		t.Fatalf("restart containerd %s: %v", d.v.name, err)
+		t.Fatalf("restart containerd %s: %v", d.Name, err)
 	}
 }
 
@@ -199,28 +251,56 @@ func fromResult(r testkit.Result) result {
 	return result{stdout: r.Stdout, stderr: r.Stderr, code: r.Code, err: r.Err}
 }
 
-// forEachVersion runs f as a subtest per containerd version, each with its
-// own namespace e2e-<short>-<tag>, which is cleaned up afterwards. When a
-// subtest fails, the part of containerd's log written during it is printed.
+// forEachVersion runs f as a subtest per containerd version and runc (see
+// TETHER_E2E_RUNC), each with its own namespace e2e-<short>-<tag>, which is
+// cleaned up afterwards. The subtests of the default runc are named by the
+// version alone, the others <version>-runc<runc version>. When a subtest
+// fails, the part of containerd's log written during it is printed.
 func forEachVersion(t *testing.T, short string, f func(t *testing.T, d *daemon, ns string)) {
 	t.Helper()
 	if len(versions) == 0 {
 		t.Fatal("no containerd versions selected")
 	}
 	for _, v := range versions {
-		t.Run(v.name, func(t *testing.T) {
-			d := getDaemon(t, v)
-			ns := "e2e-" + short + "-" + v.tag
-			off := d.LogSize()
-			t.Cleanup(func() {
-				d.cleanupNamespace(t, ns)
-				if t.Failed() {
-					t.Log(d.LogTail(off, 150))
-				}
-			})
-			f(t, d, ns)
-		})
+		for _, r := range runcs {
+			forOne(t, short, v, r, f)
+		}
 	}
+}
+
+// forEachVersionFirstRunc is forEachVersion with the first runc of
+// TETHER_E2E_RUNC only. It is for the stdio volume tests (TestStdoutGiB,
+// TestHundredLines): they take about 35 s and 18 s per subtest, 70% of the
+// suite with two runcs, and what they load is the shim's data path, which
+// runc is not on once it has created the process (the shim passes the fds).
+// Every runc still runs each create, start, exec, kill, tty, update, pause,
+// OOM and delete test.
+func forEachVersionFirstRunc(t *testing.T, short string, f func(t *testing.T, d *daemon, ns string)) {
+	t.Helper()
+	if len(versions) == 0 {
+		t.Fatal("no containerd versions selected")
+	}
+	for _, v := range versions {
+		forOne(t, short, v, runcs[0], f)
+	}
+}
+
+// forOne is the subtest of forEachVersion for v and r.
+func forOne(t *testing.T, short string, v *cdVersion, r *runcBin, f func(t *testing.T, d *daemon, ns string)) {
+	t.Helper()
+	t.Run(v.name+r.suffix, func(t *testing.T) {
+		d := getDaemonRunc(t, v, r)
+		ns := "e2e-" + short + "-" + v.tag + r.tag
+		t.Logf("containerd %s, runc %s (%s)", v.name, r.version, r.path)
+		off := d.LogSize()
+		t.Cleanup(func() {
+			d.cleanupNamespace(t, ns)
+			if t.Failed() {
+				t.Log(d.LogTail(off, 150))
+			}
+		})
+		f(t, d, ns)
+	})
 }
 
 // cleanupNamespace removes whatever a test left in ns: tasks, containers,
@@ -310,7 +390,35 @@ func globalCleanup() {
 			}
 		}
 	}
+	removeCRIRuncState()
 	// Keep the logs of the last run for a post-mortem; remove the rest.
 	testkit.RemoveBases(runBase, libBase)
 	testkit.RemoveCgroups("e2e-")
+}
+
+// removeCRIRuncState removes runc's state of the CRI tests' containers from
+// /run/containerd/runc/k8s.io, the namespace a real CRI shares: only those
+// whose cgroup is below /e2e-cri-.
+func removeCRIRuncState() {
+	dir := filepath.Join("/run/containerd/runc", criNamespace)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		data, err := os.ReadFile(filepath.Join(dir, e.Name(), "state.json"))
+		if err != nil {
+			continue
+		}
+		var st struct {
+			Config struct {
+				Cgroups struct {
+					Path string `json:"path"`
+				} `json:"cgroups"`
+			} `json:"config"`
+		}
+		if json.Unmarshal(data, &st) == nil && strings.HasPrefix(st.Config.Cgroups.Path, "/e2e-cri-") {
+			_ = os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
+	}
 }

@@ -18,6 +18,7 @@ const (
 	envShimBin  = "TETHER_SHIM_BIN"     // prebuilt shim binary; otherwise it is built from the repo
 	envVersions = "TETHER_E2E_VERSIONS" // comma list of containerd versions; default all
 	envRuntime  = "TETHER_E2E_RUNTIME"  // runtime name; default io.containerd.tether.v2
+	envRunc     = "TETHER_E2E_RUNC"     // comma list of runc binaries; default Debian's and the built 1.5.3
 
 	tetherRuntime = "io.containerd.tether.v2"
 	imageName     = "docker.io/tether/busybox:e2e"
@@ -35,6 +36,20 @@ const (
 // defaultVersions are the containerd versions tested when TETHER_E2E_VERSIONS is unset.
 var defaultVersions = []string{"1.6", "1.7.35", "2.2.1", "2.4.2"}
 
+// defaultRuncs are the runc binaries tested when TETHER_E2E_RUNC is unset:
+// Debian's (1.1.5) and the current release scripts/install-deps.sh builds.
+func defaultRuncs() []string {
+	return []string{"/usr/sbin/runc", filepath.Join(depsDir(), "runc-1.5.3", "bin", "runc")}
+}
+
+// depsDir is where scripts/install-deps.sh installs: $TETHER_DEPS or /opt/tether.
+func depsDir() string {
+	if d := os.Getenv("TETHER_DEPS"); d != "" {
+		return d
+	}
+	return "/opt/tether"
+}
+
 // Set up by TestMain.
 var (
 	runtimeName    string // the runtime ctr asks for
@@ -43,7 +58,9 @@ var (
 	shimDir        string // directory put first on containerd's PATH
 	rootfsDir      string // busybox rootfs for ctr run --rootfs
 	imageTar       string // OCI image layout tarball of the same rootfs
+	pauseTar       string // the CRI sandbox image pauseImage: the same rootfs running sleep
 	versions       []*cdVersion
+	runcs          []*runcBin // the first is the one of the plain version subtests
 	daemons        = map[string]*daemon{}
 )
 
@@ -113,6 +130,30 @@ func setup(tmp string) error {
 		versions = append(versions, v)
 	}
 
+	runcList := defaultRuncs()
+	if s := strings.TrimSpace(os.Getenv(envRunc)); s != "" {
+		runcList = nil
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				runcList = append(runcList, p)
+			}
+		}
+	}
+	for i, p := range runcList {
+		r, err := newRuncBin(filepath.Join(tmp, fmt.Sprintf("runc-%d", i)), p, i == 0)
+		if err != nil {
+			return err
+		}
+		for _, o := range runcs {
+			if o.tag == r.tag {
+				r.tag += fmt.Sprint(i)
+				r.suffix += fmt.Sprintf("-%d", i)
+			}
+		}
+		runcs = append(runcs, r)
+		fmt.Fprintf(os.Stderr, "e2e: runc %s (%s)%s\n", r.version, r.path, map[bool]string{true: ", the default", false: ", subtests named <version>" + r.suffix}[i == 0])
+	}
+
 	shimDir = filepath.Join(tmp, "bin")
 	if err := os.MkdirAll(shimDir, 0o755); err != nil {
 		return err
@@ -165,6 +206,12 @@ func setup(tmp string) error {
 	imageTar = filepath.Join(tmp, "busybox-oci.tar")
 	if err := testkit.BuildImageTar(rootfsDir, imageTar, imageName, imageMarker, "tether e2e: busybox rootfs"); err != nil {
 		return fmt.Errorf("OCI image: %w", err)
+	}
+	pauseTar = filepath.Join(tmp, "pause-oci.tar")
+	// Killed by the CRI plugin with SIGKILL when the pod stops, like the real pause.
+	if err := testkit.BuildImageTarCmd(rootfsDir, pauseTar, pauseImage, "tether e2e pause image", "tether e2e: busybox sleep as pause",
+		[]string{"/bin/sleep", "2147483647"}); err != nil {
+		return fmt.Errorf("pause image: %w", err)
 	}
 	return nil
 }

@@ -201,7 +201,7 @@ func TestCrunConfigFile(t *testing.T) {
 func TestShimCgroup(t *testing.T) {
 	forEachVersion(t, "shimcg", func(t *testing.T, d *daemon, ns string) {
 		// The e2e- prefix lets the harness's global cleanup remove it after a killed run.
-		cg := "/e2e-tether-shim-" + d.v.tag
+		cg := "/e2e-tether-shim-" + d.v.tag + d.r.tag
 		dirs := makeCgroup(t, cg)
 		t.Cleanup(func() {
 			d.cleanupNamespace(t, ns) // the shim exits with its last container

@@ -40,7 +40,7 @@ func TestStdoutGiB(t *testing.T) {
 	const line = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 	pattern := line + "\n"
 	want := expectedSum(pattern, size)
-	forEachVersion(t, "gib", func(t *testing.T, d *daemon, ns string) {
+	forEachVersionFirstRunc(t, "gib", func(t *testing.T, d *daemon, ns string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
 		args := []string{"--address", d.Sock, "--namespace", ns, "run", "--rm", "--runtime", runtimeName, "--rootfs", rootfsDir, "big1",
@@ -85,7 +85,7 @@ func TestHundredLines(t *testing.T) {
 	}
 	// One echo (one write) per line.
 	script := `i=1; while [ $i -le 100 ]; do echo line-$i; i=$((i+1)); done`
-	forEachVersion(t, "lines", func(t *testing.T, d *daemon, ns string) {
+	forEachVersionFirstRunc(t, "lines", func(t *testing.T, d *daemon, ns string) {
 		failed := 0
 		for i := 1; i <= runs; i++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)

@@ -135,6 +135,15 @@ func openPty() (master, slave *os.File, err error) {
 // session leader with the pty as controlling terminal. It is killed in cleanup.
 func startOnPty(t *testing.T, d *daemon, ns string, rows, cols uint16, args ...string) *ptyCmd {
 	t.Helper()
+	full := append([]string{"--address", d.Sock, "--namespace", ns}, args...)
+	return startBinOnPty(t, rows, cols, d.v.ctr, full, "ctr "+strings.Join(args, " "))
+}
+
+// startBinOnPty starts bin with args on a new pty of rows x cols, as its
+// session leader with the pty as controlling terminal; show names it in
+// messages. It is killed in cleanup.
+func startBinOnPty(t *testing.T, rows, cols uint16, bin string, full []string, show string) *ptyCmd {
+	t.Helper()
 	master, slave, err := openPty()
 	if err != nil {
 		t.Fatal(err)
@@ -143,8 +152,7 @@ func startOnPty(t *testing.T, d *daemon, ns string, rows, cols uint16, args ...s
 	p.setSize(t, rows, cols)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	full := append([]string{"--address", d.Sock, "--namespace", ns}, args...)
-	cmd := exec.CommandContext(ctx, d.v.ctr, full...)
+	cmd := exec.CommandContext(ctx, bin, full...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	cmd.WaitDelay = 5 * time.Second
@@ -152,11 +160,11 @@ func startOnPty(t *testing.T, d *daemon, ns string, rows, cols uint16, args ...s
 		cancel()
 		master.Close()
 		slave.Close()
-		t.Fatalf("start ctr %s: %v", strings.Join(args, " "), err)
+		t.Fatalf("start %s: %v", show, err)
 	}
 	slave.Close() // ctr holds the only copy: the master reads EIO once it exits
 	p.cmd = cmd
-	t.Logf("ctr %s: pid %d on a %dx%d pty", strings.Join(args, " "), cmd.Process.Pid, rows, cols)
+	t.Logf("%s: pid %d on a %dx%d pty", show, cmd.Process.Pid, rows, cols)
 
 	readDone := make(chan struct{})
 	go func() {
@@ -185,7 +193,7 @@ func startOnPty(t *testing.T, d *daemon, ns string, rows, cols uint16, args ...s
 		select {
 		case <-p.exited:
 		default:
-			t.Logf("cleanup: killing ctr %d", cmd.Process.Pid)
+			t.Logf("cleanup: killing %d", cmd.Process.Pid)
 			_ = cmd.Process.Kill()
 			<-p.exited
 		}
@@ -196,7 +204,7 @@ func startOnPty(t *testing.T, d *daemon, ns string, rows, cols uint16, args ...s
 		case <-time.After(10 * time.Second):
 			t.Errorf("the pty reader did not end within 10s of closing the master")
 		}
-		t.Logf("terminal output of ctr %s:\n%q", strings.Join(args, " "), p.since(0))
+		t.Logf("terminal output of %s:\n%q", show, p.since(0))
 	})
 	return p
 }
