@@ -280,15 +280,16 @@ func cleanupDaemonLeftovers(d *daemon) {
 
 var e2eNamespace = regexp.MustCompile(`^e2e-[a-z0-9-]+$`)
 
-// globalCleanup kills container processes and shims of earlier runs and
-// unmounts and removes their directories. It is run before and after the tests.
+// globalCleanup kills the containerds, dockerds, container processes and
+// shims of earlier runs and unmounts and removes their directories. It is
+// run before and after the tests.
 func globalCleanup() {
 	for _, p := range testkit.AllProcesses() {
 		if p.Pid == os.Getpid() || len(p.Args) == 0 {
 			continue
 		}
 		base := filepath.Base(p.Args[0])
-		if base != "containerd" && !strings.HasPrefix(base, "containerd-shim-") {
+		if base != "containerd" && base != "dockerd" && !strings.HasPrefix(base, "containerd-shim-") {
 			continue
 		}
 		if strings.HasPrefix(testkit.Getenv(testkit.Environ(p.Pid), "TTRPC_ADDRESS"), runBase+"/") {
