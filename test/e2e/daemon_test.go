@@ -59,6 +59,7 @@ type daemon struct {
 	broken error // set when a start failed; later tests fail fast
 
 	sockets map[string][]string // shim sockets seen per namespace, removed if stale at cleanup
+	path    string              // put on containerd's PATH after shimDir, unless empty
 }
 
 // getDaemon returns the running containerd of version v, starting it on first use.
@@ -119,9 +120,13 @@ func (d *daemon) start(fresh bool) error {
 			return err
 		}
 	}
+	path := shimDir
+	if d.path != "" {
+		path += ":" + d.path
+	}
 	return d.Start(context.Background(), testkit.StartOptions{
 		Env: append(testkit.FilterEnv(os.Environ(), "PATH", "NOTIFY_SOCKET", "CONTAINERD_ADDRESS", "CONTAINERD_NAMESPACE"),
-			"PATH="+shimDir+":"+os.Getenv("PATH")),
+			"PATH="+path+":"+os.Getenv("PATH")),
 		AppendLog: true,
 		Banner:    fmt.Sprintf("\n===== e2e: starting containerd %s at %s =====\n", d.v.name, time.Now().Format(time.RFC3339Nano)),
 		Poll:      200 * time.Millisecond,

@@ -132,6 +132,9 @@ func (dd *dockerDaemon) start() error {
 		},
 		v:       v,
 		sockets: map[string][]string{},
+		// containerd's own containerd-shim-runc-v2 of the same release, for
+		// dockerd's stock runc runtime, the control in the tests that compare.
+		path: filepath.Dir(v.containerd),
 	}
 	// TestMain stops it (after dockerd).
 	daemons["docker"] = cd
@@ -591,5 +594,48 @@ func TestDockerBinaryNameDropped(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join("/run/containerd/runc", ns, id, "state.json")); err != nil {
 		t.Errorf("runc's state is not in Tether's default root: %v", err)
+	}
+}
+
+// A container whose process cannot be started (no such binary) fails
+// docker run with 127 and leaves nothing in the container's log, and an
+// exec that cannot start fails docker exec with 127, as with
+// containerd's own shim (dockerd's runc runtime, io.containerd.runc.v2, run
+// first as the control): the runtime's error goes to dockerd as the error of
+// the task's creation, and not also to the container's stderr.
+func TestDockerRuntimeErrorNotOnStdio(t *testing.T) {
+	dd := getDocker(t)
+	dd.onFailure(t)
+	stock := filepath.Join(filepath.Dir(dd.cd.v.containerd), "containerd-shim-runc-v2")
+	if _, err := os.Stat(stock); err != nil {
+		t.Fatalf("containerd's own shim for the control: %v (run scripts/install-deps.sh)", err)
+	}
+	for _, runtime := range []string{"runc", "tether"} {
+		name := "failed-create-" + runtime
+		dd.docker(t, "rm", "-f", name)
+		t.Cleanup(func() { dd.docker(t, "rm", "-f", name) })
+		r := dd.docker(t, "run", "--name", name, "--runtime", runtime, "--network", "none", dockerImage, "/nonexistent")
+		if r.code != 127 || !strings.Contains(r.stderr, "no such file or directory") {
+			t.Errorf("runtime %s: docker run of a missing binary: %s; want exit 127 and the runtime's error", runtime, r)
+		}
+		if r.stdout != "" || strings.Count(r.stderr, "unable to start container process") != 1 {
+			t.Errorf("runtime %s: the runtime's error reached the container's stdio too (the attached client prints it twice): %s", runtime, r)
+		}
+		logs := dd.docker(t, "logs", name)
+		if logs.code != 0 || logs.stdout != "" || logs.stderr != "" {
+			t.Errorf("runtime %s: docker logs of the container that never started: %s; want nothing", runtime, logs)
+		}
+
+		// The same for an exec that cannot start.
+		id := dd.runDetached(t, runtime, "sleep", "1000000")
+		// The CLI prints dockerd's error of an exec on stdout.
+		r = dd.docker(t, "exec", id, "/nonexistent")
+		all := r.stdout + r.stderr
+		if r.code != 127 || !strings.Contains(all, "no such file or directory") {
+			t.Errorf("runtime %s: docker exec of a missing binary: %s; want exit 127 and the runtime's error", runtime, r)
+		}
+		if strings.Count(all, "unable to start container process") != 1 {
+			t.Errorf("runtime %s: the runtime's exec error reached the exec's stdio too (docker exec prints it twice): %s", runtime, r)
+		}
 	}
 }
