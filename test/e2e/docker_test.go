@@ -469,6 +469,10 @@ func TestDockerLifecycle(t *testing.T) {
 	if pid := strings.TrimSpace(dd.mustDocker(t, "inspect", "-f", "{{.State.Pid}}", id)); pid != strconv.Itoa(tk.pid) {
 		t.Errorf("docker inspect says pid %s, ctr task ls says %d", pid, tk.pid)
 	}
+	// No options: plain runc, with Tether's default root.
+	if _, err := os.Stat(filepath.Join("/run/containerd/runc", ns, id, "state.json")); err != nil {
+		t.Errorf("runc's state is not in Tether's default root: %v", err)
+	}
 	// Without systemd dockerd gives a cgroupfs path below --cgroup-parent
 	// (under systemd it would be system.slice:docker:<id>).
 	spec := d.spec(t, ns, id)
