@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # install-deps.sh installs everything the demo, the tests and the benchmarks need:
 # Debian's containerd 1.6, runc, crun and busybox-static, and containerd 1.7, 2.2 and 2.4
-# (plus the stock containerd-shim-runc-v2 of 2.4, for bench/) built from the Go module
-# proxy into $TETHER_DEPS (default /opt/tether), plus crictl (cri-tools, for the CRI tests)
-# and a current runc (built with seccomp against Debian's libseccomp-dev). It is
+# (plus the stock containerd-shim-runc-v2 of 2.4, for bench/), crictl (cri-tools, for the
+# CRI tests), a current runc (built with seccomp against Debian's libseccomp-dev), and
+# dockerd and the docker CLI 28.5.2 (for the Docker e2e test), built from the Go module
+# proxy into $TETHER_DEPS (default /opt/tether). It is
 # idempotent: what is present is not rebuilt. Any failure exits non-zero.
 set -euo pipefail
 
@@ -91,6 +92,44 @@ build_runc() {
 build_crictl "${TETHER_CRICTL_VERSION:-1.34.0}"
 build_runc "${TETHER_RUNC_VERSION:-1.5.3}"
 
+# build_docker VERSION: builds dockerd (github.com/docker/docker) and the docker CLI
+# (github.com/docker/cli) of release VERSION into $DEPS/docker-VERSION/bin, for the Docker
+# e2e test (test/e2e/docker_test.go). Neither has a go.mod at that tag: the source is taken
+# from the module proxy (`go mod download`), its vendor.mod/vendor.sum become go.mod/go.sum
+# (as upstream's hack/ scripts do), and the exact dependency versions they pin are fetched
+# from the proxy. dockerd is built with cgo but without the btrfs graph driver (no
+# libbtrfs headers needed); the CLI without cgo.
+build_docker() {
+  local ver=$1 out=$DEPS/docker-$1/bin
+  if [ -x "$out/dockerd" ] && [ -x "$out/docker" ]; then return 0; fi
+  echo "install-deps: building dockerd and docker $ver (several minutes)" >&2
+  local tmp
+  tmp=$(mktemp -d)
+  (
+    cd "$tmp"
+    go mod init scratch >/dev/null 2>&1
+    GOFLAGS=-mod=mod go get "github.com/docker/docker@v$ver+incompatible" "github.com/docker/cli@v$ver+incompatible" >get.log 2>&1 ||
+      { cat get.log >&2; exit 1; }
+    for m in docker cli; do
+      src=$(GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' "github.com/docker/$m")
+      [ -f "$src/vendor.mod" ] || { echo "install-deps: github.com/docker/$m@v$ver: no vendor.mod in '$src'" >&2; exit 1; }
+      cp -r "$src" "$tmp/$m"
+      chmod -R u+w "$tmp/$m"
+      cp "$tmp/$m/vendor.mod" "$tmp/$m/go.mod"
+      cp "$tmp/$m/vendor.sum" "$tmp/$m/go.sum"
+      rm -rf "$tmp/$m/vendor"
+    done
+    mkdir -p "$out"
+    (cd "$tmp/docker" && GOFLAGS=-mod=mod CGO_ENABLED=1 go build -tags exclude_graphdriver_btrfs \
+      -ldflags "-X github.com/docker/docker/dockerversion.Version=$ver" -o "$out/dockerd.tmp" ./cmd/dockerd)
+    (cd "$tmp/cli" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build \
+      -ldflags "-X github.com/docker/cli/cli/version.Version=$ver" -o "$out/docker.tmp" ./cmd/docker)
+    mv "$out/dockerd.tmp" "$out/dockerd"
+    mv "$out/docker.tmp" "$out/docker"
+  )
+  rm -rf "$tmp"
+}
+
 versions=${TETHER_CONTAINERD_VERSIONS:-"1.7.35 2.2.1 2.4.2"}
 # containerd versions whose stock shim is built too (only those also in $versions).
 shim_versions=${TETHER_RUNC_SHIM_VERSIONS:-"2.4.2"}
@@ -102,5 +141,9 @@ for v in $versions; do
   case " $shim_versions " in
     *" $v "*) build_runc_shim "$v" ;;
   esac
+done
+# Docker for test/e2e/docker_test.go; TETHER_DOCKER_VERSIONS= (empty) skips the build.
+for v in ${TETHER_DOCKER_VERSIONS-28.5.2}; do
+  build_docker "$v"
 done
 echo "install-deps: ok" >&2

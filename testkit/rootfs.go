@@ -112,12 +112,28 @@ func CheckStatic(path string) error {
 // io.containerd.image.name, which ctr image import uses as the image name;
 // createdBy is the history entry of the layer. The image's command is /bin/sh.
 func BuildImageTar(rootfs, out, name, marker, createdBy string) error {
-	return BuildImageTarCmd(rootfs, out, name, marker, createdBy, []string{"/bin/sh"})
+	return buildImageTar(rootfs, out, name, marker, createdBy, []string{"/bin/sh"}, "")
 }
 
 // BuildImageTarCmd is BuildImageTar with cmd as the image's command (its
 // config's Cmd; there is no Entrypoint).
 func BuildImageTarCmd(rootfs, out, name, marker, createdBy string, cmd []string) error {
+	return buildImageTar(rootfs, out, name, marker, createdBy, cmd, "")
+}
+
+// BuildDockerImageTar writes the tarball of BuildImageTar plus the
+// manifest.json that `docker save` writes next to the OCI layout since
+// Docker 25 (the config and layer blob paths, and RepoTags [repoTag]).
+// dockerd with its own image store (graph drivers, Docker's default up to
+// 28) loads only tarballs that have manifest.json: a bare OCI layout fails
+// with "open .../blobs/json: no such file or directory".
+func BuildDockerImageTar(rootfs, out, repoTag, marker, createdBy string) error {
+	return buildImageTar(rootfs, out, repoTag, marker, createdBy, []string{"/bin/sh"}, repoTag)
+}
+
+// buildImageTar is BuildImageTar with cmd as the image's command, plus
+// Docker's manifest.json naming dockerTag unless it is empty.
+func buildImageTar(rootfs, out, name, marker, createdBy string, cmd []string, dockerTag string) error {
 	layer, err := tarDir(rootfs, map[string]string{ImageMarkerPath: marker + "\n"})
 	if err != nil {
 		return err
@@ -173,6 +189,29 @@ func BuildImageTarCmd(rootfs, out, name, marker, createdBy string, cmd []string)
 		return err
 	}
 
+	type file struct {
+		name string
+		data []byte
+	}
+	files := []file{
+		{"oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)},
+		{blobPath(layerBlob), layerBlob},
+		{blobPath(config), config},
+		{blobPath(manifest), manifest},
+		{"index.json", index},
+	}
+	if dockerTag != "" {
+		dm, err := json.Marshal([]map[string]any{{
+			"Config":   blobPath(config),
+			"RepoTags": []string{dockerTag},
+			"Layers":   []string{blobPath(layerBlob)},
+		}})
+		if err != nil {
+			return err
+		}
+		files = append(files, file{"manifest.json", dm})
+	}
+
 	f, err := os.Create(out)
 	if err != nil {
 		return err
@@ -189,16 +228,7 @@ func BuildImageTarCmd(rootfs, out, name, marker, createdBy string, cmd []string)
 	if err == nil {
 		err = tw.WriteHeader(&tar.Header{Name: "blobs/sha256/", Mode: 0o755, Typeflag: tar.TypeDir, ModTime: time.Unix(0, 0)})
 	}
-	for _, e := range []struct {
-		name string
-		data []byte
-	}{
-		{"oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)},
-		{blobPath(layerBlob), layerBlob},
-		{blobPath(config), config},
-		{blobPath(manifest), manifest},
-		{"index.json", index},
-	} {
+	for _, e := range files {
 		if err == nil {
 			err = add(e.name, e.data)
 		}

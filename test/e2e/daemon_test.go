@@ -101,6 +101,7 @@ type daemon struct {
 	broken error // set when a start failed; later tests fail fast
 
 	sockets map[string][]string // shim sockets seen per namespace, removed if stale at cleanup
+	path    string              // put on containerd's PATH after shimDir, unless empty
 }
 
 // getDaemon returns the running containerd of version v with the default
@@ -171,9 +172,13 @@ func (d *daemon) start(fresh bool) error {
 			return err
 		}
 	}
+	path := shimDir
+	if d.path != "" {
+		path += ":" + d.path
+	}
 	return d.Start(context.Background(), testkit.StartOptions{
 		Env: append(testkit.FilterEnv(os.Environ(), "PATH", "NOTIFY_SOCKET", "CONTAINERD_ADDRESS", "CONTAINERD_NAMESPACE"),
-			"PATH="+shimDir+":"+d.r.dir+":"+os.Getenv("PATH")),
+			"PATH="+path+":"+d.r.dir+":"+os.Getenv("PATH")),
 		AppendLog: true,
 		Banner:    fmt.Sprintf("\n===== e2e: starting containerd %s at %s =====\n", d.Name, time.Now().Format(time.RFC3339Nano)),
 		Poll:      200 * time.Millisecond,
@@ -360,15 +365,16 @@ func cleanupDaemonLeftovers(d *daemon) {
 
 var e2eNamespace = regexp.MustCompile(`^e2e-[a-z0-9-]+$`)
 
-// globalCleanup kills container processes and shims of earlier runs and
-// unmounts and removes their directories. It is run before and after the tests.
+// globalCleanup kills the containerds, dockerds, container processes and
+// shims of earlier runs and unmounts and removes their directories. It is
+// run before and after the tests.
 func globalCleanup() {
 	for _, p := range testkit.AllProcesses() {
 		if p.Pid == os.Getpid() || len(p.Args) == 0 {
 			continue
 		}
 		base := filepath.Base(p.Args[0])
-		if base != "containerd" && !strings.HasPrefix(base, "containerd-shim-") {
+		if base != "containerd" && base != "dockerd" && !strings.HasPrefix(base, "containerd-shim-") {
 			continue
 		}
 		if strings.HasPrefix(testkit.Getenv(testkit.Environ(p.Pid), "TTRPC_ADDRESS"), runBase+"/") {

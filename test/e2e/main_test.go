@@ -87,6 +87,7 @@ func testMain(m *testing.M) int {
 	// Clean up what an earlier run may have left behind before starting anything.
 	globalCleanup()
 	code := m.Run()
+	stopDocker() // before its containerd
 	for _, d := range daemons {
 		if err := d.stop(); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: stopping containerd %s: %v\n", d.v.name, err)
