@@ -49,8 +49,9 @@ type Options struct {
 // client, and the generic runtimeoptions.v1.Options that the CRI plugin
 // and dockerd send for any other runtime type: its config_path names a TOML
 // file (LoadConfigFile), or its config_body is the runtime's options table
-// itself as TOML (ParseConfigBody; containerd 1.7 and later). A nil or empty
-// Any means defaults. Unknown types, undecodable bytes and unsafe paths are
+// itself as TOML (ParseConfigBody; the CRI plugin of containerd 1.7 and
+// later; dockerd can send only a config_path). A nil or empty Any means
+// defaults. Unknown types, undecodable bytes and unsafe paths are
 // errdefs.ErrInvalidArgument.
 func ParseOptions(a *anypb.Any) (Options, error) {
 	if a == nil || (a.GetTypeUrl() == "" && len(a.GetValue()) == 0) {
