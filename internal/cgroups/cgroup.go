@@ -13,6 +13,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/internal/oserr"
 )
 
 // procRoot is where procfs is mounted.
@@ -177,28 +179,10 @@ func writeProcs(dir string, pid int) error {
 	return nil
 }
 
-// wrap annotates an error from the OS with a message and its errdefs class.
+// wrap returns err with the message before it and its errdefs class
+// (oserr.Class) in the chain.
 func wrap(err error, format string, args ...any) error {
-	return fmt.Errorf(format+": %w: %w", append(args, err, class(err))...)
-}
-
-// class is the errdefs class of an error from the OS.
-func class(err error) error {
-	switch {
-	case errors.Is(err, fs.ErrNotExist), errors.Is(err, unix.ENODEV), errors.Is(err, unix.ESRCH):
-		// ENODEV: a file of a cgroup that was removed while open.
-		// ESRCH: no such process (writing cgroup.procs).
-		return errdefs.ErrNotFound
-	case errors.Is(err, fs.ErrPermission):
-		return errdefs.ErrPermissionDenied
-	case errors.Is(err, unix.EINVAL):
-		return errdefs.ErrInvalidArgument
-	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EBUSY), errors.Is(err, unix.EOPNOTSUPP):
-		// ENOSPC: a v1 cpuset without cpus or mems; EOPNOTSUPP: a v2 cgroup
-		// that is not a leaf or a domain.
-		return errdefs.ErrFailedPrecondition
-	}
-	return errdefs.ErrUnknown
+	return oserr.Wrap(err, format, args...)
 }
 
 // gone reports whether err says that a cgroup file or directory is gone.

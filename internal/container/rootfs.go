@@ -10,6 +10,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/internal/oserr"
 )
 
 // Mount is one filesystem to mount on a bundle's rootfs, as containerd sends
@@ -72,8 +74,16 @@ func parseMountOptions(options []string) (uintptr, string) {
 	return flags, strings.Join(data, ",")
 }
 
-// validateMounts refuses mounts that are not plain filesystem descriptions.
+// maxRootfsMounts bounds the rootfs mounts of a Create: containerd sends
+// one per snapshot (an overlay, or a bind of a directory).
+const maxRootfsMounts = 128
+
+// validateMounts refuses mounts that are not plain filesystem descriptions,
+// and more than maxRootfsMounts of them.
 func validateMounts(mounts []Mount) error {
+	if len(mounts) > maxRootfsMounts {
+		return fmt.Errorf("%d rootfs mounts, at most %d: %w", len(mounts), maxRootfsMounts, errdefs.ErrInvalidArgument)
+	}
 	for _, m := range mounts {
 		if m.Type == "" {
 			return fmt.Errorf("rootfs mount of %q has no type: %w", m.Source, errdefs.ErrInvalidArgument)
@@ -108,12 +118,12 @@ func mountRootfs(target string, mounts []Mount) (retErr error) {
 			typ = ""
 		}
 		if err := unix.Mount(m.Source, target, typ, flags&^unix.MS_RDONLY|bindReadOnly(flags), data); err != nil {
-			return fmt.Errorf("mount %s (%s) on %s: %w", m.Source, m.Type, target, err)
+			return oserr.Wrap(err, "mount %s (%s) on %s", m.Source, m.Type, target)
 		}
 		// A bind mount ignores MS_RDONLY until it is remounted.
 		if flags&unix.MS_BIND != 0 && flags&unix.MS_RDONLY != 0 {
 			if err := unix.Mount("", target, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|flags&^(unix.MS_REC|unix.MS_BIND), ""); err != nil {
-				return fmt.Errorf("remount %s read-only: %w", target, err)
+				return oserr.Wrap(err, "remount %s read-only", target)
 			}
 		}
 	}

@@ -471,3 +471,24 @@ func TestUnmountRootfsNothingMounted(t *testing.T) {
 		requireNothingMounted(t, rootfs)
 	})
 }
+
+// TestRegressionHugeRootfsList: a Create with 5,000 rootfs mounts was
+// tried mount by mount and failed as Unknown (found by TestTTRPCAbuse);
+// more than maxRootfsMounts is InvalidArgument before anything is mounted,
+// and a mount that fails has the class of its errno.
+func TestRegressionHugeRootfsList(t *testing.T) {
+	many := make([]Mount, maxRootfsMounts+1)
+	for i := range many {
+		many[i] = Mount{Type: "overlay", Source: "overlay"}
+	}
+	if err := validateMounts(many); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("validateMounts(%d mounts) = %v, want InvalidArgument", len(many), err)
+	}
+	if err := validateMounts(many[:maxRootfsMounts]); err != nil {
+		t.Errorf("validateMounts(%d mounts) = %v", maxRootfsMounts, err)
+	}
+	err := mountRootfs(filepath.Join(t.TempDir(), "rootfs"), []Mount{{Type: "bind", Source: "/nonexistent/src", Options: []string{"bind"}}})
+	if !errdefs.IsNotFound(err) {
+		t.Errorf("a bind of a missing source: %v, want NotFound", err)
+	}
+}
