@@ -7,6 +7,7 @@
 #   make demo       run a container through Tether under a private containerd
 #   make lint       gofmt and go vet, in every module
 #   make fuzz       every fuzz target for FUZZTIME (30s) each
+#   make stress     the shim abused over its socket at scale, then make fuzz
 #
 # The e2e tests take TETHER_E2E_VERSIONS (e.g. 1.6,2.4.2), TETHER_E2E_RUNC
 # (runc binaries, default Debian's and /opt/tether/runc-1.5.3/bin/runc),
@@ -20,7 +21,7 @@ GO ?= go
 BIN := bin/containerd-shim-tether-v2
 E2E_TIMEOUT ?= 75m
 
-.PHONY: all build test test-unit test-e2e deps demo lint clean bench fuzz
+.PHONY: all build test test-unit test-e2e deps demo lint clean bench fuzz stress
 
 all: build
 
@@ -55,6 +56,12 @@ demo:
 # fuzz runs every fuzz target for FUZZTIME (default 30s) each; make test runs
 # their seed corpora (testdata/fuzz) as ordinary tests.
 fuzz:
+	bash scripts/fuzz.sh
+
+# stress: the abuse of a live shim at ten times make test's amount, under
+# every containerd and runc, then every fuzz target for FUZZTIME.
+stress: deps
+	cd test/e2e && TETHER_STRESS_SCALE=$${TETHER_STRESS_SCALE:-10} flock -w 3600 /tmp/tether-heavy.lock $(GO) test -race -count=1 -timeout $(E2E_TIMEOUT) -v -run 'TestTTRPCAbuse' ./...
 	bash scripts/fuzz.sh
 
 # bench compares Tether with the stock shim under private containerds (bench/,
