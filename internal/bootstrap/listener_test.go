@@ -2,9 +2,11 @@ package bootstrap
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"sync/atomic"
@@ -98,5 +100,60 @@ func TestRegressionFrameLengthHeldMemory(t *testing.T) {
 	}
 	if c2.pending != nil {
 		t.Fatalf("a stalled frame left %d bytes pending", len(c2.pending))
+	}
+}
+
+// TestRegressionFrameErrorLeakedConnection: frameConn's errors (a frame
+// above 4 MiB, a frame stalled past frameTimeout) are not ones ttrpc ends
+// a connection on: it logged them and kept the connection and its
+// goroutine for as long as the peer kept it open, which after 600 abusive
+// connections was 302 goroutines and 8 MB. Now the server hangs up at
+// once, and says why through the shim's logger.
+func TestRegressionFrameErrorLeakedConnection(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		send []byte
+	}{
+		{"too large", testFrame(maxFrame+1, nil)},
+		{"stalled", testFrame(1000, []byte("only this"))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec, logger := testutil.NewLog(t)
+			path := filepath.Join(t.TempDir(), "s")
+			ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			server, err := newTTRPCServer(logger, newTrimmer(), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gl := newGuardedListener(ln, logger, func() {})
+			gl.frameTimeout = 100 * time.Millisecond
+			served := make(chan error, 1)
+			go func() { served <- serveTTRPC(context.Background(), server, gl, logger) }()
+			defer func() {
+				server.Close()
+				<-served
+			}()
+
+			peer, err := net.Dial("unix", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer peer.Close()
+			if _, err := peer.Write(tc.send); err != nil {
+				t.Fatal(err)
+			}
+			// The peer never hangs up; the server must.
+			peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+			n, err := io.Copy(io.Discard, peer)
+			if err != nil {
+				t.Fatalf("the server kept the connection: read %d bytes, then %v", n, err)
+			}
+			if _, ok := rec.Find(slog.LevelWarn, "ending a connection"); !ok {
+				t.Errorf("no warning through the shim's logger; records: %v", rec.Records())
+			}
+		})
 	}
 }

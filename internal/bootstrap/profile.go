@@ -15,17 +15,19 @@ import (
 
 // profiler serves profiles of a shim started with -debug, without a
 // listening port: SIGUSR1 writes <bundle>/tether-heap.pprof (after a GC) and
-// <bundle>/tether-goroutines.txt and <bundle>/tether-metrics.txt; SIGUSR2 starts a CPU profile into
+// <bundle>/tether-goroutines.txt and <bundle>/tether-metrics.txt (MemStats and
+// the trimmer's state); SIGUSR2 starts a CPU profile into
 // <bundle>/tether-cpu.pprof, and the next SIGUSR2 stops it. Its goroutine is
 // owned by Serve, which cancels ctx and waits for done.
 type profiler struct {
 	dir    string
 	logger *slog.Logger
+	trim   func() trimStats // the trimmer's state, for the metrics
 	done   chan struct{}
 }
 
-func startProfiler(ctx context.Context, dir string, logger *slog.Logger) *profiler {
-	p := &profiler{dir: dir, logger: logger, done: make(chan struct{})}
+func startProfiler(ctx context.Context, dir string, logger *slog.Logger, trim func() trimStats) *profiler {
+	p := &profiler{dir: dir, logger: logger, trim: trim, done: make(chan struct{})}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
 	go func() {
@@ -101,6 +103,11 @@ func (p *profiler) writeHeap() {
 func (p *profiler) writeMetrics() {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
+	ts := p.trim()
+	paused := uint64(0)
+	if ts.paused {
+		paused = 1
+	}
 	var b strings.Builder
 	for _, kv := range []struct {
 		name  string
@@ -121,6 +128,9 @@ func (p *profiler) writeMetrics() {
 		{"other_sys", ms.OtherSys},
 		{"num_gc", uint64(ms.NumGC)},
 		{"goroutines", uint64(runtime.NumGoroutine())},
+		{"trims", ts.trims},
+		{"requests_inflight", uint64(max(ts.inflight, 0))},
+		{"gc_paused", paused},
 	} {
 		fmt.Fprintf(&b, "%s %d\n", kv.name, kv.value)
 	}

@@ -144,7 +144,7 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	go func() { served <- serveTTRPC(ctx, server, guarded, logger) }()
 	go trim.run(ctx)
 	if f.Debug {
-		prof := startProfiler(ctx, bundle, logger)
+		prof := startProfiler(ctx, bundle, logger, trim.stats)
 		defer func() {
 			stop()
 			<-prof.done

@@ -56,6 +56,8 @@ type trimmer struct {
 	done     chan struct{} // closed when the goroutine returns
 	// stopped ends the re-arming of the collection notice.
 	stopped atomic.Bool
+	// trims counts the trims, for the operator's metrics.
+	trims atomic.Uint64
 	// resumeGC is set from a trim until the next request: the garbage
 	// collector is off then (pauseGC), and whichever of Poke and the run
 	// loop swaps it out first calls it to turn the collector back on.
@@ -119,6 +121,20 @@ func (t *trimmer) resume() {
 	}
 }
 
+// trimStats is what the trimmer tells the operator's metrics: how many
+// trims ran, how many requests are in flight, and whether the collector is
+// paused now.
+type trimStats struct {
+	trims    uint64
+	inflight int32
+	paused   bool
+}
+
+// stats returns the trimmer's state now; any goroutine may call it.
+func (t *trimmer) stats() trimStats {
+	return trimStats{trims: t.trims.Load(), inflight: t.inflight.Load(), paused: t.resumeGC.Load() != nil}
+}
+
 // gcSentinel is allocated only to become garbage: its cleanup tells the
 // trimmer that a collection ran. It holds a pointer so that it is never
 // batched with other tiny objects.
@@ -176,6 +192,7 @@ func (t *trimmer) run(ctx context.Context) {
 			// pausing after the pages were dropped paged 0.7 MB of
 			// code back in.
 			t.trim()
+			t.trims.Add(1)
 			resume := t.pauseGC()
 			t.resumeGC.Store(&resume)
 			t.drop()
@@ -196,15 +213,36 @@ func (t *trimmer) run(ctx context.Context) {
 	}
 }
 
+// lingerHeap is the live heap above which a trim collects a second time:
+// an idle shim's heap is about 400 kB, and more after the first collection
+// is pooled buffers sitting in their pools' victim caches.
+const lingerHeap = 1 << 20
+
 // trimMemory ends idle OS threads, collects garbage and returns free heap
 // to the kernel.
 func trimMemory() {
 	shedThreads(maxShed)
-	// One collection only: each one makes the runtime touch more of its
-	// span-set metadata (a second one here cost 200 kB per shim). The copy
-	// buffers the stdio pools hold go to their victim caches now and are
-	// freed by the next collection, after the next request.
+	// One collection, as a rule: each one makes the runtime touch more of
+	// its span-set metadata (a second one here cost 200 kB per shim). The
+	// buffers that pools hold (the stdio copy buffers, ttrpc's message
+	// buffers) go to their victim caches now and are freed by the next
+	// collection, after the next request. But ttrpc pools a buffer as
+	// large as the largest message it received (up to 4 MiB), and the
+	// collector stays paused while idle: when more than lingerHeap
+	// survives, a second collection frees it now
+	// (TestRegressionPooledBufferHeldWhileIdle).
 	debug.FreeOSMemory()
+	if liveHeap() > lingerHeap {
+		debug.FreeOSMemory()
+	}
+}
+
+// liveHeap is the bytes of heap objects allocated and not yet freed; right
+// after a collection, the live heap.
+func liveHeap() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
 }
 
 // Thread shedding.

@@ -376,3 +376,26 @@ func TestDropExecutablePages(t *testing.T) {
 	}
 	t.Logf("resident text: %d kB before, %d kB after", before, after)
 }
+
+// TestRegressionPooledBufferHeldWhileIdle: a trim's one collection moves
+// what pools hold to their victim caches, and the collector then stays
+// paused while idle; ttrpc pools a buffer as large as the largest message
+// it received, so a shim that was sent one large request held it (with the
+// 40 connections of the abuse test, 1.4 MB) until its next request. A trim
+// that finds more than lingerHeap live collects a second time.
+func TestRegressionPooledBufferHeldWhileIdle(t *testing.T) {
+	var pool sync.Pool
+	freed := make(chan struct{})
+	func() {
+		b := make([]byte, 4*lingerHeap)
+		runtime.AddCleanup(&b[0], func(ch chan struct{}) { close(ch) }, freed)
+		pool.Put(&b)
+	}()
+	trimMemory()
+	select {
+	case <-freed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a pooled buffer of 4 MiB outlived the trim")
+	}
+	runtime.KeepAlive(&pool)
+}

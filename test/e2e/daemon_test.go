@@ -201,6 +201,36 @@ func (d *daemon) restart(t *testing.T) {
 	}
 }
 
+// atLogLevel restarts containerd at log level for the rest of the test,
+// and at debug again after it. containerd starts shims with -debug only at
+// level debug, and such a shim samples its heap for profiles, which costs
+// memory that a shim as operators run it never holds; a test that measures
+// a shim's memory starts its containers after atLogLevel(t, "info").
+func (d *daemon) atLogLevel(t *testing.T, level string) {
+	t.Helper()
+	set := func(level string) error {
+		if err := d.stop(); err != nil {
+			return err
+		}
+		if err := d.WriteConfig(level); err != nil {
+			return err
+		}
+		if err := d.start(false); err != nil {
+			d.broken = err
+			return err
+		}
+		return nil
+	}
+	if err := set(level); err != nil {
+		t.Fatalf("restart containerd %s at log level %s: %v", d.Name, level, err)
+	}
+	t.Cleanup(func() {
+		if err := set("debug"); err != nil {
+			t.Errorf("restart containerd %s at log level debug: %v", d.Name, err)
+		}
+	})
+}
+
 // result of a command.
 type result struct {
 	stdout, stderr string

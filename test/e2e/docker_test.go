@@ -131,6 +131,7 @@ func (dd *dockerDaemon) start() error {
 			LogPath:    filepath.Join(libBase, "docker-cd.log"),
 		},
 		v:       v,
+		r:       runcs[0],
 		sockets: map[string][]string{},
 		// containerd's own containerd-shim-runc-v2 of the same release, for
 		// dockerd's stock runc runtime, the control in the tests that compare.
