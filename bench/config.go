@@ -22,6 +22,8 @@ type config struct {
 	Parallel      int           `json:"parallel"`       // BENCH_PARALLEL
 	Settle        time.Duration `json:"settle_ns"`      // BENCH_SETTLE: idle time before a memory sample
 	Steady        time.Duration `json:"steady_ns"`      // BENCH_STEADY: idle time of the steady-state sample of the single shims (first round; 0: none)
+	THP           string        `json:"thp,omitempty"`  // BENCH_THP: a transparent huge page setting ("always", "madvise", "never") under which the single shims are sampled again; "" or "off": none
+	HostTHP       string        `json:"host_thp"`       // the host's setting, under which every other figure is taken
 	Image         bool          `json:"image"`          // BENCH_IMAGE=1: run the imported OCI image instead of --rootfs
 	Timeout       time.Duration `json:"timeout_ns"`     // BENCH_TIMEOUT: the whole run
 	WaitE2E       time.Duration `json:"wait_e2e_ns"`    // BENCH_WAIT_E2E: how long to wait for a running e2e suite
@@ -40,6 +42,7 @@ func loadConfig() (config, error) {
 		ShimBin:       os.Getenv("TETHER_SHIM_BIN"),
 		Out:           env("BENCH_OUT", "results"),
 		Image:         os.Getenv("BENCH_IMAGE") == "1",
+		THP:           env("BENCH_THP", "always"),
 		TetherRuntime: "io.containerd.tether.v2",
 	}
 	var err error
@@ -90,6 +93,14 @@ func loadConfig() (config, error) {
 		if r != "runc" && r != "crun" {
 			return c, fmt.Errorf("runtime %q: only runc and crun are known", r)
 		}
+	}
+	switch c.THP {
+	case "", "off", "always", "madvise", "never":
+	default:
+		return c, fmt.Errorf("BENCH_THP=%q: want always, madvise, never or off", c.THP)
+	}
+	if c.HostTHP, err = readTHP(); err != nil {
+		return c, err
 	}
 	return c, nil
 }

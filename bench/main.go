@@ -436,6 +436,9 @@ func (b *bench) runVersion(v *cdVersion) error {
 			for _, s := range sides {
 				b.memSingles(s, v, rt, rep)
 			}
+			for _, s := range sides {
+				b.memSinglesTHP(s, v, rt)
+			}
 			b.memFloor(v, rt)
 			for _, s := range sides {
 				b.memGroup(s, v, rt, rep)
@@ -581,7 +584,7 @@ func (b *bench) probeRuntime(v *cdVersion, rt, bundle string, sides []*side) boo
 	metrics := []string{"run_ms", "exec_ms", "start_tput", "stopdel_tput", "cpu_ms"}
 	if contains(b.cfg.MemRuntimes, rt) {
 		for _, f := range memFields {
-			metrics = append(metrics, f.name+"_single", f.name+"_steady")
+			metrics = append(metrics, f.name+"_single", f.name+"_steady", f.name+"_thp")
 			for _, n := range b.cfg.Groups {
 				metrics = append(metrics, fmt.Sprintf("%s_group%d", f.name, n))
 			}
@@ -874,6 +877,65 @@ func (b *bench) memSingles(s *side, v *cdVersion, rt string, rep int) {
 	}
 	if rep == 1 && b.cfg.Steady > 0 {
 		b.memSteady(s, v, rt, len(ids), started)
+	}
+}
+
+// thpSetting is the kernel's transparent huge page setting.
+const thpSetting = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+// readTHP returns the selected word of thpSetting ("always [madvise] never"
+// gives "madvise").
+func readTHP() (string, error) {
+	data, err := os.ReadFile(thpSetting)
+	if err != nil {
+		return "", err
+	}
+	for _, w := range strings.Fields(string(data)) {
+		if strings.HasPrefix(w, "[") && strings.HasSuffix(w, "]") {
+			return strings.Trim(w, "[]"), nil
+		}
+	}
+	return "", fmt.Errorf("%s: no selected setting in %q", thpSetting, data)
+}
+
+// memSinglesTHP samples Shims single shims started and idle under the
+// transparent huge page setting BENCH_THP, then puts the host's setting
+// back: with "always" (Debian's and RHEL's kernel default) the kernel can
+// back a Go runtime's first touches with 2 MiB pages.
+func (b *bench) memSinglesTHP(s *side, v *cdVersion, rt string) {
+	if b.cfg.THP == "" || b.cfg.THP == "off" || b.cfg.THP == b.cfg.HostTHP {
+		return
+	}
+	k := key{v.Name, rt, "rss_thp"}
+	if b.rec.failedFor(k, s.name) {
+		return
+	}
+	if err := os.WriteFile(thpSetting, []byte(b.cfg.THP), 0o644); err != nil {
+		b.failMem(v, rt, "thp", s.name, fmt.Sprintf("set %s to %s: %v", thpSetting, b.cfg.THP, err))
+		return
+	}
+	defer func() {
+		if err := os.WriteFile(thpSetting, []byte(b.cfg.HostTHP), 0o644); err != nil {
+			logf("could not restore %s to %s: %v", thpSetting, b.cfg.HostTHP, err)
+		}
+	}()
+	ids := make([]string, b.cfg.Shims)
+	for i := range ids {
+		ids[i] = s.newID("h")
+	}
+	defer b.remove(s, ids)
+	errs := parallel(b.cfg.Parallel, ids, func(id string) error {
+		if r := b.ctr(s, b.ctrRunArgs(s, rt, true, id, nil, sleeper...)...); r.code != 0 {
+			return fmt.Errorf("ctr run -d %s: %s", id, r)
+		}
+		return nil
+	})
+	if errors.Join(errs...) != nil {
+		b.failMem(v, rt, "thp", s.name, firstErr(errs))
+		return
+	}
+	if b.sleep(b.cfg.Settle) {
+		b.recordMem(s, v, rt, "thp", len(ids))
 	}
 }
 

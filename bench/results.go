@@ -165,6 +165,9 @@ func metricDefs(cfg config) []metricDef {
 		// steady state of a shim that has been idle past that.
 		mem("steady", fmt.Sprintf("per shim, %d shims, after %s idle", cfg.Shims, cfg.Steady))
 	}
+	if cfg.THP != "" && cfg.THP != "off" && cfg.THP != cfg.HostTHP {
+		mem("thp", fmt.Sprintf("per shim, %d shims, transparent huge pages %q (host: %q)", cfg.Shims, cfg.THP, cfg.HostTHP))
+	}
 	for _, n := range cfg.Groups {
 		mem(fmt.Sprintf("group%d", n), fmt.Sprintf("group shim, %d containers", n))
 	}

@@ -10,6 +10,12 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(thpChildEnv) != "" {
+		os.Exit(thpChild())
+	}
+	if os.Getenv(dialChildEnv) != "" {
+		os.Exit(dialChild())
+	}
 	primeRuntime()
 	os.Exit(m.Run())
 }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 
 	"github.com/tether-shim/tether/internal/container"
@@ -42,6 +43,12 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	if err := restoreCallerEnv(); err != nil {
 		return fmt.Errorf("restore environment: %w", err)
 	}
+	// Before any child: see thp.go. A server that cannot give its children
+	// the host's huge page setting back must not start containers.
+	marked, markErr := markNoHugePages()
+	if err := releaseHugePages(); err != nil {
+		return err
+	}
 	bundle, err := f.bundleDir()
 	if err != nil {
 		return err
@@ -54,6 +61,9 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	}
 	logger := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level})).
 		With("runtime", "io.containerd.tether.v2", "namespace", f.Namespace, "shim", f.ID)
+	if markErr != nil {
+		logger.Warn("huge pages: not every mapping could be marked; the shim may use more memory", "marked", marked, "error", markErr)
+	}
 
 	// One P is plenty for a shim, which mostly waits; every extra P can
 	// bring its own OS thread and stacks. See docs/performance.md. `start`
@@ -106,19 +116,7 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		Version:  version,
 	})
 	trim := newTrimmer()
-	server, err := ttrpc.NewServer(
-		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
-		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
-			defer trim.Begin()()
-			if !f.Debug {
-				return m(ctx, u)
-			}
-			start := time.Now()
-			resp, err := m(ctx, u)
-			logger.Debug("rpc", "method", info.FullMethod, "duration", time.Since(start), "error", err)
-			return resp, err
-		}),
-	)
+	server, err := newTTRPCServer(logger, trim, f.Debug)
 	if err != nil {
 		ln.Close()
 		return err
@@ -132,7 +130,7 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	defer signal.Stop(signals)
 
 	served := make(chan error, 1)
-	go func() { served <- server.Serve(ctx, ln) }()
+	go func() { served <- serveTTRPC(ctx, server, ln, logger) }()
 	go trim.run(ctx)
 	if f.Debug {
 		prof := startProfiler(ctx, bundle, logger)
@@ -191,4 +189,32 @@ wait:
 		logger.Warn("close exit monitor", "error", err)
 	}
 	return serveErr
+}
+
+// newTTRPCServer returns the shim's ttrpc server: it serves only peers of
+// its own uid, and every request holds off the trimmer (and is logged with
+// its duration when debug is set).
+func newTTRPCServer(logger *slog.Logger, trim *trimmer, debug bool) (*ttrpc.Server, error) {
+	return ttrpc.NewServer(
+		ttrpc.WithServerHandshaker(ttrpc.UnixSocketRequireSameUser()),
+		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
+			defer trim.Begin()()
+			if !debug {
+				return m(ctx, u)
+			}
+			start := time.Now()
+			resp, err := m(ctx, u)
+			logger.Debug("rpc", "method", info.FullMethod, "duration", time.Since(start), "error", err)
+			return resp, err
+		}),
+	)
+}
+
+// serveTTRPC serves server on ln until it is shut down. ttrpc logs its own
+// warnings (a refused peer, a failed accept, a response that cannot be
+// sent) through the logger in the context Serve gets, so logger goes there:
+// without it they went to slog.Default, which the server never sets and
+// whose stderr is /dev/null.
+func serveTTRPC(ctx context.Context, server *ttrpc.Server, ln net.Listener, logger *slog.Logger) error {
+	return server.Serve(log.WithLogger(ctx, logger), ln)
 }

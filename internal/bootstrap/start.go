@@ -125,52 +125,97 @@ func ensureServer(f Flags, self, bundle, dir, path string) error {
 	return nil
 }
 
-// callerGOMAXPROCS carries the caller's GOMAXPROCS from `start` to the
-// server, which restores it (restoreCallerEnv) so that the processes it
-// starts inherit the environment containerd gave the shim.
-const callerGOMAXPROCS = "TETHER_CALLER_GOMAXPROCS"
+// serverSetting is a variable of the Go runtime's environment that the
+// server runs with a value of its own, and whose caller's value it carries
+// in carrier and restores (restoreCallerEnv) once the runtime has read it,
+// so that the processes it starts (the OCI runtime, and through it the
+// containers, and logging binaries) inherit the environment containerd
+// gave the shim.
+type serverSetting struct {
+	name, carrier string
+	// value is the server's value given the caller's (empty if unset).
+	value func(caller string) string
+}
 
-// serverEnv is the server's environment: env with GOMAXPROCS=1, and the
-// caller's GOMAXPROCS (empty if unset) in callerGOMAXPROCS.
+// serverSettings are the server's own runtime settings:
 //
-// The server runs on one P (see Serve), and it must have one from the
-// first instruction: the Go runtime starts with a P per CPU, package
-// initialisation then allocates from each P's cache, and when Serve cut the
-// Ps to one, the spans cached by the others went back to the heap's central
-// lists. That touched span-set metadata the runtime never returns, by
-// chance: the same shim held 2.2 MB or 2.85 MB of anonymous memory from one
-// start to the next (docs/performance.md, "One P from the start").
-func serverEnv(env []string) []string {
-	out := make([]string, 0, len(env)+2)
-	caller := ""
-	for _, kv := range env {
-		switch {
-		case strings.HasPrefix(kv, "GOMAXPROCS="):
-			caller = strings.TrimPrefix(kv, "GOMAXPROCS=")
-		case strings.HasPrefix(kv, callerGOMAXPROCS+"="):
-		default:
-			out = append(out, kv)
-		}
+//   - GOMAXPROCS=1. The server runs on one P (see Serve), and it must have
+//     one from the first instruction: the Go runtime starts with a P per
+//     CPU, package initialisation then allocates from each P's cache, and
+//     when Serve cut the Ps to one, the spans cached by the others went
+//     back to the heap's central lists. That touched span-set metadata the
+//     runtime never returns, by chance: the same shim held 2.2 MB or
+//     2.85 MB of anonymous memory from one start to the next
+//     (docs/performance.md, "One P from the start").
+//   - GODEBUG with disablethp=1 after the caller's settings. With
+//     transparent huge pages set to "always" (Debian's and RHEL's kernel
+//     default), the kernel backs the heap's first touches with 2 MiB pages
+//     and a shim's RSS doubles (docs/performance.md, "Huge pages"). The
+//     setting is the runtime's own madvise(MADV_NOHUGEPAGE) of its heap,
+//     per mapping, so unlike prctl(PR_SET_THP_DISABLE) it is not inherited
+//     by the containers.
+func serverSettings() []serverSetting {
+	return []serverSetting{
+		{"GOMAXPROCS", "TETHER_CALLER_GOMAXPROCS", func(string) string { return "1" }},
+		{"GODEBUG", "TETHER_CALLER_GODEBUG", func(caller string) string {
+			if caller == "" {
+				return "disablethp=1"
+			}
+			return caller + ",disablethp=1"
+		}},
 	}
-	return append(out, "GOMAXPROCS=1", callerGOMAXPROCS+"="+caller)
+}
+
+// serverEnv is the server's environment: env with each of serverSettings
+// set to the server's value, and the caller's value (empty if unset) in its
+// carrier.
+func serverEnv(env []string) []string {
+	settings := serverSettings()
+	out := make([]string, 0, len(env)+2*len(settings))
+	caller := make(map[string]string, len(settings))
+next:
+	for _, kv := range env {
+		for _, s := range settings {
+			if v, ok := strings.CutPrefix(kv, s.name+"="); ok {
+				caller[s.name] = v
+				continue next
+			}
+			if strings.HasPrefix(kv, s.carrier+"=") {
+				continue next
+			}
+		}
+		out = append(out, kv)
+	}
+	for _, s := range settings {
+		out = append(out, s.name+"="+s.value(caller[s.name]), s.carrier+"="+caller[s.name])
+	}
+	return out
 }
 
 // restoreCallerEnv undoes serverEnv in the server's own environment, once
-// the Go runtime has read GOMAXPROCS: the caller's value comes back, or
-// GOMAXPROCS goes if the caller had none. Without callerGOMAXPROCS (a
-// server not launched by `start`) it changes nothing.
+// the Go runtime has read it: each caller's value comes back, or the
+// variable goes if the caller had none. A setting without its carrier (a
+// server not launched by `start`) is left as it is.
 func restoreCallerEnv() error {
-	caller, ok := os.LookupEnv(callerGOMAXPROCS)
-	if !ok {
-		return nil
+	for _, s := range serverSettings() {
+		caller, ok := os.LookupEnv(s.carrier)
+		if !ok {
+			continue
+		}
+		if err := os.Unsetenv(s.carrier); err != nil {
+			return err
+		}
+		var err error
+		if caller == "" {
+			err = os.Unsetenv(s.name)
+		} else {
+			err = os.Setenv(s.name, caller)
+		}
+		if err != nil {
+			return err
+		}
 	}
-	if err := os.Unsetenv(callerGOMAXPROCS); err != nil {
-		return err
-	}
-	if caller == "" {
-		return os.Unsetenv("GOMAXPROCS")
-	}
-	return os.Setenv("GOMAXPROCS", caller)
+	return nil
 }
 
 // launch runs the server detached: in the bundle, in its own process group,
@@ -193,6 +238,10 @@ func launch(f Flags, self, bundle string, socket *os.File) error {
 	cmd.Env = serverEnv(os.Environ())
 	cmd.ExtraFiles = []*os.File{socket}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Cleared by the server in Serve, before it starts any child.
+	if err := holdHugePages(); err != nil {
+		return fmt.Errorf("launch server: %w", err)
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("launch server: %w", err)
 	}

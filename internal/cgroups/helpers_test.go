@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/internal/testutil"
 )
 
 // guard bounds the waits of the tests for something the kernel does (an OOM
@@ -256,4 +259,11 @@ func writeTemp(t *testing.T, p, v string) {
 	if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// testLogger is a logger that records into a testutil.Log, printed if the
+// test fails.
+func testLogger(t testing.TB) *slog.Logger {
+	_, l := testutil.NewLog(t)
+	return l
 }

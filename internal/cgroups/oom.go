@@ -79,16 +79,20 @@ type OOMWatcher struct {
 // WatchOOM watches the cgroup's memory controller for OOM kills and calls
 // onOOM, from the watcher's goroutine and without any lock held, at most once
 // per kill recorded (kills seen together are reported once). onOOM must not
-// call Close. Kills recorded before WatchOOM are not reported.
+// call Close. Kills recorded before WatchOOM are not reported. The watcher's
+// warnings go to logger.
 //
 // Errors: errdefs.ErrInvalidArgument for a nil onOOM, errdefs.ErrNotFound if
 // the cgroup was removed, errdefs.ErrFailedPrecondition if the memory
 // controller is not mounted (v1) or not enabled for the cgroup (v2).
-func (c *Cgroup) WatchOOM(onOOM func()) (*OOMWatcher, error) {
+func (c *Cgroup) WatchOOM(onOOM func(), logger *slog.Logger) (*OOMWatcher, error) {
 	if onOOM == nil {
 		return nil, fmt.Errorf("cgroups: WatchOOM with a nil callback: %w", errdefs.ErrInvalidArgument)
 	}
-	logger := slog.Default().With("cgroup", c.path)
+	if logger == nil {
+		return nil, fmt.Errorf("cgroups: WatchOOM with a nil logger: %w", errdefs.ErrInvalidArgument)
+	}
+	logger = logger.With("cgroup", c.path)
 	if c.mode == Unified {
 		return watchV2(c.v2, onOOM, logger)
 	}

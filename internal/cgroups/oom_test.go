@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -126,7 +127,7 @@ func TestWatchOOMV1(t *testing.T) {
 				t.Errorf("second Close: %v", err)
 			}
 			// The exported path: WatchOOM on the loaded cgroup.
-			w2, err := c.WatchOOM(func() {})
+			w2, err := c.WatchOOM(func() {}, testLogger(t))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -179,7 +180,7 @@ func TestWatchOOMV1Removed(t *testing.T) {
 			if n := rec.n.Load(); n != 0 {
 				t.Errorf("onOOM called %d times for a removal", n)
 			}
-			if _, err := c.WatchOOM(rec.onOOM); !errdefs.IsNotFound(err) {
+			if _, err := c.WatchOOM(rec.onOOM, testLogger(t)); !errdefs.IsNotFound(err) {
 				t.Errorf("WatchOOM on a removed cgroup: %v, want not found", err)
 			}
 		})
@@ -212,7 +213,7 @@ func TestWatchOOMV2(t *testing.T) {
 	c := &Cgroup{mode: Unified, path: "/fake", v2: dir}
 	rec := newRecorder()
 	t.Cleanup(rec.unblock)
-	w, err := c.WatchOOM(rec.onOOM)
+	w, err := c.WatchOOM(rec.onOOM, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +260,7 @@ func TestWatchOOMConcurrentClose(t *testing.T) {
 	dir := t.TempDir()
 	writeEvents(t, filepath.Join(dir, "memory.events"), 0)
 	c := &Cgroup{mode: Unified, path: "/fake", v2: dir}
-	w, err := c.WatchOOM(func() {})
+	w, err := c.WatchOOM(func() {}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,23 +289,23 @@ func TestWatchOOMConcurrentClose(t *testing.T) {
 func TestWatchOOMErrors(t *testing.T) {
 	testutil.CheckLeaks(t)
 	c := &Cgroup{mode: Unified, path: "/fake", v2: t.TempDir()}
-	if _, err := c.WatchOOM(nil); !errdefs.IsInvalidArgument(err) {
+	if _, err := c.WatchOOM(nil, testLogger(t)); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("nil onOOM: %v, want invalid argument", err)
 	}
 	// A v2 cgroup without the memory controller has no memory.events.
-	if _, err := c.WatchOOM(func() {}); !errdefs.IsFailedPrecondition(err) {
+	if _, err := c.WatchOOM(func() {}, testLogger(t)); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("no memory.events: %v, want failed precondition", err)
 	}
 	c = &Cgroup{mode: Unified, path: "/gone", v2: filepath.Join(t.TempDir(), "gone")}
-	if _, err := c.WatchOOM(func() {}); !errdefs.IsNotFound(err) {
+	if _, err := c.WatchOOM(func() {}, testLogger(t)); !errdefs.IsNotFound(err) {
 		t.Errorf("missing cgroup: %v, want not found", err)
 	}
 	c = &Cgroup{mode: Hybrid, path: "/x", v1: map[string]string{"cpu": t.TempDir()}}
-	if _, err := c.WatchOOM(func() {}); !errdefs.IsFailedPrecondition(err) {
+	if _, err := c.WatchOOM(func() {}, testLogger(t)); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("no memory hierarchy: %v, want failed precondition", err)
 	}
 	c = &Cgroup{mode: Legacy, path: "/gone", v1: map[string]string{"memory": filepath.Join(t.TempDir(), "gone")}}
-	if _, err := c.WatchOOM(func() {}); !errdefs.IsNotFound(err) {
+	if _, err := c.WatchOOM(func() {}, testLogger(t)); !errdefs.IsNotFound(err) {
 		t.Errorf("missing v1 cgroup: %v, want not found", err)
 	}
 	// A real cgroup of the unified hierarchy of this host: on a hybrid host
@@ -312,8 +313,37 @@ func TestWatchOOMErrors(t *testing.T) {
 	if HostMode() == Hybrid {
 		cg := newTestCgroup(t, true)
 		c = &Cgroup{mode: Unified, path: cg.path, v2: cg.dir(t, "")}
-		if _, err := c.WatchOOM(func() {}); !errdefs.IsFailedPrecondition(err) {
+		if _, err := c.WatchOOM(func() {}, testLogger(t)); !errdefs.IsFailedPrecondition(err) {
 			t.Errorf("v2 cgroup without memory controller: %v, want failed precondition", err)
 		}
+	}
+}
+
+// TestRegressionOOMWatcherWarnsToDefault: the OOM watcher's warnings went to
+// slog.Default, which goes nowhere in the server; they go to the logger it
+// is given, with the cgroup. Here a memory.events that is no longer a
+// counter makes Check warn.
+func TestRegressionOOMWatcherWarnsToDefault(t *testing.T) {
+	testutil.CheckLeaks(t)
+	dir := t.TempDir()
+	ev := filepath.Join(dir, "memory.events")
+	writeEvents(t, ev, 0)
+	c := &Cgroup{mode: Unified, path: "/fake", v2: dir}
+	log, logger := testutil.NewLog(t)
+	w, err := c.WatchOOM(func() {}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	if err := os.WriteFile(ev, []byte("oom_kill x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w.Check()
+	r, ok := log.Find(slog.LevelWarn, "cgroups: OOM check")
+	if !ok {
+		t.Fatalf("Check's warning was not logged through the given logger: %v", log.Records())
+	}
+	if !slices.Contains(r.Attrs, "cgroup=/fake") {
+		t.Errorf("the warning does not name the cgroup: %v", r.Attrs)
 	}
 }

@@ -16,11 +16,9 @@ package container
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -68,6 +66,8 @@ type Deps struct {
 type Config struct {
 	ID     string
 	Bundle string
+	// Spec is what LoadSpec read of the bundle's config.json.
+	Spec   Spec
 	Rootfs []Mount
 	Stdio  stdio.Config
 	// Runtime runs the OCI runtime for this container.
@@ -135,14 +135,14 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		bundle:  cfg.Bundle,
 		rt:      cfg.Runtime,
 		deps:    deps,
-		init:    newProcess(cfg.ID, "", cfg.Stdio, deps.Events),
+		init:    newProcess(cfg.ID, "", cfg.Stdio, deps.Events, deps.Logger),
 		execs:   make(map[string]*Process),
 		ioUID:   cfg.IoUID,
 		ioGID:   cfg.IoGID,
 		restore: cfg.Restore,
 	}
 	c.init.beforeExitEvent = c.initExiting
-	c.sharedPidNS = sharesPidNamespace(cfg.Bundle)
+	c.sharedPidNS = cfg.Spec.SharesPidNamespace
 	if err := clearDeleted(cfg.Bundle); err != nil {
 		return nil, fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
@@ -166,7 +166,9 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 			io.pipes.Close()
 		}
 	}()
+	c.init.mu.Lock()
 	c.init.pipes = io.pipes
+	c.init.mu.Unlock()
 	opts := runtime.CreateOpts{
 		IO:            io.runcIO(),
 		ConsoleSocket: io.consoleSocket(),
@@ -393,32 +395,6 @@ func (c *Container) initExiting() {
 	c.awaitExecs()
 }
 
-// sharesPidNamespace reports whether the bundle's spec gives the container
-// no pid namespace of its own (none listed, or one joined by path).
-func sharesPidNamespace(bundle string) bool {
-	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
-	if err != nil {
-		return false
-	}
-	var spec struct {
-		Linux *struct {
-			Namespaces []struct {
-				Type string `json:"type"`
-				Path string `json:"path"`
-			} `json:"namespaces"`
-		} `json:"linux"`
-	}
-	if json.Unmarshal(data, &spec) != nil || spec.Linux == nil {
-		return false
-	}
-	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type == "pid" {
-			return ns.Path != ""
-		}
-	}
-	return true
-}
-
 // procIO is the stdio of one process: pipes (or a pty) to the client's
 // endpoints, or nil when it asked for none (the runtime then gives it
 // /dev/null).
@@ -508,7 +484,7 @@ func (c *Container) watchCgroup(pid int) {
 		c.deps.Logger.Warn("no cgroup: stats and OOM events unavailable", "id", c.id, "pid", pid, "error", err)
 		return
 	}
-	oom, err := cg.WatchOOM(c.publishOOM)
+	oom, err := cg.WatchOOM(c.publishOOM, c.deps.Logger.With("id", c.id))
 	if err != nil {
 		c.deps.Logger.Warn("no OOM watch", "id", c.id, "error", err)
 	}

@@ -46,7 +46,7 @@ func (c *Container) Exec(ctx context.Context, execID string, specJSON []byte, cf
 	if err := c.init.check(OpExec); err != nil {
 		return fmt.Errorf("exec %s in %s: %w", execID, c.id, err)
 	}
-	p := newProcess(c.id, execID, cfg, c.deps.Events)
+	p := newProcess(c.id, execID, cfg, c.deps.Events, c.deps.Logger)
 	p.spec = &spec
 	p.afterExit = func() {
 		<-p.startResolved

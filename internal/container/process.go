@@ -3,6 +3,7 @@ package container
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -70,12 +71,17 @@ type Process struct {
 	startTried bool
 }
 
-func newProcess(containerID, execID string, cfg stdio.Config, sink events.Sink) *Process {
+func newProcess(containerID, execID string, cfg stdio.Config, sink events.Sink, logger *slog.Logger) *Process {
+	if execID != "" {
+		logger = logger.With("id", containerID, "exec", execID)
+	} else {
+		logger = logger.With("id", containerID)
+	}
 	return &Process{
 		containerID:   containerID,
 		execID:        execID,
 		stdioCfg:      cfg,
-		outbox:        events.NewOutbox(sink),
+		outbox:        events.NewOutbox(sink, logger),
 		done:          make(chan struct{}),
 		startResolved: make(chan struct{}),
 		state:         Created,

@@ -21,6 +21,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/tether-shim/tether/internal/testutil"
 )
 
 // waitLimit bounds every wait in these tests. It is generous: hitting it
@@ -481,4 +483,11 @@ func checkInOrderAllowingRepeats(t *testing.T, got []int, n int) int {
 		t.Fatalf("got events up to %d, want %d", next, n)
 	}
 	return dups
+}
+
+// testLogger is a logger that records into a testutil.Log, printed if the
+// test fails.
+func testLogger(t testing.TB) *slog.Logger {
+	_, l := testutil.NewLog(t)
+	return l
 }

@@ -39,7 +39,7 @@ type heldEvent struct {
 // Publisher.mu. The Outbox calls Sink.Publish while holding its mutex; that is
 // what keeps a Started and a concurrent Exit in order, and it is allowed
 // because Publish never blocks and never calls back into the Outbox. Warnings
-// go to slog.Default(). A held event is kept by reference until it is
+// go to the logger given to NewOutbox. A held event is kept by reference until it is
 // published: do not modify an event after passing it to the Outbox.
 type Outbox struct {
 	sink   Sink
@@ -62,9 +62,14 @@ type Outbox struct {
 	abandoned bool
 }
 
-// NewOutbox returns an Outbox that publishes to sink.
-func NewOutbox(sink Sink) *Outbox {
-	return &Outbox{sink: sink, logger: slog.Default()}
+// NewOutbox returns an Outbox that publishes to sink and logs its warnings
+// to logger. It panics if logger is nil: a component never logs to
+// slog.Default, which goes nowhere in the server.
+func NewOutbox(sink Sink, logger *slog.Logger) *Outbox {
+	if logger == nil {
+		panic("events: NewOutbox with a nil logger")
+	}
+	return &Outbox{sink: sink, logger: logger}
 }
 
 // Send publishes event now, unless an exit is being held for a pending start:

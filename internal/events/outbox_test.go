@@ -24,10 +24,8 @@ var (
 // capture.
 func newTestOutbox(t *testing.T) (*Outbox, *eventstest.Recorder, *logCapture) {
 	rec := &eventstest.Recorder{}
-	o := NewOutbox(rec)
 	logs, logger := newLogCapture(t)
-	o.logger = logger
-	return o, rec, logs
+	return NewOutbox(rec, logger), rec, logs
 }
 
 func startEv() *apievents.TaskStart { return &apievents.TaskStart{ContainerID: "c", Pid: 7} }
@@ -221,7 +219,7 @@ func TestOutboxRaceStartedVsExit(t *testing.T) {
 	t.Parallel()
 	for i := range 1000 {
 		rec := &eventstest.Recorder{}
-		o := NewOutbox(rec)
+		o := NewOutbox(rec, testLogger(t))
 		o.ExpectStart()
 		var wg sync.WaitGroup
 		wg.Go(func() { o.Exit(TopicExit, exitEv()) })
@@ -239,7 +237,7 @@ func TestOutboxRaceAbortStartVsExit(t *testing.T) {
 	t.Parallel()
 	for i := range 1000 {
 		rec := &eventstest.Recorder{}
-		o := NewOutbox(rec)
+		o := NewOutbox(rec, testLogger(t))
 		o.ExpectStart()
 		var wg sync.WaitGroup
 		wg.Go(func() { o.Exit(TopicExit, exitEv()) })
@@ -263,7 +261,7 @@ func TestOutboxOverPublisher(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range procs {
 		id := fmt.Sprintf("c%d", i)
-		o := NewOutbox(p)
+		o := NewOutbox(p, testLogger(t))
 		o.Send(TopicCreate, &apievents.TaskCreate{ContainerID: id})
 		o.ExpectStart()
 		wg.Go(func() { o.Exit(TopicExit, &apievents.TaskExit{ContainerID: id, ID: id}) })
@@ -296,7 +294,7 @@ func TestOutboxOverPublisher(t *testing.T) {
 func TestOutboxWithRecorderWaitFor(t *testing.T) {
 	t.Parallel()
 	rec := &eventstest.Recorder{}
-	o := NewOutbox(rec)
+	o := NewOutbox(rec, testLogger(t))
 	o.ExpectStart()
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -311,4 +309,26 @@ func TestOutboxWithRecorderWaitFor(t *testing.T) {
 	if evs[0].Topic != TopicStart || evs[1].Topic != TopicExit {
 		t.Errorf("published %s then %s", evs[0].Topic, evs[1].Topic)
 	}
+}
+
+// TestRegressionOutboxWarnsToDefault: the outbox's warnings went to
+// slog.Default, which goes nowhere in the server; they go to the logger it
+// is given.
+func TestRegressionOutboxWarnsToDefault(t *testing.T) {
+	log, logger := testutil.NewLog(t)
+	o := NewOutbox(&eventstest.Recorder{}, logger)
+	o.Exit(TopicExit, exitEv())
+	o.Exit(TopicExit, exitEv())
+	if _, ok := log.Find(slog.LevelWarn, "second exit event dropped"); !ok {
+		t.Fatalf("the dropped second exit was not logged through the given logger: %v", log.Records())
+	}
+}
+
+func TestNewOutboxRefusesNilLogger(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Fatal("NewOutbox(sink, nil) did not panic")
+		}
+	}()
+	NewOutbox(&eventstest.Recorder{}, nil)
 }

@@ -122,14 +122,14 @@ type Publisher struct {
 // containerd ttrpc socket at address and starts its sender goroutine; Close
 // stops it. address is "unix:///path", "unix:/path" or "/path". The first
 // dial happens when the first event is due, so containerd need not be up yet.
-// A nil logger means slog.Default().
+// It panics if logger is nil.
 func NewPublisher(address, namespace string, logger *slog.Logger) *Publisher {
 	return newPublisher(address, namespace, logger, defaultConfig())
 }
 
 func newPublisher(address, namespace string, logger *slog.Logger, cfg config) *Publisher {
 	if logger == nil {
-		logger = slog.Default()
+		panic("events: NewPublisher with a nil logger")
 	}
 	p := &Publisher{
 		namespace: namespace,

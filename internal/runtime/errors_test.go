@@ -10,68 +10,97 @@ import (
 )
 
 // TestClassify pins every message fragment against the full message runc 1.1
-// (the "msg" of its JSON log) or crun 1.8 (its log and stderr) really prints.
+// (the "msg" of its JSON log) or crun 1.8 (its log and stderr) really prints,
+// for the subcommand that prints it, about container c1.
 func TestClassify(t *testing.T) {
 	tests := []struct {
-		runtime string
-		msg     string
-		want    error
+		runtime, op string
+		msg         string
+		want        error
 	}{
 		// runc 1.1
-		{"runc", "container does not exist", errdefs.ErrNotFound},
-		{"runc", "runc create failed: container with given ID already exists", errdefs.ErrAlreadyExists},
-		{"runc", "container not running", errdefs.ErrFailedPrecondition},
-		{"runc", "cannot start a container that has stopped", errdefs.ErrFailedPrecondition},
-		{"runc", "cannot start an already running container", errdefs.ErrFailedPrecondition},
-		{"runc", "container not paused", errdefs.ErrFailedPrecondition},
+		{"runc", "kill", "container does not exist", errdefs.ErrNotFound},
+		{"runc", "create", "runc create failed: container with given ID already exists", errdefs.ErrAlreadyExists},
+		{"runc", "kill", "container not running", errdefs.ErrFailedPrecondition},
+		{"runc", "exec", "container not running", errdefs.ErrFailedPrecondition},
+		{"runc", "start", "cannot start a container that has stopped", errdefs.ErrFailedPrecondition},
+		{"runc", "start", "cannot start an already running container", errdefs.ErrFailedPrecondition},
+		{"runc", "resume", "container not paused", errdefs.ErrFailedPrecondition},
+		{"runc", "kill", "process already finished", errdefs.ErrNotFound},
 		// crun 1.8
-		{"crun", "error opening file `/run/x/nope/status`: No such file or directory", errdefs.ErrNotFound},
-		{"crun", "cannot open directory '/run/x/nope': No such file or directory", errdefs.ErrNotFound},
-		{"crun", "container `c1` already exists", errdefs.ErrAlreadyExists},
-		{"crun", "kill container: No such process", errdefs.ErrNotFound},
-		{"crun", "container `c1` is not running", errdefs.ErrFailedPrecondition},
-		{"crun", "the container `c1` is not running", errdefs.ErrFailedPrecondition},
-		{"crun", "cannot open `/run/x/c1/exec.fifo`: No such file or directory", errdefs.ErrFailedPrecondition},
+		{"crun", "kill", "error opening file `/run/x/c1/status`: No such file or directory", errdefs.ErrNotFound},
+		{"crun", "delete", "cannot open directory '/run/x/nope': No such file or directory", errdefs.ErrNotFound},
+		{"crun", "create", "container `c1` already exists", errdefs.ErrAlreadyExists},
+		{"crun", "kill", "kill container: No such process", errdefs.ErrNotFound},
+		{"crun", "kill", "open pidfd: No such process", errdefs.ErrNotFound},
+		{"crun", "pause", "container `c1` is not running", errdefs.ErrFailedPrecondition},
+		{"crun", "kill", "the container `c1` is not running", errdefs.ErrFailedPrecondition},
+		{"crun", "start", "cannot open `/run/x/c1/exec.fifo`: No such file or directory", errdefs.ErrFailedPrecondition},
 		// Case does not matter.
-		{"runc", "CONTAINER DOES NOT EXIST", errdefs.ErrNotFound},
+		{"runc", "state", "CONTAINER DOES NOT EXIST", errdefs.ErrNotFound},
 		// Not recognised.
-		{"", "", nil},
-		{"runc", "exec: \"runc\": executable file not found in $PATH", nil},
-		{"runc", "unable to apply cgroup configuration: permission denied", nil},
-		{"crun", "open `/run/x/c1/config.json`: Permission denied", nil},
+		{"", "kill", "", nil},
+		{"runc", "create", "exec: \"runc\": executable file not found in $PATH", nil},
+		{"runc", "update", "unable to apply cgroup configuration: permission denied", nil},
+		{"crun", "start", "open `/run/x/c1/config.json`: Permission denied", nil},
+		// A fragment means its class only for its subcommands, and only
+		// about this container.
+		{"runc", "create", "container does not exist", nil},
+		{"crun", "create", "container `c2` already exists", nil},
+		{"crun", "kill", "error opening file `/run/x/c2/status`: No such file or directory", nil},
+		{"runc", "kill", "container with given ID already exists", nil},
+		{"runc", "start", "process already finished", nil},
 	}
 	for _, tt := range tests {
-		t.Run(tt.runtime+"/"+tt.msg, func(t *testing.T) {
-			got := Classify(tt.msg)
+		t.Run(tt.runtime+"/"+tt.op+"/"+tt.msg, func(t *testing.T) {
+			got := Classify(tt.op, "c1", tt.msg)
 			if got != tt.want {
-				t.Fatalf("Classify(%q) = %v, want %v", tt.msg, got, tt.want)
+				t.Fatalf("Classify(%s, c1, %q) = %v, want %v", tt.op, tt.msg, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestRegressionHookMessageAlreadyExists: a runtime error was classed by
+// any fragment in any message, so a create whose hook failed with a message
+// mentioning "already exists" was AlreadyExists, and Create skipped the
+// forced delete it owes a failed create: the half-created container stayed
+// in the runtime root.
+func TestRegressionHookMessageAlreadyExists(t *testing.T) {
+	msgs := []string{
+		"runc create failed: unable to start container process: error during container init: error running hook #0: exit status 1, stdout: , stderr: mkdir /var/lib/x: file already exists",
+		"error executing hook `/usr/bin/hook` (exit code: 1): link already exists",
+	}
+	for _, msg := range msgs {
+		err := &Error{Op: "create", ID: "c1", Message: msg, Err: errors.New("exit status 1")}
+		if errors.Is(err, errdefs.ErrAlreadyExists) {
+			t.Errorf("create failing with %q is AlreadyExists", msg)
+		}
 	}
 }
 
 func TestErrorUnwrapsToClass(t *testing.T) {
 	exit := &runc.ExitError{Status: 1}
 	tests := []struct {
-		name    string
-		message string
-		want    error
-		notWant []error
+		name, op string
+		message  string
+		want     error
+		notWant  []error
 	}{
-		{"not found", "container does not exist", errdefs.ErrNotFound,
+		{"not found", "kill", "container does not exist", errdefs.ErrNotFound,
 			[]error{errdefs.ErrUnknown, errdefs.ErrAlreadyExists, errdefs.ErrFailedPrecondition}},
-		{"already exists", "runc create failed: container with given ID already exists", errdefs.ErrAlreadyExists,
+		{"already exists", "create", "runc create failed: container with given ID already exists", errdefs.ErrAlreadyExists,
 			[]error{errdefs.ErrUnknown, errdefs.ErrNotFound}},
-		{"failed precondition", "cannot start a container that has stopped", errdefs.ErrFailedPrecondition,
+		{"failed precondition", "start", "cannot start a container that has stopped", errdefs.ErrFailedPrecondition,
 			[]error{errdefs.ErrUnknown, errdefs.ErrNotFound}},
-		{"unclassified", "something odd happened", errdefs.ErrUnknown,
+		{"unclassified", "kill", "something odd happened", errdefs.ErrUnknown,
 			[]error{errdefs.ErrNotFound, errdefs.ErrAlreadyExists, errdefs.ErrFailedPrecondition}},
-		{"empty message", "", errdefs.ErrUnknown,
+		{"empty message", "kill", "", errdefs.ErrUnknown,
 			[]error{errdefs.ErrNotFound}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var err error = &Error{Op: "kill", ID: "c1", Message: tt.message, Err: exit}
+			var err error = &Error{Op: tt.op, ID: "c1", Message: tt.message, Err: exit}
 			if !errors.Is(err, tt.want) {
 				t.Errorf("errors.Is(%v, %v) = false", err, tt.want)
 			}
@@ -131,7 +160,7 @@ func TestIsNotFoundOfOtherErrors(t *testing.T) {
 // TestLiveLifecycle/crun).
 func TestRegressionClassifyCrunKillOfReapedContainer(t *testing.T) {
 	const msg = "open pidfd: No such process"
-	if got := Classify(msg); got != errdefs.ErrNotFound {
-		t.Fatalf("Classify(%q) = %v, want %v", msg, got, errdefs.ErrNotFound)
+	if got := Classify("kill", "c1", msg); got != errdefs.ErrNotFound {
+		t.Fatalf("Classify(kill, c1, %q) = %v, want %v", msg, got, errdefs.ErrNotFound)
 	}
 }

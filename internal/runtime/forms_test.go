@@ -141,7 +141,9 @@ criu_work_path = "/var/lib/criu/work"
 	}{
 		{"missing file", runtimeOptionsAny(t, "", filepath.Join(dir, "nope.toml")), errdefs.ErrNotFound},
 		{"relative path", runtimeOptionsAny(t, "", "tether.toml"), errdefs.ErrInvalidArgument},
-		{"unknown key", runtimeOptionsAny(t, "", write("k.toml", "BinaryName = \"crun\"\n")), errdefs.ErrInvalidArgument},
+		{"unknown key", runtimeOptionsAny(t, "", write("k.toml", "BinaryNam = \"crun\"\n")), errdefs.ErrInvalidArgument},
+		{"body key in a file", runtimeOptionsAny(t, "", write("tu.toml", "TypeUrl = \"\"\n")), errdefs.ErrInvalidArgument},
+		{"both spellings", runtimeOptionsAny(t, "", write("bs.toml", "BinaryName = \"crun\"\nbinary_name = \"runc\"\n")), errdefs.ErrInvalidArgument},
 		{"table", runtimeOptionsAny(t, "", write("t.toml", "[options]\nbinary_name = \"crun\"\n")), errdefs.ErrInvalidArgument},
 		{"unquoted string", runtimeOptionsAny(t, "", write("s.toml", "binary_name = crun\n")), errdefs.ErrInvalidArgument},
 		{"bad bool", runtimeOptionsAny(t, "", write("b.toml", "systemd_cgroup = yes\n")), errdefs.ErrInvalidArgument},

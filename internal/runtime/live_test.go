@@ -287,11 +287,11 @@ func wantClass(t *testing.T, op string, err, want error) {
 		return
 	}
 	if !errors.Is(err, want) {
-		t.Errorf("%s = %v, want class %v (Classify says %v)", op, err, want, Classify(rerr.Message))
+		t.Errorf("%s = %v, want class %v (Classify says %v)", op, err, want, Classify(rerr.Op, rerr.ID, rerr.Message))
 		return
 	}
-	if Classify(rerr.Message) != want {
-		t.Errorf("%s: Classify(%q) = %v, want %v", op, rerr.Message, Classify(rerr.Message), want)
+	if Classify(rerr.Op, rerr.ID, rerr.Message) != want {
+		t.Errorf("%s: Classify(%q) = %v, want %v", op, rerr.Message, Classify(rerr.Op, rerr.ID, rerr.Message), want)
 	}
 }
 

@@ -46,9 +46,11 @@ type Options struct {
 // the forms containerd sends: containerd.runc.v1.Options (runtimes named
 // io.containerd.runc.*, and 2.x's BootstrapParams extensions), the legacy
 // containerd.linux.runc.CreateOptions and RuncOptions of containerd 1.x's
-// client, and the CRI plugin's runtimeoptions.v1.Options, whose config_path
-// names a TOML file (see LoadConfigFile). A nil or empty Any means
-// defaults. Unknown types, undecodable bytes and unsafe paths are
+// client, and the generic runtimeoptions.v1.Options that the CRI plugin
+// and dockerd send for any other runtime type: its config_path names a TOML
+// file (LoadConfigFile), or its config_body is the runtime's options table
+// itself as TOML (ParseConfigBody; containerd 1.7 and later). A nil or empty
+// Any means defaults. Unknown types, undecodable bytes and unsafe paths are
 // errdefs.ErrInvalidArgument.
 func ParseOptions(a *anypb.Any) (Options, error) {
 	if a == nil || (a.GetTypeUrl() == "" && len(a.GetValue()) == 0) {
@@ -86,13 +88,19 @@ func ParseOptions(a *anypb.Any) (Options, error) {
 		if uerr := proto.Unmarshal(a.GetValue(), &ro); uerr != nil {
 			return Options{}, fmt.Errorf("decode %s: %v: %w", RuntimeOptionsTypeURL, uerr, errdefs.ErrInvalidArgument)
 		}
-		if t := ro.GetTypeUrl(); t != "" && t != OptionsTypeURL && t != ConfigFileTypeURL {
-			return Options{}, fmt.Errorf("runtime options config of type %q is not supported (want %s): %w", t, ConfigFileTypeURL, errdefs.ErrInvalidArgument)
+		if err := checkConfigTypeURL(ro.GetTypeUrl()); err != nil {
+			return Options{}, err
 		}
-		if ro.GetConfigPath() == "" {
+		switch path, body := ro.GetConfigPath(), ro.GetConfigBody(); {
+		case path != "" && len(body) > 0:
+			return Options{}, fmt.Errorf("runtime options name a config_path (%s) and carry a config_body; containerd sends one or the other: %w", path, errdefs.ErrInvalidArgument)
+		case path != "":
+			return LoadConfigFile(path)
+		case len(body) > 0:
+			return ParseConfigBody(body)
+		default:
 			return Options{}, nil
 		}
-		return LoadConfigFile(ro.GetConfigPath())
 	default:
 		return Options{}, fmt.Errorf("runtime options of type %q are not supported (want %s, %s, %s or %s): %w",
 			a.GetTypeUrl(), OptionsTypeURL, LegacyCreateOptionsTypeURL, LegacyRuncOptionsTypeURL, RuntimeOptionsTypeURL, errdefs.ErrInvalidArgument)
@@ -127,12 +135,16 @@ func DefaultRoot(ns string) string { return filepath.Join("/run/containerd/runc"
 // a container uses, so that `delete` after a dead shim runs the same ones.
 const stateFile = "tether-runtime.json"
 
-// Save records the binary and root of cfg in the bundle.
+// savedConfig is the content of stateFile.
+type savedConfig struct {
+	Binary        string `json:"binary"`
+	Root          string `json:"root"`
+	SystemdCgroup bool   `json:"systemd_cgroup,omitempty"`
+}
+
+// Save records the binary, root and cgroup driver of cfg in the bundle.
 func (c Config) Save(bundle string) error {
-	data, err := json.Marshal(struct {
-		Binary string `json:"binary"`
-		Root   string `json:"root"`
-	}{c.Binary, c.Root})
+	data, err := json.Marshal(savedConfig{c.Binary, c.Root, c.SystemdCgroup})
 	if err != nil {
 		return err
 	}
@@ -142,7 +154,8 @@ func (c Config) Save(bundle string) error {
 	return nil
 }
 
-// LoadConfig reads what Save recorded in the bundle. A missing file gives
+// LoadConfig reads what Save recorded in the bundle (a file without a
+// systemd_cgroup, as older shims wrote it, means cgroupfs). A missing file gives
 // runc with the default root of namespace ns; so does a file that cannot be
 // read or holds values validation refuses, together with the error.
 func LoadConfig(bundle, ns string) (Config, error) {
@@ -154,10 +167,7 @@ func LoadConfig(bundle, ns string) (Config, error) {
 	if err != nil {
 		return cfg, fmt.Errorf("load runtime config: %w", err)
 	}
-	var saved struct {
-		Binary string `json:"binary"`
-		Root   string `json:"root"`
-	}
+	var saved savedConfig
 	if err := json.Unmarshal(data, &saved); err != nil {
 		return cfg, fmt.Errorf("load runtime config: %w", err)
 	}
@@ -168,6 +178,7 @@ func LoadConfig(bundle, ns string) (Config, error) {
 	if saved.Root != "" {
 		loaded.Root = saved.Root
 	}
+	loaded.SystemdCgroup = saved.SystemdCgroup
 	if err := (Options{BinaryName: loaded.Binary, Root: loaded.Root}).Validate(); err != nil {
 		// Never run what validation refused: fall back to the defaults.
 		return cfg, fmt.Errorf("load runtime config: %w", err)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -25,8 +26,15 @@ type console struct {
 	ln  *net.UnixListener
 	// out is the client's stdout fifo, or nil.
 	out *os.File
-	// master is set by receive, before any copy starts.
+
+	// mu guards master and closed: receive sets master on the goroutine of
+	// the runtime's create or exec, while Resize, the stops and Close come
+	// from other requests and from the exit watcher.
+	mu sync.Mutex
+	// master is set by receive, before any copy starts; nil until then.
 	master *os.File
+	// closed is set by Close: a master received later is closed at once.
+	closed bool
 }
 
 // newConsole listens on a fresh socket in a private directory under dir
@@ -51,14 +59,15 @@ func newConsole(dir string) (*console, error) {
 func (c *console) Path() string { return filepath.Join(c.dir, "s") }
 
 // receive accepts the runtime's connection and takes the pty master from
-// it, non-blocking so that reads and writes wait in Go's netpoller.
-func (c *console) receive() error {
+// it, non-blocking so that reads and writes wait in Go's netpoller, and
+// returns it. After Close it refuses the master and closes it.
+func (c *console) receive() (*os.File, error) {
 	if err := c.ln.SetDeadline(time.Now().Add(receiveTimeout)); err != nil {
-		return err
+		return nil, err
 	}
 	conn, err := c.ln.AcceptUnix()
 	if err != nil {
-		return fmt.Errorf("stdio: no pty from the runtime: %w", err)
+		return nil, fmt.Errorf("stdio: no pty from the runtime: %w", err)
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(receiveTimeout))
@@ -66,38 +75,56 @@ func (c *console) receive() error {
 	oob := make([]byte, unix.CmsgSpace(4))
 	_, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
 	if err != nil {
-		return fmt.Errorf("stdio: read pty from the runtime: %w", err)
+		return nil, fmt.Errorf("stdio: read pty from the runtime: %w", err)
 	}
 	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
 	if err != nil {
-		return fmt.Errorf("stdio: pty message from the runtime: %v: %w", err, errdefs.ErrUnknown)
+		return nil, fmt.Errorf("stdio: pty message from the runtime: %v: %w", err, errdefs.ErrUnknown)
 	}
 	if len(msgs) != 1 {
-		return fmt.Errorf("stdio: the runtime sent %d control messages, not a pty: %w", len(msgs), errdefs.ErrUnknown)
+		return nil, fmt.Errorf("stdio: the runtime sent %d control messages, not a pty: %w", len(msgs), errdefs.ErrUnknown)
 	}
 	fds, err := unix.ParseUnixRights(&msgs[0])
 	if err != nil {
-		return fmt.Errorf("stdio: pty fd from the runtime: %v: %w", err, errdefs.ErrUnknown)
+		return nil, fmt.Errorf("stdio: pty fd from the runtime: %v: %w", err, errdefs.ErrUnknown)
 	}
 	if len(fds) != 1 {
 		for _, fd := range fds {
 			unix.Close(fd)
 		}
-		return fmt.Errorf("stdio: the runtime sent %d descriptors, not one pty: %w", len(fds), errdefs.ErrUnknown)
+		return nil, fmt.Errorf("stdio: the runtime sent %d descriptors, not one pty: %w", len(fds), errdefs.ErrUnknown)
 	}
 	if err := unix.SetNonblock(fds[0], true); err != nil {
 		unix.Close(fds[0])
-		return fmt.Errorf("stdio: pty: %w", err)
+		return nil, fmt.Errorf("stdio: pty: %w", err)
 	}
-	c.master = os.NewFile(uintptr(fds[0]), "pty-master")
+	master := os.NewFile(uintptr(fds[0]), "pty-master")
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		master.Close()
+		return nil, fmt.Errorf("stdio: pty came after the process's stdio was closed: %w", errdefs.ErrFailedPrecondition)
+	}
+	c.master = master
+	c.mu.Unlock()
 	c.ln.Close()
 	os.RemoveAll(c.dir)
-	return nil
+	return master, nil
+}
+
+// pty returns the master: nil before receive took it, and after Close.
+func (c *console) pty() *os.File {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	return c.master
 }
 
 func (c *console) stopReads() {
-	if c.master != nil {
-		_ = c.master.SetReadDeadline(time.Now())
+	if m := c.pty(); m != nil {
+		_ = m.SetReadDeadline(time.Now())
 	}
 }
 
@@ -109,15 +136,19 @@ func (c *console) stopOutputWrites() {
 }
 
 func (c *console) stopWrites() {
-	if c.master != nil {
-		_ = c.master.SetWriteDeadline(time.Now())
+	if m := c.pty(); m != nil {
+		_ = m.SetWriteDeadline(time.Now())
 	}
 }
 
 // Close closes the master, the socket and its directory.
 func (c *console) Close() error {
-	if c.master != nil {
-		c.master.Close()
+	c.mu.Lock()
+	c.closed = true
+	m := c.master
+	c.mu.Unlock()
+	if m != nil {
+		m.Close()
 	}
 	if c.out != nil {
 		c.out.Close()
@@ -134,7 +165,8 @@ func (p *IO) ReceiveConsole() error {
 	if p.console == nil {
 		return nil
 	}
-	if err := p.console.receive(); err != nil {
+	master, err := p.console.receive()
+	if err != nil {
 		p.giveUpConsoleCopy()
 		return err
 	}
@@ -153,14 +185,14 @@ func (p *IO) ReceiveConsole() error {
 		return nil
 	}
 	// The copy takes over the place Open counted in outputs.
-	go p.copyOut(dst, p.console.master, func() {
+	go p.copyOut(dst, master, func() {
 		if out != nil {
 			p.closeFifoWhenRead(out)
 		}
 	})
 	if in != nil {
 		p.input.Add(1)
-		go p.copyInConsole(in, p.console.master)
+		go p.copyInConsole(in, master)
 	}
 	return nil
 }
@@ -215,18 +247,24 @@ func (p *IO) Resize(width, height uint32) error {
 	if width > maxWinsize || height > maxWinsize {
 		return fmt.Errorf("resize pty to %dx%d: a terminal dimension is at most %d: %w", width, height, maxWinsize, errdefs.ErrInvalidArgument)
 	}
-	if p.console == nil || p.console.master == nil {
+	var master *os.File
+	if p.console != nil {
+		master = p.console.pty()
+	}
+	if master == nil {
 		return fmt.Errorf("the process has no terminal: %w", errdefs.ErrFailedPrecondition)
 	}
-	rc, err := p.console.master.SyscallConn()
+	// A Close racing with this one is the only way the master can fail
+	// here.
+	rc, err := master.SyscallConn()
 	if err != nil {
-		return err
+		return fmt.Errorf("resize pty: the terminal is closed: %v: %w", err, errdefs.ErrFailedPrecondition)
 	}
 	var ierr error
 	if err := rc.Control(func(fd uintptr) {
 		ierr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Row: uint16(height), Col: uint16(width)})
 	}); err != nil {
-		return err
+		return fmt.Errorf("resize pty: the terminal is closed: %v: %w", err, errdefs.ErrFailedPrecondition)
 	}
 	if ierr != nil {
 		return fmt.Errorf("resize pty: %w", errors.Join(ierr, errdefs.ErrUnknown))

@@ -390,3 +390,68 @@ func TestRegressionTerminalExitBeforeReceiveConsole(t *testing.T) {
 	}
 	r.wait(t)
 }
+
+// TestRegressionConsoleMasterRace: the pty master was stored by the
+// create's ReceiveConsole and read by ResizePty, the exit watcher's Drain and
+// Close on other goroutines without a lock (a data race under -race). And
+// a master that came after Close was kept open.
+func TestRegressionConsoleMasterRace(t *testing.T) {
+	testutil.CheckLeaks(t)
+	p := openIO(t, Config{Terminal: true}, Options{ConsoleDir: t.TempDir()})
+	stop := make(chan struct{})
+	resized := make(chan error, 1)
+	go func() {
+		var last error
+		for {
+			select {
+			case <-stop:
+				resized <- last
+				return
+			default:
+			}
+			last = p.Resize(80, 25)
+			if last != nil && !errdefs.IsFailedPrecondition(last) {
+				resized <- last
+				return
+			}
+		}
+	}()
+	master, slave := newPty(t)
+	defer slave.Close()
+	sendConsole(t, p.ConsoleSocket().Path(), master)
+	if err := p.ReceiveConsole(); err != nil {
+		t.Fatalf("ReceiveConsole: %v", err)
+	}
+	// Resizes race with the master's arrival, then succeed.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if err := p.Resize(100, 30); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("Resize after ReceiveConsole: %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	go p.Drain(10 * time.Millisecond)
+	p.Close()
+	close(stop)
+	if err := <-resized; err != nil && !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("a concurrent Resize failed with %v", err)
+	}
+
+	// A master that comes after Close is refused and closed.
+	q := openIO(t, Config{Terminal: true}, Options{ConsoleDir: t.TempDir()})
+	sock := q.ConsoleSocket().Path()
+	master2, slave2 := newPty(t)
+	defer slave2.Close()
+	q.console.mu.Lock()
+	q.console.closed = true // as if Close ran while the runtime was sending
+	q.console.mu.Unlock()
+	sendConsole(t, sock, master2)
+	if err := q.ReceiveConsole(); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("ReceiveConsole after Close = %v, want FailedPrecondition", err)
+	}
+	if q.console.pty() != nil {
+		t.Fatal("a master that came after Close was kept")
+	}
+	q.Close()
+}

@@ -72,7 +72,7 @@ type Service struct {
 // New returns a Service with no containers.
 func New(cfg Config) *Service {
 	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+		panic("taskservice: New with a nil Logger")
 	}
 	if cfg.Shutdown == nil {
 		cfg.Shutdown = func() {}
@@ -149,8 +149,9 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	if err := container.ValidateBundle(r.GetID(), r.GetBundle(), s.cfg.BundleParent); err != nil {
 		return nil, err
 	}
-	if st, err := os.Stat(filepath.Join(r.GetBundle(), "config.json")); err != nil || !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("bundle %s has no config.json: %w", r.GetBundle(), errdefs.ErrNotFound)
+	spec, err := container.LoadSpec(r.GetBundle())
+	if err != nil {
+		return nil, err
 	}
 	opts, err := runtime.ParseOptions(r.GetOptions())
 	if err != nil {
@@ -179,10 +180,12 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 		root = runtime.DefaultRoot(s.cfg.Namespace)
 	}
 	rtCfg := runtime.Config{
-		Binary:        opts.BinaryName,
-		Root:          root,
-		Log:           filepath.Join(r.GetBundle(), "log.json"),
-		SystemdCgroup: opts.SystemdCgroup,
+		Binary: opts.BinaryName,
+		Root:   root,
+		Log:    filepath.Join(r.GetBundle(), "log.json"),
+		// The options may not say it (Docker never does), but a
+		// cgroupsPath in systemd's form only works with its driver.
+		SystemdCgroup: opts.SystemdCgroup || runtime.IsSystemdCgroupsPath(spec.CgroupsPath),
 	}
 	if err := rtCfg.Save(r.GetBundle()); err != nil {
 		return nil, err
@@ -191,6 +194,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	c, err := container.Create(ctx, container.Config{
 		ID:     r.GetID(),
 		Bundle: r.GetBundle(),
+		Spec:   spec,
 		Rootfs: container.MountsFromAPI(r.GetRootfs()),
 		Stdio: stdio.Config{
 			Stdin:    r.GetStdin(),

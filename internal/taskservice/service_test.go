@@ -100,7 +100,9 @@ func (h *harness) bundle(id string, files map[string]string) string {
 	if err := os.MkdirAll(b, 0o755); err != nil {
 		h.t.Fatal(err)
 	}
-	files["config.json"] = "{}"
+	if _, ok := files["config.json"]; !ok {
+		files["config.json"] = "{}"
+	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(b, name), []byte(content), 0o644); err != nil {
 			h.t.Fatal(err)

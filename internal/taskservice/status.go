@@ -10,8 +10,9 @@ import (
 )
 
 // toStatus turns an error wrapped with an errdefs class into the status
-// containerd's client maps back to that class. Errors without a class are
-// Unknown. The class is errdefs.Resolve's: the first one found in the chain.
+// containerd's client maps back to that class (errdefs/pkg/errgrpc's
+// ToNative). Errors without a class are Unknown. The class is
+// errdefs.Resolve's: the first one found in the chain.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
@@ -48,6 +49,8 @@ func codeOf(err error) codes.Code {
 		return codes.DataLoss
 	case errdefs.ErrUnauthenticated:
 		return codes.Unauthenticated
+	case errdefs.ErrInternal:
+		return codes.Internal
 	}
 	switch {
 	case errors.Is(err, context.Canceled):

@@ -8,9 +8,14 @@ package taskservice
 //
 //	stub-block   create waits until the file is removed (a slow create)
 //	stub-fail    create fails with the file's content as the message
+//	stub-fail-late
+//	             create makes the container's state, then fails with the
+//	             file's content as the message (a failed hook)
 //	stub-bad-console
 //	             create connects to --console-socket and hangs up without
 //	             sending a terminal
+//
+// and create writes its arguments, one a line, to stub-create-args.
 // Exec'd processes run the test binary with TETHER_STUB_EXEC set to the
 // process args: "exit N" or "sleep".
 //
@@ -126,8 +131,12 @@ func stubRuntime(args []string) int {
 		if msg, err := os.ReadFile(filepath.Join(bundle, "stub-fail")); err == nil {
 			return fail(string(msg))
 		}
+		os.WriteFile(filepath.Join(bundle, "stub-create-args"), []byte(strings.Join(args, "\n")), 0o600)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fail(err.Error())
+		}
+		if msg, err := os.ReadFile(filepath.Join(bundle, "stub-fail-late")); err == nil {
+			return fail(string(msg)) // its state stays, as a failed hook leaves runc's
 		}
 		code, _ := os.ReadFile(filepath.Join(bundle, "exit-code"))
 		os.WriteFile(filepath.Join(dir, "exit-code"), code, 0o600)
