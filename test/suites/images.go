@@ -181,6 +181,7 @@ type entry struct {
 	dir      bool
 	data     string
 	uid, gid int
+	mode     int64 // 0: 0644 for a file, 0755 for a directory
 }
 
 // memLayer is an uncompressed tar of entries (parents listed first).
@@ -193,6 +194,9 @@ func memLayer(entries ...entry) ([]byte, error) {
 			h.Typeflag, h.Mode, h.Name = tar.TypeDir, 0o755, e.name+"/"
 		} else {
 			h.Typeflag, h.Size = tar.TypeReg, int64(len(e.data))
+		}
+		if e.mode != 0 {
+			h.Mode = e.mode
 		}
 		if err := tw.WriteHeader(h); err != nil {
 			return nil, err
@@ -300,16 +304,48 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 	if err := os.WriteFile(filepath.Join(rootfs, "etc/group"), []byte(group), 0o644); err != nil {
 		return nil, err
 	}
+	// What Debian's busybox lacks and the suites run: pgrep and ipcs, as
+	// scripts over /proc; and /var/run.
+	tools := map[string]string{
+		"usr/bin/pgrep": "#!/bin/sh\n# stand-in pgrep PATTERN: the pids whose command name contains PATTERN\n" +
+			"for d in /proc/[0-9]*; do c=$(cat \"$d/comm\" 2>/dev/null) || continue\n" +
+			"  [ \"${d#/proc/}\" = \"$$\" ] && continue\n  case \"$c\" in *\"$1\"*) echo \"${d#/proc/}\";; esac\ndone\n",
+		"usr/bin/ipcs": "#!/bin/sh\n# stand-in ipcs [-m]: the shared memory segments of /proc/sysvipc/shm\n" +
+			"echo '------ Shared Memory Segments --------'\necho 'key        shmid      owner      perms      bytes      nattch'\n" +
+			"tail -n +2 /proc/sysvipc/shm | while read key shmid perms size cpid lpid nattch uid rest; do\n" +
+			"  printf '%-10s %-10s %-10s %-10s %-10s %-10s\\n' \"$key\" \"$shmid\" \"$uid\" \"$perms\" \"$size\" \"$nattch\"\ndone\n",
+	}
+	for name, script := range tools {
+		p := filepath.Join(rootfs, name)
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			return nil, err
+		}
+		if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(rootfs, "var"), 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.Symlink("../run", filepath.Join(rootfs, "var/run")); err != nil {
+		return nil, err
+	}
 	base, err := dirLayer(rootfs)
 	if err != nil {
 		return nil, err
 	}
 	host := Platform{"linux", "amd64", ""}
-	// multi returns an index: the host manifest plus otherPlatforms.
-	multi := func(layers [][]byte, cfg map[string]any) (string, error) {
-		specs := []ImageSpec{{Layers: layers, Config: cfg, Platform: host}}
+	// multi returns an index: the host manifest plus otherPlatforms. Every
+	// repository's content is its own (a last layer naming it), so that
+	// pulling one never makes another look pulled or unpacked.
+	multi := func(repo string, layers [][]byte, cfg map[string]any) (string, error) {
+		own, err := memLayer(entry{name: "etc", dir: true}, entry{name: "etc/stand-in", data: repo + "\n"})
+		if err != nil {
+			return "", err
+		}
+		specs := []ImageSpec{{Layers: append(append([][]byte{}, layers...), own), Config: cfg, Platform: host}}
 		for _, p := range otherPlatforms {
-			l, err := memLayer(entry{name: "platform", data: p.OS + "/" + p.Arch + "/" + p.Variant + "\n"})
+			l, err := memLayer(entry{name: "platform", data: repo + " " + p.OS + "/" + p.Arch + "/" + p.Variant + "\n"})
 			if err != nil {
 				return "", err
 			}
@@ -332,20 +368,18 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 		return nil
 	}
 
-	d, err := multi([][]byte{base}, shell("sh"))
-	if err := add("containerd/busybox", []string{"1.32", "1.36", "latest"}, d, err); err != nil {
-		return nil, err
-	}
 	for _, r := range []struct {
 		repo string
 		tags []string
 	}{
+		{"containerd/busybox", []string{"1.32", "1.36", "latest"}},
 		{"containerd/alpine", []string{"3.14.0"}},
 		{"e2e-test-images/busybox", []string{"1.29-2", "1.29"}},
 		{"e2e-test-images/resource-consumer", []string{"1.10"}},
 		{"library/busybox", []string{"latest"}},
 	} {
-		if err := add(r.repo, r.tags, d, nil); err != nil {
+		d, err := multi(r.repo, [][]byte{base}, shell("sh"))
+		if err := add(r.repo, r.tags, d, err); err != nil {
 			return nil, err
 		}
 	}
@@ -353,11 +387,12 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 	// pause: PID 1 that waits for a signal and exits 0 on TERM/INT.
 	pause := shell("/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done")
 	pause["Entrypoint"] = nil
-	d, err = multi([][]byte{base}, pause)
+	d, err := multi("pause", [][]byte{base}, pause)
 	if err := add("pause", []string{"3.2", "3.5", "3.6", "3.7", "3.8", "3.9", "3.10", "3.10.1", "3.10.2", "latest"}, d, err); err != nil {
 		return nil, err
 	}
-	if err := add("pause-amd64", []string{"3.2"}, d, nil); err != nil {
+	d, err = multi("pause-amd64", [][]byte{base}, pause)
+	if err := add("pause-amd64", []string{"3.2"}, d, err); err != nil {
 		return nil, err
 	}
 
@@ -372,7 +407,7 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 	}
 	vc := shell("sh")
 	vc["Volumes"] = map[string]any{"/test_dir": map[string]any{}, "C:/weird_test_dir": map[string]any{}, "/:colon_prefixed": map[string]any{}}
-	d, err = multi([][]byte{base, vl}, vc)
+	d, err = multi("containerd/volume-copy-up", [][]byte{base, vl}, vc)
 	if err := add("containerd/volume-copy-up", []string{"2.1", "2.2"}, d, err); err != nil {
 		return nil, err
 	}
@@ -383,7 +418,7 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 	}
 	oc := shell("sh")
 	oc["Volumes"] = map[string]any{"/test_dir": map[string]any{}}
-	d, err = multi([][]byte{base, ol}, oc)
+	d, err = multi("containerd/volume-ownership", [][]byte{base, ol}, oc)
 	if err := add("containerd/volume-ownership", []string{"2.1"}, d, err); err != nil {
 		return nil, err
 	}
@@ -398,23 +433,31 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 		return nil, err
 	}
 
-	// Web servers: busybox httpd in the foreground (nginx's port 80; the
-	// host-network image's 12003), serving a page under /.
-	html, err := memLayer(entry{name: "usr", dir: true}, entry{name: "usr/share", dir: true}, entry{name: "usr/share/nginx", dir: true},
+	// Web servers: an "nginx" that writes its pid to /var/run/nginx.pid and
+	// runs busybox httpd on $NGINX_PORT (nginx's 80; 12003 for the host
+	// network image), serving a page under /.
+	nginx := "#!/bin/sh\n# stand-in nginx: busybox httpd, the pid file nginx writes\n" +
+		"echo $$ > /var/run/nginx.pid\nhttpd -f -p \"${NGINX_PORT:-80}\" -h /usr/share/nginx/html &\n" +
+		"trap 'kill $! 2>/dev/null; exit 0' TERM INT QUIT\nwait\n"
+	html, err := memLayer(entry{name: "usr", dir: true}, entry{name: "usr/sbin", dir: true}, entry{name: "usr/sbin/nginx", data: nginx, mode: 0o755},
+		entry{name: "usr/share", dir: true}, entry{name: "usr/share/nginx", dir: true},
 		entry{name: "usr/share/nginx/html", dir: true}, entry{name: "usr/share/nginx/html/index.html", data: "<title>Welcome to nginx!</title>\n"})
 	if err != nil {
 		return nil, err
 	}
-	d, err = multi([][]byte{base, html}, shell("httpd", "-f", "-p", "80", "-h", "/usr/share/nginx/html"))
-	if err := add("e2e-test-images/nginx", []string{"1.14-2", "1.14-1"}, d, err); err != nil {
-		return nil, err
-	}
-	if err := add("containerd/nginx", []string{"1.27.0"}, d, nil); err != nil {
-		return nil, err
-	}
-	d, err = multi([][]byte{base, html}, shell("httpd", "-f", "-p", "12003", "-h", "/usr/share/nginx/html"))
-	if err := add("k8s-staging-cri-tools/hostnet-nginx-amd64", []string{"latest"}, d, err); err != nil {
-		return nil, err
+	for _, r := range []struct {
+		repo, port string
+		tags       []string
+	}{
+		{"e2e-test-images/nginx", "80", []string{"1.14-2", "1.14-1"}},
+		{"containerd/nginx", "80", []string{"1.27.0"}},
+		{"k8s-staging-cri-tools/hostnet-nginx-amd64", "12003", []string{"latest"}},
+	} {
+		c := map[string]any{"Env": []string{pathEnv, "NGINX_PORT=" + r.port}, "Cmd": []string{"/usr/sbin/nginx"}}
+		d, err := multi(r.repo, [][]byte{base, html}, c)
+		if err := add(r.repo, r.tags, d, err); err != nil {
+			return nil, err
+		}
 	}
 
 	// cri-tools' test images: busybox plus a file named after the image
@@ -435,7 +478,7 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		d, err := multi([][]byte{base, l}, shell("sh"))
+		d, err := multi("k8s-staging-cri-tools/"+r.repo, [][]byte{base, l}, shell("sh"))
 		if err := add("k8s-staging-cri-tools/"+r.repo, r.tags, d, err); err != nil {
 			return nil, err
 		}
@@ -449,7 +492,7 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 	} {
 		c := shell("sh")
 		c["User"] = r.user
-		d, err := multi([][]byte{base}, c)
+		d, err := multi("k8s-staging-cri-tools/"+r.repo, [][]byte{base}, c)
 		if err := add("k8s-staging-cri-tools/"+r.repo, []string{"latest"}, d, err); err != nil {
 			return nil, err
 		}
