@@ -28,9 +28,12 @@ type clientVersion struct {
 const shortClientTests = "^(TestContainerList|TestContainerStart|TestContainerOutput|TestContainerExec|TestContainerLargeExecArgs|TestContainerPids|TestContainerCloseIO|TestContainerAttach|TestContainerAttachProcess|TestContainerKill|TestContainerNoBinaryExists|TestContainerExecNoBinaryExists|TestContainerExecLargeOutputWithTTY|TestContainerPTY|TestContainerUpdate|TestContainerHostname|TestContainerNoImage|TestContainerNoSTDIN|TestShimOOMScore|TestContainerRuntimeOptionsv2|TestKillContainerDeletedByRunc|TestContainerKillAll|TestContainerKillInitPidHost|TestContainerKillInitKillsChildWhenNotHostPid|TestTaskResize|TestContainerExitedAtSet|TestDeleteContainerExecCreated|TestContainerMetrics|TestShimSockLength|TestContainerUsername|TestContainerUserID|TestProcessForceDelete|TestContainerWait|TestWaitStoppedTask|TestWaitStoppedProcess|TestDaemonRestart|TestContainerPTYReaderNoWait|TestContainerExecWithLongTimeout|TestRegressionIssue4769|TestIssue9103|TestIssue10589|TestBindLowPortNonRoot|TestBindLowPortNonOpt|TestContainerStatsWithNetns)$"
 
 // runClient runs one version's client suite with runtime (a runtime type),
-// its log in work. runRe selects tests (-test.run) unless empty. The test process and
-// its containerd run in a private mount namespace with a tmpfs on /run/nri
-// (containerd 2 recreates the socket there at start).
+// its log in work. runRe selects tests (-test.run) unless empty. The test
+// process, its containerd and the shims run in a private mount namespace with
+// a tmpfs on /run: containerd 2 recreates /run/nri/nri.sock at start, and the
+// runtime's state under /run/containerd/runc/<namespace> is not shared with
+// the host's containerds (the suite's own --root and --state are fixed paths,
+// so two runs never overlap).
 func runClient(ctx context.Context, log *slog.Logger, v clientVersion, runtime, shimDir string, reg *Registry, busyboxDigest, work, runRe string, timeout time.Duration) (Counts, error) {
 	for _, p := range []string{v.TestBinary, filepath.Join(v.BinDir, "containerd"), v.StockShim} {
 		if _, err := os.Stat(p); err != nil {
@@ -59,7 +62,7 @@ func runClient(ctx context.Context, log *slog.Logger, v clientVersion, runtime, 
 	env := append(filterEnv(os.Environ(), "PATH", "TEST_RUNTIME", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR"),
 		"PATH="+path, "TEST_RUNTIME="+runtime)
 	env = append(env, reg.Env()...)
-	script := `set -e; mkdir -p /run/nri; mount -t tmpfs -o size=1m,mode=0755 tether-suites-nri /run/nri; exec "$0" "$@"`
+	script := `set -e; mount -t tmpfs -o mode=0755 tether-suites-run /run; exec "$0" "$@"`
 	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "--", "sh", "-c", script, v.TestBinary}, args...)...)
 	cmd.Dir = v.SrcDir
 	cmd.Env = env

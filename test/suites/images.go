@@ -305,8 +305,12 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 		return nil, err
 	}
 	// What Debian's busybox lacks and the suites run: pgrep and ipcs, as
-	// scripts over /proc; and /var/run.
+	// scripts over /proc; and /var/run. Its nc as PID 1 ignores SIGTERM (no
+	// handler), where the suites' image ends: nc runs under a shell that
+	// passes SIGTERM on and exits as a SIGTERM would (143).
 	tools := map[string]string{
+		"usr/bin/nc": "#!/bin/sh\n# stand-in nc: busybox nc; SIGTERM ends it as it ends nc outside a pid namespace\n" +
+			"busybox nc \"$@\" & pid=$!\ntrap 'kill -TERM $pid 2>/dev/null; exit 143' TERM\nwait $pid\n",
 		"usr/bin/pgrep": "#!/bin/sh\n# stand-in pgrep PATTERN: the pids whose command name contains PATTERN\n" +
 			"for d in /proc/[0-9]*; do c=$(cat \"$d/comm\" 2>/dev/null) || continue\n" +
 			"  [ \"${d#/proc/}\" = \"$$\" ] && continue\n  case \"$c\" in *\"$1\"*) echo \"${d#/proc/}\";; esac\ndone\n",
