@@ -33,7 +33,10 @@ const shortClientTests = "^(TestContainerList|TestContainerStart|TestContainerOu
 // a tmpfs on /run: containerd 2 recreates /run/nri/nri.sock at start, and the
 // runtime's state under /run/containerd/runc/<namespace> is not shared with
 // the host's containerds (the suite's own --root and --state are fixed paths,
-// so two runs never overlap).
+// so two runs never overlap). They also run in a pid namespace of their own:
+// the kill tests look for leftover "sleep 1" processes in `ps ax`, which must
+// not see other work on the machine, and a container "in the host's pid
+// namespace" shares the suite's.
 func runClient(ctx context.Context, log *slog.Logger, v clientVersion, runtime, shimDir string, reg *Registry, busyboxDigest, work, runRe string, timeout time.Duration) (Counts, error) {
 	for _, p := range []string{v.TestBinary, filepath.Join(v.BinDir, "containerd"), v.StockShim} {
 		if _, err := os.Stat(p); err != nil {
@@ -63,7 +66,7 @@ func runClient(ctx context.Context, log *slog.Logger, v clientVersion, runtime, 
 		"PATH="+path, "TEST_RUNTIME="+runtime)
 	env = append(env, reg.Env()...)
 	script := `set -e; mount -t tmpfs -o mode=0755 tether-suites-run /run; exec "$0" "$@"`
-	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "--", "sh", "-c", script, v.TestBinary}, args...)...)
+	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc", "--", "sh", "-c", script, v.TestBinary}, args...)...)
 	cmd.Dir = v.SrcDir
 	cmd.Env = env
 	start := time.Now()
