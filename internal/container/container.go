@@ -432,7 +432,8 @@ func (io procIO) consoleSocket() runc.ConsoleSocket {
 	return io.pipes.ConsoleSocket()
 }
 
-// ResizePty sets the terminal size of the process execID.
+// ResizePty sets the terminal size of the process execID; for a process
+// without a terminal it does nothing.
 func (c *Container) ResizePty(execID string, width, height uint32) error {
 	p, err := c.Process(execID)
 	if err != nil {
@@ -441,8 +442,11 @@ func (c *Container) ResizePty(execID string, width, height uint32) error {
 	p.mu.Lock()
 	pipes := p.pipes
 	p.mu.Unlock()
-	if pipes == nil {
-		return fmt.Errorf("resize %s: the process has no terminal: %w", p.ID(), errdefs.ErrFailedPrecondition)
+	// A process without a terminal has no size to set. containerd's shim
+	// ignores the request, and clients send it regardless (ctr and CRI
+	// attach resize whatever they attach to).
+	if pipes == nil || !p.stdioCfg.Terminal {
+		return nil
 	}
 	return pipes.Resize(width, height)
 }

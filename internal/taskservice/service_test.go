@@ -458,10 +458,6 @@ func TestBadInput(t *testing.T) {
 			_, err := h.svc.Exec(ctx, &taskv2.ExecProcessRequest{ID: "nope", ExecID: "e", Spec: &anypb.Any{Value: []byte(`{"args":["x"]}`)}})
 			return err
 		}, codes.NotFound},
-		{"resize pty", func() error {
-			_, err := h.svc.ResizePty(ctx, &taskv2.ResizePtyRequest{ID: "good", Width: 80, Height: 24})
-			return err
-		}, codes.FailedPrecondition},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
