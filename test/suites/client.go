@@ -30,10 +30,11 @@ const shortClientTests = "^(TestContainerList|TestContainerStart|TestContainerOu
 // runClient runs one version's client suite with runtime (a runtime type),
 // its log in work. runRe selects tests (-test.run) unless empty. The test
 // process, its containerd and the shims run in a private mount namespace with
-// a tmpfs on /run: containerd 2 recreates /run/nri/nri.sock at start, and the
-// runtime's state under /run/containerd/runc/<namespace> is not shared with
-// the host's containerds (the suite's own --root and --state are fixed paths,
-// so two runs never overlap). They also run in a pid namespace of their own:
+// a tmpfs on /run and a directory of work on /var/lib: containerd 2 recreates
+// /run/nri/nri.sock at start, the runtime's state under
+// /run/containerd/runc/<namespace> is not shared with the host's
+// containerds, and the suite's fixed --root and --state
+// (/var/lib/containerd-test, /run/containerd-test) are its own. They also run in a pid namespace of their own:
 // the kill tests look for leftover "sleep 1" processes in `ps ax`, which must
 // not see other work on the machine, and a container "in the host's pid
 // namespace" shares the suite's.
@@ -59,13 +60,21 @@ func runClient(ctx context.Context, log *slog.Logger, v clientVersion, runtime, 
 		}
 		args = append(args, "-image-list", list)
 	}
+	varLib := filepath.Join(work, "var-lib-"+tag)
+	if err := os.RemoveAll(varLib); err != nil {
+		return Counts{}, err
+	}
+	if err := os.MkdirAll(varLib, 0o755); err != nil {
+		return Counts{}, err
+	}
+	defer os.RemoveAll(varLib)
 	// The stock shim of this release must be the one found: its directory
 	// comes first (1.6's is Debian's /usr/bin), then Tether's.
 	path := filepath.Dir(v.StockShim) + ":" + v.BinDir + ":" + shimDir + ":" + os.Getenv("PATH")
 	env := append(filterEnv(os.Environ(), "PATH", "TEST_RUNTIME", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR"),
-		"PATH="+path, "TEST_RUNTIME="+runtime)
+		"PATH="+path, "TEST_RUNTIME="+runtime, "TETHER_SUITES_VAR_LIB="+varLib)
 	env = append(env, reg.Env()...)
-	script := `set -e; mount -t tmpfs -o mode=0755 tether-suites-run /run; exec "$0" "$@"`
+	script := `set -e; mount -t tmpfs -o mode=0755 tether-suites-run /run; mount --bind "$TETHER_SUITES_VAR_LIB" /var/lib; unset TETHER_SUITES_VAR_LIB; exec "$0" "$@"`
 	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc", "--", "sh", "-c", script, v.TestBinary}, args...)...)
 	cmd.Dir = v.SrcDir
 	cmd.Env = env
