@@ -95,7 +95,24 @@ func TestRegressionFailedCreateLeftRuntimeState(t *testing.T) {
 	if code := codeOfErr(err); code == codes.AlreadyExists {
 		t.Errorf("a failed hook is reported as AlreadyExists: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(h.root, "hook1")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(h.runRoot(), "hook1")); !os.IsNotExist(err) {
 		t.Errorf("the runtime still has the failed container's state (stat: %v)", err)
+	}
+}
+
+// TestRootOptionIsNamespaced: a Root in the runtime options is used as
+// <Root>/<namespace>, as containerd's shim does, so that `runc --root
+// <Root>/<namespace>` (and containerd's own tests) find the container there;
+// without options the root is /run/containerd/runc/<namespace>.
+func TestRootOptionIsNamespaced(t *testing.T) {
+	testutil.CheckLeaks(t)
+	h := newHarness(t)
+	args := createArgs(t, h, "rooted", `{}`, h.options)
+	want := filepath.Join(h.root, "test")
+	if i := slices.Index(args, "--root"); i < 0 || i+1 >= len(args) || args[i+1] != want {
+		t.Fatalf("runtime args %q: want --root %s", args, want)
+	}
+	if _, err := os.Stat(filepath.Join(want, "rooted")); err != nil {
+		t.Fatalf("no runtime state under <Root>/<namespace>: %v", err)
 	}
 }

@@ -175,9 +175,11 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	var created *container.Container
 	defer func() { s.settle(r.GetID(), created) }()
 
-	root := opts.Root
-	if root == "" {
-		root = runtime.DefaultRoot(s.cfg.Namespace)
+	// As with containerd's shim, the runtime's state is under
+	// <Root>/<namespace>, where tools and clients look for it.
+	root := runtime.DefaultRoot(s.cfg.Namespace)
+	if opts.Root != "" {
+		root = filepath.Join(opts.Root, s.cfg.Namespace)
 	}
 	rtCfg := runtime.Config{
 		Binary: opts.BinaryName,

@@ -50,7 +50,7 @@ type harness struct {
 	svc      *Service
 	rec      *eventstest.Recorder
 	reaper   *exits.Reaper
-	root     string // the stub runtime's state dir
+	root     string // the Root of the runtime options
 	bundles  string // the directory holding bundles
 	options  *anypb.Any
 	shutdown chan struct{}
@@ -92,6 +92,9 @@ func newHarness(t *testing.T) *harness {
 	})
 	return h
 }
+
+// runRoot is where the stub runtime keeps its state: <Root>/<namespace>.
+func (h *harness) runRoot() string { return filepath.Join(h.root, "test") }
 
 // bundle makes a bundle for id with the given stub control files.
 func (h *harness) bundle(id string, files map[string]string) string {
@@ -468,7 +471,7 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 	for _, id := range []string{"m1", "m2", "m3", "m4", "rtfail"} {
-		if _, err := os.Stat(filepath.Join(h.root, id)); !errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(filepath.Join(h.runRoot(), id)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("failed create %s left runtime state behind: %v", id, err)
 		}
 	}

@@ -25,7 +25,8 @@ func configBody(body string) *runtimeoptions.Options {
 }
 
 // A config_body of CamelCase keys, as operators write a CRI runtime's
-// options table, runs the container on crun with crun's state in Root.
+// options table, runs the container on crun with crun's state in
+// <Root>/<namespace>, as containerd's shim keeps it.
 // Before config_body was read, this ran plain runc.
 func TestCrunConfigBody(t *testing.T) {
 	forEachVersion(t, "crunbody", func(t *testing.T, d *daemon, ns string) {
@@ -35,7 +36,7 @@ func TestCrunConfigBody(t *testing.T) {
 		d.startWithClient(t, c, ns, "b1", []oci.SpecOpts{withSpecVersion(crunSpecVersion)}, []containerd.NewContainerOpts{
 			containerd.WithRuntime(runtimeName, configBody(fmt.Sprintf("BinaryName = 'crun'\nRoot = %q\n", root))),
 		}, nil)
-		d.assertRunsOnCrun(t, ns, "b1", root)
+		d.assertRunsOnCrun(t, ns, "b1", filepath.Join(root, ns))
 	})
 }
 
