@@ -273,6 +273,16 @@ func dirLayer(dir string) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// busyboxPasswd and busyboxGroup are the accounts of busybox's images.
+const (
+	busyboxPasswd = "root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\nbin:x:2:2:bin:/bin:/bin/false\n" +
+		"sys:x:3:3:sys:/dev:/bin/false\nsync:x:4:100:sync:/bin:/bin/sync\nmail:x:8:8:mail:/var/spool/mail:/bin/false\n" +
+		"www-data:x:33:33:www-data:/var/www:/bin/false\noperator:x:37:37:Operator:/var:/bin/false\nnobody:x:65534:65534:nobody:/home:/bin/false\n"
+	busyboxGroup = "root:x:0:\ndaemon:x:1:\nbin:x:2:\nsys:x:3:\nadm:x:4:\ntty:x:5:\ndisk:x:6:\nlp:x:7:\nmail:x:8:\nkmem:x:9:\n" +
+		"wheel:x:10:root\ncdrom:x:11:\ndialout:x:18:\nfloppy:x:19:\nvideo:x:26:\naudio:x:29:\ntape:x:32:\nwww-data:x:33:\n" +
+		"operator:x:37:\nutmp:x:43:\nplugdev:x:46:\nstaff:x:50:\nlock:x:54:\nnetdev:x:82:\nusers:x:100:\nnogroup:x:65534:\n"
+)
+
 const pathEnv = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // otherPlatforms are the platforms of a multi-platform stand-in besides the
@@ -295,13 +305,12 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 	if err := testkit.BuildRootfs(rootfs, "stand-in"); err != nil {
 		return nil, err
 	}
-	// www-data (33) as in busybox images; 1000/50000 for the predefined-group image.
-	passwd := "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/false\ndefault-user:x:1000:1000::/home/default-user:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
-	group := "root:x:0:\nwww-data:x:33:\ndefault-user:x:1000:\ngroup-defined-in-image:x:50000:default-user\nnogroup:x:65534:\n"
-	if err := os.WriteFile(filepath.Join(rootfs, "etc/passwd"), []byte(passwd), 0o644); err != nil {
+	// /etc/passwd and /etc/group as in busybox's images (the suites check
+	// the ids of sys, 3:3, and that uid 1000 has no entry).
+	if err := os.WriteFile(filepath.Join(rootfs, "etc/passwd"), []byte(busyboxPasswd), 0o644); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(rootfs, "etc/group"), []byte(group), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(rootfs, "etc/group"), []byte(busyboxGroup), 0o644); err != nil {
 		return nil, err
 	}
 	// What Debian's busybox lacks and the suites run: pgrep and ipcs, as
@@ -487,16 +496,27 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 			return nil, err
 		}
 	}
-	for _, r := range []struct{ repo, user string }{
-		{"test-image-user-uid", "1002"},
-		{"test-image-user-username", "www-data"},
-		{"test-image-user-uid-group", "1003:1004"},
-		{"test-image-user-username-group", "www-data:1004"},
-		{"test-image-predefined-group", "1000"},
+	// The predefined-group image's user: default-user (1000), also in group
+	// group-defined-in-image (50000).
+	predefined, err := memLayer(entry{name: "etc", dir: true},
+		entry{name: "etc/passwd", data: busyboxPasswd + "default-user:x:1000:1000::/home/default-user:/bin/sh\n"},
+		entry{name: "etc/group", data: busyboxGroup + "default-user:x:1000:\ngroup-defined-in-image:x:50000:default-user\n"})
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range []struct {
+		repo, user string
+		layers     [][]byte
+	}{
+		{"test-image-user-uid", "1002", [][]byte{base}},
+		{"test-image-user-username", "www-data", [][]byte{base}},
+		{"test-image-user-uid-group", "1003:1004", [][]byte{base}},
+		{"test-image-user-username-group", "www-data:1004", [][]byte{base}},
+		{"test-image-predefined-group", "1000", [][]byte{base, predefined}},
 	} {
 		c := shell("sh")
 		c["User"] = r.user
-		d, err := multi("k8s-staging-cri-tools/"+r.repo, [][]byte{base}, c)
+		d, err := multi("k8s-staging-cri-tools/"+r.repo, r.layers, c)
 		if err := add("k8s-staging-cri-tools/"+r.repo, []string{"latest"}, d, err); err != nil {
 			return nil, err
 		}
