@@ -12,6 +12,7 @@
 #   cri-tools-1.34.0/bin/critest   go test -c of sigs.k8s.io/cri-tools/cmd/critest (the
 #                                  version of install-deps' crictl)
 #   cni-plugins-1.9.1/bin          bridge, host-local, loopback, portmap (critest's pods)
+# and Debian's nftables (nft, for portmap) if it is missing.
 # Any failure exits non-zero.
 set -euo pipefail
 
@@ -21,6 +22,14 @@ CRI_TOOLS=${TETHER_CRICTL_VERSION:-1.34.0}
 CNI=1.9.1
 DEB_VERSION=1.6.20~ds1-1+deb12u3
 mkdir -p "$S/bin" "$S/src"
+
+# critest's pods get ports mapped by the portmap plugin, with nftables.
+if ! command -v nft >/dev/null 2>&1; then
+  echo "build-suites: apt-get install nftables" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq nftables >/dev/null
+fi
 
 # The containerd 1.6 source: a private apt state under $S/apt.
 if [ ! -f "$S/src/containerd-1.6.20/integration/client/go.mod" ]; then
