@@ -9,6 +9,7 @@
 #   suites/bin/client-1.6.20.test  go test -c of its integration/client
 #   suites/bin/client-2.4.2.test   go test -c of github.com/containerd/containerd/v2/integration/client
 #                                  (part of the main module in 2.x), from the proxy
+#   suites/bin/2.4.2/runc-fp       its failpoint wrapper of runc (TestIssue9103, TestIssue10589)
 #   cri-tools-1.34.0/bin/critest   go test -c of sigs.k8s.io/cri-tools/cmd/critest (the
 #                                  version of install-deps' crictl)
 #   cni-plugins-1.9.1/bin          bridge, host-local, loopback, portmap (critest's pods)
@@ -54,10 +55,12 @@ if [ ! -x "$S/bin/client-1.6.20.test" ]; then
   echo "build-suites: go test -c containerd 1.6.20 integration/client (a few minutes)" >&2
   (cd "$S/src/containerd-1.6.20/integration/client" && GOWORK=off GOFLAGS=-mod=mod go test -c -o "$S/bin/client-1.6.20.test.tmp" . && mv "$S/bin/client-1.6.20.test.tmp" "$S/bin/client-1.6.20.test")
 fi
-if [ ! -x "$S/bin/client-2.4.2.test" ]; then
-  echo "build-suites: go test -c containerd 2.4.2 integration/client (a few minutes)" >&2
+if [ ! -x "$S/bin/client-2.4.2.test" ] || [ ! -x "$S/bin/2.4.2/runc-fp" ]; then
+  echo "build-suites: go test -c containerd 2.4.2 integration/client, and its runc-fp (a few minutes)" >&2
   tmp=$(mktemp -d)
+  mkdir -p "$S/bin/2.4.2"
   (cd "$tmp" && go mod init scratch >/dev/null 2>&1 && GOFLAGS=-mod=mod go get github.com/containerd/containerd/v2@v2.4.2 >/dev/null 2>&1 &&
+   GOFLAGS=-mod=mod go build -o "$S/bin/2.4.2/runc-fp" github.com/containerd/containerd/v2/integration/failpoint/cmd/runc-fp &&
    GOFLAGS=-mod=mod go test -c -o "$S/bin/client-2.4.2.test.tmp" github.com/containerd/containerd/v2/integration/client &&
    mv "$S/bin/client-2.4.2.test.tmp" "$S/bin/client-2.4.2.test")
   rm -rf "$tmp"

@@ -21,6 +21,7 @@ type clientVersion struct {
 	StockShim  string // the stock containerd-shim-runc-v2 of the release
 	TestBinary string // go test -c of integration/client (scripts/build-suites.sh)
 	SrcDir     string // the suite's package directory (its working directory)
+	ToolsDir   string // more binaries the suite runs (runc-fp), if any
 }
 
 // shortClientTests is the `make test` subset of the client suite: tasks,
@@ -74,10 +75,17 @@ func runClient(ctx context.Context, log *slog.Logger, v clientVersion, runtime, 
 	// The stock shim of this release must be the one found: its directory
 	// comes first (1.6's is Debian's /usr/bin), then Tether's.
 	path := filepath.Dir(v.StockShim) + ":" + v.BinDir + ":" + shimDir + ":" + os.Getenv("PATH")
+	if v.ToolsDir != "" {
+		path += ":" + v.ToolsDir
+	}
 	env := append(filterEnv(os.Environ(), "PATH", "TEST_RUNTIME", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR"),
 		"PATH="+path, "TEST_RUNTIME="+runtime, "TETHER_SUITES_VAR_LIB="+varLib)
 	env = append(env, reg.Env()...)
-	script := `set -e; mount -t tmpfs -o mode=0755 tether-suites-run /run; mount --bind "$TETHER_SUITES_VAR_LIB" /var/lib; unset TETHER_SUITES_VAR_LIB; exec "$0" "$@"`
+	// /tmp is private too (TestKillContainerDeletedByRunc keeps runc's
+	// state in /tmp/runc-test); the CA file moves to /run first.
+	script := `set -e; mount -t tmpfs -o mode=0755 tether-suites-run /run; mount --bind "$TETHER_SUITES_VAR_LIB" /var/lib
+cp "$SSL_CERT_FILE" /run/tether-suites-ca.pem; export SSL_CERT_FILE=/run/tether-suites-ca.pem
+mount -t tmpfs -o mode=1777 tether-suites-tmp /tmp; unset TETHER_SUITES_VAR_LIB; exec "$0" "$@"`
 	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc", "--", "sh", "-c", script, v.TestBinary}, args...)...)
 	cmd.Dir = v.SrcDir
 	cmd.Env = env

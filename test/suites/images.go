@@ -466,7 +466,9 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 		{"containerd/nginx", "80", []string{"1.27.0"}},
 		{"k8s-staging-cri-tools/hostnet-nginx-amd64", "12003", []string{"latest"}},
 	} {
-		c := map[string]any{"Env": []string{pathEnv, "NGINX_PORT=" + r.port}, "Cmd": []string{"/usr/sbin/nginx"}}
+		// The argument puts nginx's process title in /proc/1/cmdline,
+		// which critest waits for.
+		c := map[string]any{"Env": []string{pathEnv, "NGINX_PORT=" + r.port}, "Cmd": []string{"/usr/sbin/nginx", "nginx: master process"}}
 		d, err := multi(r.repo, [][]byte{base, html}, c)
 		if err := add(r.repo, r.tags, d, err); err != nil {
 			return nil, err

@@ -237,6 +237,7 @@ func allVersions(deps, modcache string) []version {
 			StockShim:  filepath.Join(deps, "containerd-2.4.2", "bin", "containerd-shim-runc-v2"),
 			TestBinary: filepath.Join(deps, "suites", "bin", "client-2.4.2.test"),
 			SrcDir:     filepath.Join(modcache, "github.com", "containerd", "containerd", "v2@v2.4.2", "integration", "client"),
+			ToolsDir:   filepath.Join(deps, "suites", "bin", "2.4.2"),
 		}},
 	}
 }
