@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/tether-shim/tether/testkit"
@@ -231,10 +232,23 @@ func dirLayer(dir string) ([]byte, error) {
 	sort.Strings(paths)
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
+	first := map[uint64]string{} // inode -> the name it was first written as
 	for _, p := range paths {
 		st, err := os.Lstat(p)
 		if err != nil {
 			return nil, err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && st.Mode().IsRegular() && sys.Nlink > 1 {
+			if target, ok := first[sys.Ino]; ok {
+				h := &tar.Header{Name: filepath.ToSlash(rel), Typeflag: tar.TypeLink, Linkname: target, Mode: int64(st.Mode().Perm()),
+					Uname: "root", Gname: "root", ModTime: time.Unix(0, 0), Format: tar.FormatPAX}
+				if err := tw.WriteHeader(h); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			first[sys.Ino] = filepath.ToSlash(rel)
 		}
 		link := ""
 		if st.Mode()&fs.ModeSymlink != 0 {
@@ -246,7 +260,6 @@ func dirLayer(dir string) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		rel, _ := filepath.Rel(dir, p)
 		h.Name = filepath.ToSlash(rel)
 		if st.IsDir() {
 			h.Name += "/"
@@ -303,6 +316,11 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 		return nil, err
 	}
 	if err := testkit.BuildRootfs(rootfs, "stand-in"); err != nil {
+		return nil, err
+	}
+	// Applets as hard links of /bin/busybox, as in busybox's images: a
+	// masked /bin/ls must not mask the shell.
+	if err := hardLinkApplets(rootfs); err != nil {
 		return nil, err
 	}
 	// /etc/passwd and /etc/group as in busybox's images (the suites check
@@ -463,6 +481,7 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 		tags       []string
 	}{
 		{"e2e-test-images/nginx", "80", []string{"1.14-2", "1.14-1"}},
+		{"e2e-test-images/httpd", "80", []string{"2.4.39-4"}},
 		{"containerd/nginx", "80", []string{"1.27.0"}},
 		{"k8s-staging-cri-tools/hostnet-nginx-amd64", "12003", []string{"latest"}},
 	} {
@@ -524,4 +543,23 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 		}
 	}
 	return digests, nil
+}
+
+// hardLinkApplets replaces every symlink to /bin/busybox under rootfs with a
+// hard link of it.
+func hardLinkApplets(rootfs string) error {
+	bb := filepath.Join(rootfs, "bin", "busybox")
+	return filepath.WalkDir(rootfs, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.Type()&fs.ModeSymlink == 0 {
+			return err
+		}
+		target, err := os.Readlink(p)
+		if err != nil || target != "/bin/busybox" {
+			return err
+		}
+		if err := os.Remove(p); err != nil {
+			return err
+		}
+		return os.Link(bb, p)
+	})
 }
