@@ -23,9 +23,9 @@ const (
 )
 
 // shortCritest is the `make test` subset of critest: pod sandboxes, container
-// lifecycle, exec (sync and streaming), attach, logs, stats, and the
-// namespace options (host PID, shared PID).
-const shortCritest = `PodSandbox should support (basic operations|stopping|removing|running)|Container should support (basic operations|starting|stopping|removing|execSync|listing|log)|Streaming should support (exec|attach)|NamespaceOption|runtime should support (exec|execSync|log)`
+// lifecycle, exec (sync and streaming), attach, logs, OOM, and the pid and
+// ipc namespace options (host, pod and container pid namespaces).
+const shortCritest = `PodSandbox runtime should support basic operations|Container runtime should support basic operations on container runtime should support (creating|starting|stopping|removing [a-z]+) container|should support execSync \[|Container runtime should support log|Streaming runtime should support streaming interfaces runtime should support (attach|exec)|NamespaceOption runtime should support (HostPID|PodPID|ContainerPID|HostIpc)|Container OOM`
 
 // runCritest runs critest against a private containerd of v with runtime as
 // its CRI's default runtime, pulling through the stand-in registry, with
