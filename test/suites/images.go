@@ -442,8 +442,13 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 	if err := add("containerd/volume-copy-up", []string{"2.1", "2.2"}, d, err); err != nil {
 		return nil, err
 	}
-	// volume-ownership: /test_dir owned by nobody:nogroup, a volume.
-	ol, err := memLayer(entry{name: "test_dir", dir: true, uid: 65534, gid: 65534})
+	// volume-ownership (an Ubuntu image): /test_dir owned by nobody:nogroup,
+	// a volume; a bash and a setuid /usr/bin/passwd (the user namespace
+	// tests run bash -c "[ -u /usr/bin/passwd ]").
+	ol, err := memLayer(entry{name: "test_dir", dir: true, uid: 65534, gid: 65534},
+		entry{name: "usr", dir: true}, entry{name: "usr/bin", dir: true},
+		entry{name: "usr/bin/bash", data: "#!/bin/sh\n# stand-in bash: busybox sh\nexec /bin/sh \"$@\"\n", mode: 0o755},
+		entry{name: "usr/bin/passwd", data: "#!/bin/sh\n# stand-in passwd (only its setuid bit is looked at)\nexit 1\n", mode: 0o4755})
 	if err != nil {
 		return nil, err
 	}
