@@ -143,6 +143,9 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	}
 	c.init.beforeExitEvent = c.initExiting
 	c.sharedPidNS = cfg.Spec.SharesPidNamespace
+	if c.sharedPidNS {
+		c.init.reaped = c.killLeftovers
+	}
 	if err := clearDeleted(cfg.Bundle); err != nil {
 		return nil, fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
@@ -371,8 +374,9 @@ func (c *Container) Pids(ctx context.Context) ([]int, error) {
 }
 
 // initExiting runs on the init's watcher goroutine before its TaskExit is
-// published: in a shared pid namespace it kills what the init leaves
-// behind, and it waits for the execs' exits to be published first.
+// published: it waits for the execs' exits to be published first (in a
+// shared pid namespace, killLeftovers has already killed what the init left
+// behind).
 func (c *Container) initExiting() {
 	c.mu.Lock()
 	oom := c.oom
@@ -387,12 +391,19 @@ func (c *Container) initExiting() {
 			c.deps.Logger.Warn("close OOM watch", "id", c.id, "error", err)
 		}
 	}
-	if c.sharedPidNS {
-		if err := c.rt.Kill(context.Background(), c.id, uint32(syscall.SIGKILL), true); err != nil && !runtime.IsNotFound(err) {
-			c.deps.Logger.Warn("kill the processes the init left", "id", c.id, "error", err)
-		}
-	}
 	c.awaitExecs()
+}
+
+// killLeftovers runs on the init's watcher goroutine as soon as the init's
+// exit is collected, in a shared pid namespace only: it kills every process
+// the init left behind (no pid namespace goes away to kill them), before the
+// init's output drains. They are what holds that output open: killed
+// later, they would keep the drain waiting for its timeout, and the
+// container's stop with it.
+func (c *Container) killLeftovers() {
+	if err := c.rt.Kill(context.Background(), c.id, uint32(syscall.SIGKILL), true); err != nil && !runtime.IsNotFound(err) {
+		c.deps.Logger.Warn("kill the processes the init left", "id", c.id, "error", err)
+	}
 }
 
 // procIO is the stdio of one process: pipes (or a pty) to the client's
