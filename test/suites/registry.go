@@ -87,8 +87,11 @@ func StartRegistry(ctx context.Context, log *slog.Logger, store *Store, dir stri
 		ln:    ln,
 		conns: newConnListener(ln.Addr()),
 	}
-	r.inner = &http.Server{Handler: http.HandlerFunc(r.serveRegistry), ReadHeaderTimeout: 30 * time.Second}
-	r.outer = &http.Server{Handler: http.HandlerFunc(r.serveProxy), ReadHeaderTimeout: 30 * time.Second}
+	// A client that gives up on a connection (a cancelled pull) is no
+	// error of ours: the servers' own messages go to the debug log.
+	errLog := slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+	r.inner = &http.Server{Handler: http.HandlerFunc(r.serveRegistry), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
+	r.outer = &http.Server{Handler: http.HandlerFunc(r.serveProxy), ReadHeaderTimeout: 30 * time.Second, ErrorLog: errLog}
 	r.wg.Add(2)
 	go func() {
 		defer r.wg.Done()
