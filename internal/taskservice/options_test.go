@@ -116,3 +116,18 @@ func TestRootOptionIsNamespaced(t *testing.T) {
 		t.Fatalf("no runtime state under <Root>/<namespace>: %v", err)
 	}
 }
+
+// TestSystemdFormCgroupsPathWithoutSystemdIsCgroupfs: on a host without
+// systemd, a cgroupsPath in systemd's form (containerd 1.6's CRI writes
+// "test.slice:cri-containerd:<id>" for a ".slice" parent whatever its
+// driver) goes to the runtime without --systemd-cgroup, as with
+// containerd's shim: the systemd driver cannot work there at all.
+func TestSystemdFormCgroupsPathWithoutSystemdIsCgroupfs(t *testing.T) {
+	testutil.CheckLeaks(t)
+	h := newHarness(t)
+	h.noSystemd = true
+	args := createArgs(t, h, "cri16", `{"linux":{"cgroupsPath":"test.slice:cri-containerd:cri16"}}`, h.options)
+	if slices.Contains(args, "--systemd-cgroup") {
+		t.Errorf("systemd-form cgroupsPath on a host without systemd: runtime args %q have --systemd-cgroup", args)
+	}
+}

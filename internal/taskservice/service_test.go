@@ -46,14 +46,17 @@ func TestMain(m *testing.M) {
 const waitLimit = 30 * time.Second
 
 type harness struct {
-	t        *testing.T
-	svc      *Service
-	rec      *eventstest.Recorder
-	reaper   *exits.Reaper
-	root     string // the Root of the runtime options
-	bundles  string // the directory holding bundles
-	options  *anypb.Any
-	shutdown chan struct{}
+	t      *testing.T
+	svc    *Service
+	rec    *eventstest.Recorder
+	reaper *exits.Reaper
+	root   string // the Root of the runtime options
+	// noSystemd makes the service see a host without systemd; by default
+	// it sees one with systemd.
+	noSystemd bool
+	bundles   string // the directory holding bundles
+	options   *anypb.Any
+	shutdown  chan struct{}
 }
 
 func newHarness(t *testing.T) *harness {
@@ -83,12 +86,13 @@ func newHarness(t *testing.T) *harness {
 	h.options = &anypb.Any{TypeUrl: "containerd.runc.v1.Options", Value: opts}
 	var once sync.Once
 	h.svc = New(Config{
-		Namespace:    "test",
-		BundleParent: h.bundles,
-		Deps:         container.Deps{Watcher: reaper, Events: h.rec, Logger: logger},
-		Holder:       reaper,
-		Logger:       logger,
-		Shutdown:     func() { once.Do(func() { close(h.shutdown) }) },
+		Namespace:      "test",
+		BundleParent:   h.bundles,
+		Deps:           container.Deps{Watcher: reaper, Events: h.rec, Logger: logger},
+		Holder:         reaper,
+		Logger:         logger,
+		Shutdown:       func() { once.Do(func() { close(h.shutdown) }) },
+		SystemdRunning: func() bool { return !h.noSystemd },
 	})
 	return h
 }
