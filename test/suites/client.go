@@ -41,14 +41,14 @@ const shortClientTests = "^(TestContainerList|TestContainerStart|TestContainerOu
 // the kill tests look for leftover "sleep 1" processes in `ps ax`, which must
 // not see other work on the machine, and a container "in the host's pid
 // namespace" shares the suite's.
-func runClient(ctx context.Context, log *slog.Logger, v clientVersion, runtime, shimDir string, reg *Registry, busyboxDigest, work, runRe string, timeout time.Duration) (Counts, error) {
+func runClient(ctx context.Context, log *slog.Logger, v clientVersion, runtime, shimDir string, reg *Registry, busyboxDigest, work, runRe string, timeout time.Duration, label string) (Counts, error) {
 	for _, p := range []string{v.TestBinary, filepath.Join(v.BinDir, "containerd"), v.StockShim} {
 		if _, err := os.Stat(p); err != nil {
 			return Counts{}, fmt.Errorf("client suite %s: %w (make deps builds it)", v.Name, err)
 		}
 	}
 	tag := strings.NewReplacer(".", "_", "io_containerd_", "").Replace(v.Name + "-" + runtime)
-	logPath := filepath.Join(work, "client-"+tag+".log")
+	logPath := filepath.Join(work, "client-"+tag+label+".log")
 	// -no-criu: CRIU cannot checkpoint here (README); the suite then skips
 	// its checkpoint tests, which would otherwise leave their containers
 	// running and fail the tests that look for leftover processes.
@@ -66,7 +66,7 @@ func runClient(ctx context.Context, log *slog.Logger, v clientVersion, runtime, 
 		}
 		args = append(args, "-image-list", list)
 	}
-	varLib := filepath.Join(work, "var-lib-"+tag)
+	varLib := filepath.Join(work, "var-lib-"+tag+label)
 	if err := os.RemoveAll(varLib); err != nil {
 		return Counts{}, err
 	}

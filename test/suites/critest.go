@@ -29,8 +29,9 @@ const shortCritest = `PodSandbox runtime should support basic operations|Contain
 
 // runCritest runs critest against a private containerd of v with runtime as
 // its CRI's default runtime, pulling through the stand-in registry, with
-// pods on a CNI bridge (criBridge). short selects shortCritest.
-func runCritest(ctx context.Context, log *slog.Logger, v version, runtime, shimBin, deps string, reg *Registry, work string, short bool) (Counts, error) {
+// pods on a CNI bridge (criBridge). focus selects specs (-ginkgo.focus)
+// unless empty; label is added to the log's name.
+func runCritest(ctx context.Context, log *slog.Logger, v version, runtime, shimBin, deps string, reg *Registry, work, focus string, timeout time.Duration, label string) (Counts, error) {
 	critest := filepath.Join(deps, "cri-tools-"+criToolsVersion, "bin", "critest")
 	cniBin := filepath.Join(deps, "cni-plugins-"+cniPluginsVersion, "bin")
 	for _, p := range []string{critest, filepath.Join(cniBin, "bridge"), filepath.Join(cniBin, "host-local"), filepath.Join(cniBin, "loopback"), filepath.Join(cniBin, "portmap"), filepath.Join(v.client.BinDir, "containerd"), v.client.StockShim} {
@@ -116,21 +117,19 @@ func runCritest(ctx context.Context, log *slog.Logger, v version, runtime, shimB
 		_ = exec.Command("ip", "link", "del", criBridge).Run()
 	}()
 
-	logPath := filepath.Join(work, "critest-"+strings.ReplaceAll(v.client.Name, ".", "_")+"-"+shim+".log")
-	timeout := 60 * time.Minute
+	logPath := filepath.Join(work, "critest-"+strings.ReplaceAll(v.client.Name, ".", "_")+"-"+shim+label+".log")
 	args := []string{
 		"-runtime-endpoint", "unix://" + d.Sock, "-image-endpoint", "unix://" + d.Sock,
 		"-ginkgo.no-color", "-ginkgo.v", "-test.timeout", timeout.String(),
 	}
-	if short {
-		timeout = 10 * time.Minute
-		args = append(args, "-ginkgo.focus", shortCritest)
+	if focus != "" {
+		args = append(args, "-ginkgo.focus", focus)
 	}
 	cmd := exec.Command(critest, args...)
 	cmd.Dir = dir
 	cmd.Env = env
 	start := time.Now()
-	log.Info("critest", "version", v.client.Name, "runtime", runtime, "short", short, "log", logPath)
+	log.Info("critest", "version", v.client.Name, "runtime", runtime, "focus", focus, "log", logPath)
 	rctx, cancel := context.WithTimeout(ctx, timeout+2*time.Minute)
 	defer cancel()
 	err := runLogged(rctx, cmd, logPath)

@@ -20,6 +20,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -98,6 +100,9 @@ func run() int {
 		suite, version string
 		tether, stock  *Counts
 		errs           []string
+		// flaky are tests Tether failed and the stock shim did not that
+		// passed when run again alone, with Tether.
+		flaky []string
 	}
 	var rows []*row
 	want := func(list, item string) bool {
@@ -129,7 +134,7 @@ func run() int {
 				if re == "" && *short {
 					re = shortClientTests
 				}
-				c, err := runClient(ctx, log, v.client, rt.runtime, shimDir, reg, digests["containerd/busybox"], *work, re, timeout)
+				c, err := runClient(ctx, log, v.client, rt.runtime, shimDir, reg, digests["containerd/busybox"], *work, re, timeout, "")
 				if err != nil {
 					r.errs = append(r.errs, rt.name+": "+err.Error())
 					failed = true
@@ -141,6 +146,18 @@ func run() int {
 					r.stock = &c
 				}
 			}
+			if r.tether != nil && r.stock != nil {
+				if d := diff(*r.tether, *r.stock); len(d) > 0 {
+					quoted := make([]string, len(d))
+					for i, t := range d {
+						quoted[i] = regexp.QuoteMeta(t)
+					}
+					c, err := runClient(ctx, log, v.client, tetherRuntime, shimDir, reg, digests["containerd/busybox"], *work, "^("+strings.Join(quoted, "|")+")$", 10*time.Minute, "-rerun")
+					if err == nil {
+						r.flaky = passedOnRerun(d, c, true)
+					}
+				}
+			}
 		}
 		if want(*suites, "critest") {
 			r := &row{suite: "critest " + criToolsVersion, version: v.client.Name}
@@ -149,7 +166,7 @@ func run() int {
 				if !want(*shims, rt.name) {
 					continue
 				}
-				c, err := runCritest(ctx, log, v, rt.runtime, *shimBin, *deps, reg, *work, *short)
+				c, err := runCritest(ctx, log, v, rt.runtime, *shimBin, *deps, reg, *work, critestFocus(*short), critestTimeout(*short), "")
 				if err != nil {
 					r.errs = append(r.errs, rt.name+": "+err.Error())
 					failed = true
@@ -159,6 +176,18 @@ func run() int {
 					r.tether = &c
 				} else {
 					r.stock = &c
+				}
+			}
+			if r.tether != nil && r.stock != nil {
+				if d := diff(*r.tether, *r.stock); len(d) > 0 {
+					quoted := make([]string, len(d))
+					for i, t := range d {
+						quoted[i] = regexp.QuoteMeta(specText(t))
+					}
+					c, err := runCritest(ctx, log, v, tetherRuntime, *shimBin, *deps, reg, *work, strings.Join(quoted, "|"), 20*time.Minute, "-rerun")
+					if err == nil {
+						r.flaky = passedOnRerun(d, c, false)
+					}
 				}
 			}
 		}
@@ -182,7 +211,11 @@ func run() int {
 		return s
 	}
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.suite, r.version, cell(r.tether), cell(r.stock))
+		t := cell(r.tether)
+		if len(r.flaky) > 0 {
+			t += fmt.Sprintf(" (%d passed when run again)", len(r.flaky))
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.suite, r.version, t, cell(r.stock))
 	}
 	fmt.Print("\n" + b.String() + "\n")
 	for _, r := range rows {
@@ -199,6 +232,10 @@ func run() int {
 			continue
 		}
 		for _, t := range diff(*r.tether, *r.stock) {
+			if slices.Contains(r.flaky, t) {
+				fmt.Printf("flaky with Tether (failed, then passed when run again): %s on %s: %s\n    %s\n", r.suite, r.version, t, strings.ReplaceAll(r.tether.Errors[t], "\n", "\n    "))
+				continue
+			}
 			failed = true
 			fmt.Printf("FAIL with Tether only: %s on %s: %s\n    %s\n", r.suite, r.version, t, strings.ReplaceAll(r.tether.Errors[t], "\n", "\n    "))
 		}
@@ -248,4 +285,48 @@ func goModCache(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("go env GOMODCACHE: exit %d: %s", r.Code, r.Stderr)
 	}
 	return strings.TrimSpace(r.Stdout), nil
+}
+
+// critestFocus is the -ginkgo.focus of a critest run: shortCritest, or
+// every spec.
+func critestFocus(short bool) string {
+	if short {
+		return shortCritest
+	}
+	return ""
+}
+
+func critestTimeout(short bool) time.Duration {
+	if short {
+		return 10 * time.Minute
+	}
+	return 60 * time.Minute
+}
+
+// specText is a failed spec's name as ginkgo's focus matches it: without
+// the node markers ([It], [BeforeEach], ...) of the failure summary.
+func specText(name string) string {
+	return nodeMarker.ReplaceAllString(name, "")
+}
+
+var nodeMarker = regexp.MustCompile(`\[(It|BeforeEach|AfterEach|JustBeforeEach|JustAfterEach|BeforeAll|AfterAll|DeferCleanup)\] `)
+
+// passedOnRerun is the tests of failed that passed in rerun (a run of just
+// those), provided rerun ran to its end. A go test must be listed as
+// passed; critest's summary names only failures, so there every spec not
+// failed counts only if as many specs passed.
+func passedOnRerun(failed []string, rerun Counts, byName bool) []string {
+	if rerun.Aborted != "" {
+		return nil
+	}
+	var out []string
+	for _, t := range failed {
+		if byName && slices.Contains(rerun.Pass, t) || !byName && !slices.Contains(rerun.Fail, t) {
+			out = append(out, t)
+		}
+	}
+	if !byName && len(rerun.Pass) < len(out) {
+		return nil
+	}
+	return out
 }

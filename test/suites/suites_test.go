@@ -162,3 +162,25 @@ FAIL! -- 11 Passed | 1 Failed | 0 Pending | 101 Skipped
 		t.Fatalf("failed spec %q", c.Fail[0])
 	}
 }
+
+// TestRerunCountsOnlyWhatPassed: a test counts as passed on its rerun only
+// if the rerun says so; a critest rerun that ran fewer specs than it would
+// clear clears none; an aborted rerun clears none.
+func TestRerunCountsOnlyWhatPassed(t *testing.T) {
+	got := passedOnRerun([]string{"TestA", "TestB"}, Counts{Pass: []string{"TestA"}, Fail: []string{"TestB"}}, true)
+	if len(got) != 1 || got[0] != "TestA" {
+		t.Fatalf("go tests: %v, want [TestA]", got)
+	}
+	if got := passedOnRerun([]string{"TestA"}, Counts{}, true); len(got) != 0 {
+		t.Fatalf("a go test the rerun did not run: %v, want none", got)
+	}
+	if got := passedOnRerun([]string{"spec a", "spec b"}, Counts{Pass: []string{"spec 0"}}, false); len(got) != 0 {
+		t.Fatalf("critest rerun with 1 pass for 2 specs: %v, want none", got)
+	}
+	if got := passedOnRerun([]string{"TestA"}, Counts{Pass: []string{"TestA"}, Aborted: "panic"}, true); len(got) != 0 {
+		t.Fatalf("aborted rerun: %v, want none", got)
+	}
+	if s := specText("[k8s.io] Container runtime should support basic operations on container [It] runtime should support execSync [Conformance]"); strings.Contains(s, "[It]") {
+		t.Fatalf("specText kept the node marker: %q", s)
+	}
+}
