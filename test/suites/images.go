@@ -486,7 +486,6 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 		tags       []string
 	}{
 		{"e2e-test-images/nginx", "80", []string{"1.14-2", "1.14-1"}},
-		{"e2e-test-images/httpd", "80", []string{"2.4.39-4"}},
 		{"containerd/nginx", "80", []string{"1.27.0"}},
 		{"k8s-staging-cri-tools/hostnet-nginx-amd64", "12003", []string{"latest"}},
 	} {
@@ -497,6 +496,15 @@ func StandIns(store *Store, work string) (map[string]string, error) {
 		if err := add(r.repo, r.tags, d, err); err != nil {
 			return nil, err
 		}
+	}
+
+	// httpd: busybox httpd on port 80, after a line with "httpd" in the log
+	// (Apache's first lines name it; critest looks for it).
+	hc := map[string]any{"Env": []string{pathEnv}, "Cmd": []string{"/bin/sh", "-c",
+		"echo 'httpd: busybox httpd stand-in, port 80' >&2; exec httpd -f -p 80 -h /usr/share/nginx/html"}}
+	d, err = multi("e2e-test-images/httpd", [][]byte{base, html}, hc)
+	if err := add("e2e-test-images/httpd", []string{"2.4.39-4"}, d, err); err != nil {
+		return nil, err
 	}
 
 	// cri-tools' test images: busybox plus a file named after the image
