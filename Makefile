@@ -9,6 +9,9 @@
 #   make fuzz       every fuzz target for FUZZTIME (30s) each
 #   make stress     the shim abused over its socket at scale, then make fuzz
 #
+#   make test-suites  containerd's integration/client suite and critest, in full,
+#                   against Tether and the stock shim (test/suites; needs root)
+#
 # The e2e tests take TETHER_E2E_VERSIONS (e.g. 1.6,2.4.2), TETHER_E2E_RUNC
 # (runc binaries, default Debian's and /opt/tether/runc-1.5.3/bin/runc),
 # TETHER_E2E_RUNTIME (e.g. io.containerd.runc.v2 to check the harness with
@@ -21,7 +24,7 @@ GO ?= go
 BIN := bin/containerd-shim-tether-v2
 E2E_TIMEOUT ?= 75m
 
-.PHONY: all build test test-unit test-e2e deps demo lint clean bench fuzz stress
+.PHONY: all build test test-unit test-e2e test-suites test-suites-short suites-deps deps demo lint clean bench fuzz stress
 
 all: build
 
@@ -33,14 +36,15 @@ build:
 deps:
 	bash scripts/install-deps.sh
 
-# Both suites run even if the first fails, so that a CI log shows both; the
-# target fails if either did.
+# All three run even if one fails, so that a CI log shows them all; the
+# target fails if any did.
 test: deps
-	@unit=0; e2e=0; \
+	@unit=0; e2e=0; suites=0; \
 	$(MAKE) test-unit || unit=$$?; \
 	$(MAKE) test-e2e || e2e=$$?; \
-	echo "make test: unit tests exit $$unit, e2e tests exit $$e2e"; \
-	[ $$unit = 0 ] && [ $$e2e = 0 ]
+	$(MAKE) test-suites-short || suites=$$?; \
+	echo "make test: unit tests exit $$unit, e2e tests exit $$e2e, ecosystem suites (short) exit $$suites"; \
+	[ $$unit = 0 ] && [ $$e2e = 0 ] && [ $$suites = 0 ]
 
 test-unit:
 	$(GO) test -race -count=1 ./...
@@ -49,6 +53,22 @@ test-unit:
 # are what CI logs are read for.
 test-e2e:
 	cd test/e2e && $(GO) test -race -count=1 -timeout $(E2E_TIMEOUT) -v ./...
+
+# suites-deps builds containerd's integration/client suites (1.6.20 from Debian's
+# source package, 2.4.2 from the module proxy), critest and the CNI plugins into
+# /opt/tether (idempotent).
+suites-deps:
+	bash scripts/build-suites.sh
+
+# The ecosystem's suites against Tether and, on the same machine, the stock shim;
+# each prints its counts beside the stock shim's and fails if Tether fails a test
+# the stock shim passes (test/suites/README.md). test-suites-short is the subset
+# make test runs; test-suites runs everything and rewrites the README's table.
+test-suites-short: suites-deps build
+	cd test/suites && $(GO) run . -short
+
+test-suites: suites-deps build
+	cd test/suites && $(GO) run . -table results.md
 
 demo:
 	bash scripts/demo.sh
@@ -78,6 +98,7 @@ lint:
 	$(GO) vet ./...
 	cd test/e2e && $(GO) vet ./...
 	cd testkit && $(GO) vet ./...
+	cd test/suites && $(GO) vet ./...
 	cd bench && $(GO) vet ./...
 	cd bench/floor && $(GO) vet ./...
 

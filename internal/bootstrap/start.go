@@ -220,7 +220,8 @@ func restoreCallerEnv() error {
 
 // launch runs the server detached: in the bundle, in its own process group,
 // with the listening socket as fd 3 and /dev/null as stdio, so that it holds
-// none of containerd's pipes. It does not wait for the server.
+// none of containerd's pipes, and with containerd's oom_score_adj plus one
+// (adjustOOMScore). It does not wait for the server.
 func launch(f Flags, self, bundle string, socket *os.File) error {
 	args := []string{
 		"-namespace", f.Namespace,
@@ -243,6 +244,13 @@ func launch(f Flags, self, bundle string, socket *os.File) error {
 		return fmt.Errorf("launch server: %w", err)
 	}
 	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("launch server: %w", err)
+	}
+	// Our parent is containerd. The server starts no container before
+	// containerd has our answer, so every container inherits the score.
+	if err := adjustOOMScore(cmd.Process.Pid, os.Getppid()); err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
 		return fmt.Errorf("launch server: %w", err)
 	}
 	// The server is not our child for long: we exit and it is reparented.

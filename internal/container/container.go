@@ -143,6 +143,9 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	}
 	c.init.beforeExitEvent = c.initExiting
 	c.sharedPidNS = cfg.Spec.SharesPidNamespace
+	if c.sharedPidNS {
+		c.init.reaped = c.killLeftovers
+	}
 	if err := clearDeleted(cfg.Bundle); err != nil {
 		return nil, fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
@@ -371,8 +374,9 @@ func (c *Container) Pids(ctx context.Context) ([]int, error) {
 }
 
 // initExiting runs on the init's watcher goroutine before its TaskExit is
-// published: in a shared pid namespace it kills what the init leaves
-// behind, and it waits for the execs' exits to be published first.
+// published: it waits for the execs' exits to be published first (in a
+// shared pid namespace, killLeftovers has already killed what the init left
+// behind).
 func (c *Container) initExiting() {
 	c.mu.Lock()
 	oom := c.oom
@@ -387,12 +391,19 @@ func (c *Container) initExiting() {
 			c.deps.Logger.Warn("close OOM watch", "id", c.id, "error", err)
 		}
 	}
-	if c.sharedPidNS {
-		if err := c.rt.Kill(context.Background(), c.id, uint32(syscall.SIGKILL), true); err != nil && !runtime.IsNotFound(err) {
-			c.deps.Logger.Warn("kill the processes the init left", "id", c.id, "error", err)
-		}
-	}
 	c.awaitExecs()
+}
+
+// killLeftovers runs on the init's watcher goroutine as soon as the init's
+// exit is collected, in a shared pid namespace only: it kills every process
+// the init left behind (no pid namespace goes away to kill them), before the
+// init's output drains. They are what holds that output open: killed
+// later, they would keep the drain waiting for its timeout, and the
+// container's stop with it.
+func (c *Container) killLeftovers() {
+	if err := c.rt.Kill(context.Background(), c.id, uint32(syscall.SIGKILL), true); err != nil && !runtime.IsNotFound(err) {
+		c.deps.Logger.Warn("kill the processes the init left", "id", c.id, "error", err)
+	}
 }
 
 // procIO is the stdio of one process: pipes (or a pty) to the client's
@@ -432,7 +443,8 @@ func (io procIO) consoleSocket() runc.ConsoleSocket {
 	return io.pipes.ConsoleSocket()
 }
 
-// ResizePty sets the terminal size of the process execID.
+// ResizePty sets the terminal size of the process execID; for a process
+// without a terminal it does nothing.
 func (c *Container) ResizePty(execID string, width, height uint32) error {
 	p, err := c.Process(execID)
 	if err != nil {
@@ -441,8 +453,11 @@ func (c *Container) ResizePty(execID string, width, height uint32) error {
 	p.mu.Lock()
 	pipes := p.pipes
 	p.mu.Unlock()
-	if pipes == nil {
-		return fmt.Errorf("resize %s: the process has no terminal: %w", p.ID(), errdefs.ErrFailedPrecondition)
+	// A process without a terminal has no size to set. containerd's shim
+	// ignores the request, and clients send it regardless (ctr and CRI
+	// attach resize whatever they attach to).
+	if pipes == nil || !p.stdioCfg.Terminal {
+		return nil
 	}
 	return pipes.Resize(width, height)
 }

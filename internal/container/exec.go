@@ -27,7 +27,9 @@ const execDrainTimeout = 2 * time.Second
 // Exec adds an exec process to the container, in the created state; Start
 // runs it. The spec is a JSON runtime-spec Process. A duplicate id is
 // ErrAlreadyExists; a container whose init is not running is
-// ErrFailedPrecondition. It publishes TaskExecAdded.
+// ErrFailedPrecondition, except while the init's exit is being published
+// (initExitPending): as with containerd's shim, the exec is added and its
+// Start is refused. It publishes TaskExecAdded.
 func (c *Container) Exec(ctx context.Context, execID string, specJSON []byte, cfg stdio.Config) error {
 	if err := ValidateID("exec", execID); err != nil {
 		return err
@@ -43,7 +45,7 @@ func (c *Container) Exec(ctx context.Context, execID string, specJSON []byte, cf
 		return fmt.Errorf("exec %s: process spec has no args: %w", execID, errdefs.ErrInvalidArgument)
 	}
 	spec.Terminal = cfg.Terminal
-	if err := c.init.check(OpExec); err != nil {
+	if err := c.init.check(OpExec); err != nil && !c.initExitPending() {
 		return fmt.Errorf("exec %s in %s: %w", execID, c.id, err)
 	}
 	p := newProcess(c.id, execID, cfg, c.deps.Events, c.deps.Logger)
@@ -61,6 +63,15 @@ func (c *Container) Exec(ctx context.Context, execID string, specJSON []byte, cf
 	c.mu.Unlock()
 	p.outbox.Send(events.TopicExecAdded, &eventsapi.TaskExecAdded{ContainerID: c.id, ExecID: execID})
 	return nil
+}
+
+// initExitPending reports whether the init's exit is recorded but its
+// TaskExit not yet handed on (the exit waits for the output to drain and for
+// the execs' exits). A client that raced the init's death gets its error
+// from the exec's Start, as from containerd's shim, rather than from the
+// create, which some clients do not expect to fail there.
+func (c *Container) initExitPending() bool {
+	return c.init.Status().State == Stopped && !c.init.Exited()
 }
 
 // startExec runs an added exec process and publishes TaskExecStarted. The

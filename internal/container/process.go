@@ -48,10 +48,14 @@ type Process struct {
 	// done is closed by onExit once the exit is recorded. Only onExit
 	// closes it.
 	done chan struct{}
-	// beforeExitEvent, if set, runs on the watcher goroutine after the exit
+	// reaped, if set, runs on the watcher goroutine as soon as the exit is
+	// collected, before the output drains (the init of a container in a
+	// shared pid namespace kills what it left behind there: those processes
+	// hold the output open). beforeExitEvent, if set, runs after the exit
 	// is recorded and before TaskExit is handed to the outbox (the init
-	// waits there for its execs). afterExit, if set, runs after. Both are
+	// waits there for its execs). afterExit, if set, runs after. All are
 	// set before the process is watched.
+	reaped          func()
 	beforeExitEvent func()
 	afterExit       func()
 	// spec is the process spec of an exec process; nil for the init.
@@ -158,6 +162,9 @@ func (p *Process) Exited() bool {
 
 // onExit is the exits.Reaper callback.
 func (p *Process) onExit(e exits.Exit) {
+	if p.reaped != nil {
+		p.reaped()
+	}
 	p.mu.Lock()
 	pipes := p.pipes
 	p.mu.Unlock()

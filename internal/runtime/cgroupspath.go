@@ -1,6 +1,9 @@
 package runtime
 
-import "strings"
+import (
+	"os"
+	"strings"
+)
 
 // IsSystemdCgroupsPath reports whether a spec's linux.cgroupsPath is in the
 // form of the systemd cgroup driver, "slice:prefix:name" (runc's syntax):
@@ -22,4 +25,12 @@ func IsSystemdCgroupsPath(p string) bool {
 	slice, prefix, name := parts[0], parts[1], parts[2]
 	return (slice == "" || (strings.HasSuffix(slice, ".slice") && len(slice) > len(".slice"))) &&
 		prefix != "" && name != ""
+}
+
+// SystemdRunning reports whether systemd runs the host, as sd_booted(3)
+// tells it: /run/systemd/system exists. runc's systemd cgroup driver
+// fails without it ("systemd not running on this host").
+func SystemdRunning() bool {
+	_, err := os.Stat("/run/systemd/system")
+	return err == nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	eventsapi "github.com/containerd/containerd/api/events"
 	taskv2 "github.com/containerd/containerd/api/runtime/task/v2"
@@ -180,4 +181,54 @@ func checkExecExitsFirst(t *testing.T, got []eventstest.Recorded, id string, n i
 		execExits++
 	}
 	t.Fatalf("no init exit: %v", topicsOf(got))
+}
+
+// TestExecCreateAcceptedUntilInitExitPublished: between the init's death
+// and the publication of its TaskExit (held here by a running exec, which
+// the init's exit waits for), an exec can still be created, as with
+// containerd's shim; its start is refused, and it can be deleted.
+func TestExecCreateAcceptedUntilInitExitPublished(t *testing.T) {
+	h := newHarness(t)
+	ctx := ctxT(t)
+	h.running(ctx, "c")
+	if _, err := h.svc.Exec(ctx, &taskv2.ExecProcessRequest{ID: "c", ExecID: "e1", Spec: processSpec(t, "sleep")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.svc.Start(ctx, &taskv2.StartRequest{ID: "c", ExecID: "e1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.svc.Kill(ctx, &taskv2.KillRequest{ID: "c", Signal: 9}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		st, err := h.svc.State(ctx, &taskv2.StateRequest{ID: "c"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Status == tasktypes.Status_STOPPED {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the init's exit was never recorded")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	// The init's exit is recorded; its TaskExit waits for e1's.
+	if _, err := h.svc.Exec(ctx, &taskv2.ExecProcessRequest{ID: "c", ExecID: "e2", Spec: processSpec(t, "sleep")}); err != nil {
+		t.Fatalf("exec create while the init's exit is pending: %v, want it accepted", err)
+	}
+	if _, err := h.svc.Start(ctx, &taskv2.StartRequest{ID: "c", ExecID: "e2"}); codeOfErr(err) != codes.FailedPrecondition {
+		t.Fatalf("start of an exec after the init died: %v, want FailedPrecondition", err)
+	}
+	if _, err := h.svc.Delete(ctx, &taskv2.DeleteRequest{ID: "c", ExecID: "e2"}); err != nil {
+		t.Fatalf("delete of the unstarted exec: %v", err)
+	}
+	if _, err := h.svc.Wait(ctx, &taskv2.WaitRequest{ID: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	// Once the exit is published, a create is refused.
+	if _, err := h.svc.Exec(ctx, &taskv2.ExecProcessRequest{ID: "c", ExecID: "e3", Spec: processSpec(t, "sleep")}); codeOfErr(err) != codes.FailedPrecondition {
+		t.Fatalf("exec create after the init's exit was published: %v, want FailedPrecondition", err)
+	}
 }

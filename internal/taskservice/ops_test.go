@@ -50,7 +50,7 @@ func TestPauseResumeUpdateCheckpoint(t *testing.T) {
 	if _, err := h.svc.Update(ctx, &taskv2.UpdateTaskRequest{ID: "c", Resources: res}); err != nil {
 		t.Fatalf("update: %v", err)
 	}
-	if data, err := os.ReadFile(filepath.Join(h.root, "c", "resources")); err != nil || !strings.Contains(string(data), `"limit":33554432`) {
+	if data, err := os.ReadFile(filepath.Join(h.runRoot(), "c", "resources")); err != nil || !strings.Contains(string(data), `"limit":33554432`) {
 		t.Fatalf("the runtime got resources %q, %v", data, err)
 	}
 	for name, req := range map[string]*taskv2.UpdateTaskRequest{
@@ -79,7 +79,7 @@ func TestPauseResumeUpdateCheckpoint(t *testing.T) {
 	if _, err := h.svc.Checkpoint(ctx, req); err != nil {
 		t.Fatalf("checkpoint: %v", err)
 	}
-	args, err := os.ReadFile(filepath.Join(h.root, "c", "checkpoint-args"))
+	args, err := os.ReadFile(filepath.Join(h.runRoot(), "c", "checkpoint-args"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -95,7 +95,39 @@ func TestRegressionFailedCreateLeftRuntimeState(t *testing.T) {
 	if code := codeOfErr(err); code == codes.AlreadyExists {
 		t.Errorf("a failed hook is reported as AlreadyExists: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(h.root, "hook1")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(h.runRoot(), "hook1")); !os.IsNotExist(err) {
 		t.Errorf("the runtime still has the failed container's state (stat: %v)", err)
+	}
+}
+
+// TestRootOptionIsNamespaced: a Root in the runtime options is used as
+// <Root>/<namespace>, as containerd's shim does, so that `runc --root
+// <Root>/<namespace>` (and containerd's own tests) find the container there;
+// without options the root is /run/containerd/runc/<namespace>.
+func TestRootOptionIsNamespaced(t *testing.T) {
+	testutil.CheckLeaks(t)
+	h := newHarness(t)
+	args := createArgs(t, h, "rooted", `{}`, h.options)
+	want := filepath.Join(h.root, "test")
+	if i := slices.Index(args, "--root"); i < 0 || i+1 >= len(args) || args[i+1] != want {
+		t.Fatalf("runtime args %q: want --root %s", args, want)
+	}
+	if _, err := os.Stat(filepath.Join(want, "rooted")); err != nil {
+		t.Fatalf("no runtime state under <Root>/<namespace>: %v", err)
+	}
+}
+
+// TestSystemdFormCgroupsPathWithoutSystemdIsCgroupfs: on a host without
+// systemd, a cgroupsPath in systemd's form (containerd 1.6's CRI writes
+// "test.slice:cri-containerd:<id>" for a ".slice" parent whatever its
+// driver) goes to the runtime without --systemd-cgroup, as with
+// containerd's shim: the systemd driver cannot work there at all.
+func TestSystemdFormCgroupsPathWithoutSystemdIsCgroupfs(t *testing.T) {
+	testutil.CheckLeaks(t)
+	h := newHarness(t)
+	h.noSystemd = true
+	args := createArgs(t, h, "cri16", `{"linux":{"cgroupsPath":"test.slice:cri-containerd:cri16"}}`, h.options)
+	if slices.Contains(args, "--systemd-cgroup") {
+		t.Errorf("systemd-form cgroupsPath on a host without systemd: runtime args %q have --systemd-cgroup", args)
 	}
 }

@@ -55,6 +55,17 @@ type Config struct {
 	Shutdown func()
 	// Version is reported by Connect.
 	Version string
+	// SystemdRunning reports whether systemd runs the host (nil:
+	// runtime.SystemdRunning). Only then does a cgroupsPath in systemd's
+	// form, without the option, get the systemd cgroup driver.
+	SystemdRunning func() bool
+}
+
+func (s *Service) systemdRunning() bool {
+	if s.cfg.SystemdRunning != nil {
+		return s.cfg.SystemdRunning()
+	}
+	return runtime.SystemdRunning()
 }
 
 // Service implements the task API. Create it with New.
@@ -175,17 +186,22 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	var created *container.Container
 	defer func() { s.settle(r.GetID(), created) }()
 
-	root := opts.Root
-	if root == "" {
-		root = runtime.DefaultRoot(s.cfg.Namespace)
+	// As with containerd's shim, the runtime's state is under
+	// <Root>/<namespace>, where tools and clients look for it.
+	root := runtime.DefaultRoot(s.cfg.Namespace)
+	if opts.Root != "" {
+		root = filepath.Join(opts.Root, s.cfg.Namespace)
 	}
 	rtCfg := runtime.Config{
 		Binary: opts.BinaryName,
 		Root:   root,
 		Log:    filepath.Join(r.GetBundle(), "log.json"),
-		// The options may not say it (Docker never does), but a
-		// cgroupsPath in systemd's form only works with its driver.
-		SystemdCgroup: opts.SystemdCgroup || runtime.IsSystemdCgroupsPath(spec.CgroupsPath),
+		// The options may not say it (Docker never does), but on a
+		// systemd host a cgroupsPath in systemd's form only works with its
+		// driver. Without systemd the driver cannot work at all, and such
+		// a path (containerd 1.6's CRI writes one for any ".slice" parent)
+		// is a cgroupfs directory name to runc, as with containerd's shim.
+		SystemdCgroup: opts.SystemdCgroup || (runtime.IsSystemdCgroupsPath(spec.CgroupsPath) && s.systemdRunning()),
 	}
 	if err := rtCfg.Save(r.GetBundle()); err != nil {
 		return nil, err

@@ -46,14 +46,17 @@ func TestMain(m *testing.M) {
 const waitLimit = 30 * time.Second
 
 type harness struct {
-	t        *testing.T
-	svc      *Service
-	rec      *eventstest.Recorder
-	reaper   *exits.Reaper
-	root     string // the stub runtime's state dir
-	bundles  string // the directory holding bundles
-	options  *anypb.Any
-	shutdown chan struct{}
+	t      *testing.T
+	svc    *Service
+	rec    *eventstest.Recorder
+	reaper *exits.Reaper
+	root   string // the Root of the runtime options
+	// noSystemd makes the service see a host without systemd; by default
+	// it sees one with systemd.
+	noSystemd bool
+	bundles   string // the directory holding bundles
+	options   *anypb.Any
+	shutdown  chan struct{}
 }
 
 func newHarness(t *testing.T) *harness {
@@ -83,15 +86,19 @@ func newHarness(t *testing.T) *harness {
 	h.options = &anypb.Any{TypeUrl: "containerd.runc.v1.Options", Value: opts}
 	var once sync.Once
 	h.svc = New(Config{
-		Namespace:    "test",
-		BundleParent: h.bundles,
-		Deps:         container.Deps{Watcher: reaper, Events: h.rec, Logger: logger},
-		Holder:       reaper,
-		Logger:       logger,
-		Shutdown:     func() { once.Do(func() { close(h.shutdown) }) },
+		Namespace:      "test",
+		BundleParent:   h.bundles,
+		Deps:           container.Deps{Watcher: reaper, Events: h.rec, Logger: logger},
+		Holder:         reaper,
+		Logger:         logger,
+		Shutdown:       func() { once.Do(func() { close(h.shutdown) }) },
+		SystemdRunning: func() bool { return !h.noSystemd },
 	})
 	return h
 }
+
+// runRoot is where the stub runtime keeps its state: <Root>/<namespace>.
+func (h *harness) runRoot() string { return filepath.Join(h.root, "test") }
 
 // bundle makes a bundle for id with the given stub control files.
 func (h *harness) bundle(id string, files map[string]string) string {
@@ -458,10 +465,6 @@ func TestBadInput(t *testing.T) {
 			_, err := h.svc.Exec(ctx, &taskv2.ExecProcessRequest{ID: "nope", ExecID: "e", Spec: &anypb.Any{Value: []byte(`{"args":["x"]}`)}})
 			return err
 		}, codes.NotFound},
-		{"resize pty", func() error {
-			_, err := h.svc.ResizePty(ctx, &taskv2.ResizePtyRequest{ID: "good", Width: 80, Height: 24})
-			return err
-		}, codes.FailedPrecondition},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -472,7 +475,7 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 	for _, id := range []string{"m1", "m2", "m3", "m4", "rtfail"} {
-		if _, err := os.Stat(filepath.Join(h.root, id)); !errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(filepath.Join(h.runRoot(), id)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("failed create %s left runtime state behind: %v", id, err)
 		}
 	}

@@ -14,6 +14,11 @@ package taskservice
 //	stub-bad-console
 //	             create connects to --console-socket and hangs up without
 //	             sending a terminal
+//	stub-leftover
+//	             the init starts a process that holds its stdout and sleeps
+//	             (what an init leaves behind in a shared pid namespace);
+//	             kill --all writes "leftover killed" to that process's
+//	             stdout, then SIGKILLs it, whether or not the init still runs
 //
 // and create writes its arguments, one a line, to stub-create-args.
 // Exec'd processes run the test binary with TETHER_STUB_EXEC set to the
@@ -140,6 +145,9 @@ func stubRuntime(args []string) int {
 		}
 		code, _ := os.ReadFile(filepath.Join(bundle, "exit-code"))
 		os.WriteFile(filepath.Join(dir, "exit-code"), code, 0o600)
+		if fileExists(filepath.Join(bundle, "stub-leftover")) {
+			os.WriteFile(filepath.Join(dir, "leftover"), nil, 0o600)
+		}
 		os.WriteFile(filepath.Join(dir, "id"), []byte(id), 0o600)
 		self, _ := os.Executable()
 		cmd := exec.Command(self)
@@ -178,6 +186,19 @@ func stubRuntime(args []string) int {
 	case "kill":
 		if !exists() {
 			return fail("container does not exist")
+		}
+		if a.flags["--all"] != "" {
+			if data, err := os.ReadFile(filepath.Join(dir, "leftover-pid")); err == nil {
+				lp, _ := strconv.Atoi(string(data))
+				if f, err := os.OpenFile(fmt.Sprintf("/proc/%d/fd/1", lp), os.O_WRONLY, 0); err == nil {
+					f.WriteString("leftover killed\n")
+					f.Close()
+				}
+				syscall.Kill(lp, syscall.SIGKILL)
+				if !alive() {
+					return 0
+				}
+			}
 		}
 		if !alive() {
 			return fail("container not running")
@@ -267,6 +288,21 @@ func stubInit(dir string) int {
 		time.Sleep(2 * time.Millisecond)
 	}
 	id, _ := os.ReadFile(filepath.Join(dir, "id"))
+	if fileExists(filepath.Join(dir, "leftover")) {
+		self, _ := os.Executable()
+		cmd := exec.Command(self)
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, stubInitEnv+"=") {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		cmd.Env = append(cmd.Env, stubExecEnv+"=sleep")
+		cmd.Stdout = os.Stdout
+		if err := cmd.Start(); err != nil {
+			return 112
+		}
+		os.WriteFile(filepath.Join(dir, "leftover-pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600)
+	}
 	if code, err := os.ReadFile(filepath.Join(dir, "exit-code")); err == nil && len(code) > 0 {
 		fmt.Printf("hello %s\n", id)
 		n, _ := strconv.Atoi(strings.TrimSpace(string(code)))

@@ -25,7 +25,8 @@ func configBody(body string) *runtimeoptions.Options {
 }
 
 // A config_body of CamelCase keys, as operators write a CRI runtime's
-// options table, runs the container on crun with crun's state in Root.
+// options table, runs the container on crun with crun's state in
+// <Root>/<namespace>, as containerd's shim keeps it.
 // Before config_body was read, this ran plain runc.
 func TestCrunConfigBody(t *testing.T) {
 	forEachVersion(t, "crunbody", func(t *testing.T, d *daemon, ns string) {
@@ -35,7 +36,7 @@ func TestCrunConfigBody(t *testing.T) {
 		d.startWithClient(t, c, ns, "b1", []oci.SpecOpts{withSpecVersion(crunSpecVersion)}, []containerd.NewContainerOpts{
 			containerd.WithRuntime(runtimeName, configBody(fmt.Sprintf("BinaryName = 'crun'\nRoot = %q\n", root))),
 		}, nil)
-		d.assertRunsOnCrun(t, ns, "b1", root)
+		d.assertRunsOnCrun(t, ns, "b1", filepath.Join(root, ns))
 	})
 }
 
@@ -136,11 +137,16 @@ func TestSystemdCgroupFlag(t *testing.T) {
 		}
 		t.Logf("SystemdCgroup = true without systemd on this host: %v", err)
 
+		// The path alone asks for the systemd driver only where systemd
+		// runs: without it, the driver cannot work and the path is a
+		// cgroupfs name, as with containerd's shim.
+		_, sdErr := os.Stat("/run/systemd/system")
+		systemd := sdErr == nil
 		err = tryCreate("path1", "system.slice:docker:path1", "")
-		if args := createArgsOf(t, record, "path1"); !slices.Contains(args, "--systemd-cgroup") {
-			t.Errorf("cgroupsPath system.slice:docker:path1: runtime create args %q lack --systemd-cgroup", args)
+		if args := createArgsOf(t, record, "path1"); slices.Contains(args, "--systemd-cgroup") != systemd {
+			t.Errorf("cgroupsPath system.slice:docker:path1 (systemd running: %v): runtime create args %q", systemd, args)
 		}
-		t.Logf("systemd-form cgroupsPath without systemd on this host: %v", err)
+		t.Logf("systemd-form cgroupsPath, systemd running %v: %v", systemd, err)
 
 		if err := tryCreate("plain1", "/"+ns+"/plain1", ""); err != nil {
 			t.Errorf("cgroupfs path without the option: %v", err)

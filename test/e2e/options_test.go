@@ -123,7 +123,8 @@ func (d *daemon) assertRunsOnCrun(t *testing.T, ns, id, root string) {
 }
 
 // containerd.runc.v1.Options{BinaryName: "crun", Root: dir}, sent by the Go
-// client as the container's runtime options, runs the container on crun.
+// client as the container's runtime options, runs the container on crun
+// with its state in <dir>/<namespace>, as containerd's shim keeps it.
 func TestCrunRuncV1Options(t *testing.T) {
 	forEachVersion(t, "crunv1", func(t *testing.T, d *daemon, ns string) {
 		ensureCrun(t)
@@ -132,7 +133,7 @@ func TestCrunRuncV1Options(t *testing.T) {
 		d.startWithClient(t, c, ns, "v1", []oci.SpecOpts{withSpecVersion(crunSpecVersion)}, []containerd.NewContainerOpts{
 			containerd.WithRuntime(runtimeName, &runcoptions.Options{BinaryName: "crun", Root: root}),
 		}, nil)
-		d.assertRunsOnCrun(t, ns, "v1", root)
+		d.assertRunsOnCrun(t, ns, "v1", filepath.Join(root, ns))
 	})
 }
 
@@ -191,7 +192,7 @@ func TestCrunConfigFile(t *testing.T) {
 		spec := filepath.Join(dir, "spec.json")
 		writeSpec(t, spec, ns, "f1", sleeper, withSpecVersion(crunSpecVersion))
 		d.mustCtr(t, ns, "run", "-d", "--runtime", runtimeName, "--runtime-config-path", config, "--config", spec, "f1")
-		d.assertRunsOnCrun(t, ns, "f1", root)
+		d.assertRunsOnCrun(t, ns, "f1", filepath.Join(root, ns))
 	})
 }
 
