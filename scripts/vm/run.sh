@@ -22,7 +22,11 @@
 # job's exit code, 124 on timeout, 125 if the VM ended without one.
 #
 # qemu gets KVM if it works and falls back to TCG (software emulation, slow:
-# expect the job to start 25-45 s after qemu does).
+# expect the job to start 25-45 s after qemu does). KVM is tried only if the
+# CPU shows vmx or svm, and then probed: a kernel that prints nothing on the
+# serial console within 20 s means KVM is unusable (with /dev/kvm present but
+# no vmx flag, qemu starts under KVM and hangs). TETHER_VM_ACCEL=kvm|tcg
+# forces one.
 set -euo pipefail
 
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
@@ -64,8 +68,31 @@ rm -f "$share/rc" "$share/rc.tmp" "$share/out.log"
 	echo
 } > "$share/cmd"
 
-accel=(-accel kvm -accel tcg,thread=multi)
-qemu=(qemu-system-x86_64 "${accel[@]}" -cpu max -smp "$cpus" -m "$mem"
+# kvm_works boots the kernel under KVM for up to 20 s and looks for its banner.
+kvm_works() {
+	[[ -w /dev/kvm ]] && grep -qwE 'vmx|svm' /proc/cpuinfo || return 1
+	local probe
+	probe=$(mktemp /tmp/tether-vm-kvmprobe-XXXXXX)
+	timeout 20 qemu-system-x86_64 -accel kvm -cpu host -m 256 -display none -monitor none -no-reboot -nic none \
+		-serial "file:$probe" -kernel "$img/vmlinuz" -append "console=ttyS0 panic=-1" >/dev/null 2>&1 || true
+	local ok=1
+	grep -q 'Linux version' "$probe" && ok=0
+	rm -f "$probe"
+	return $ok
+}
+case ${TETHER_VM_ACCEL:-auto} in
+kvm) accel=(-accel kvm -cpu host) ;;
+tcg) accel=(-accel tcg,thread=multi -cpu max) ;;
+*)
+	if kvm_works; then
+		accel=(-accel kvm -cpu host)
+	else
+		log "KVM unusable here (no vmx/svm flag, or the probe boot printed nothing); using TCG"
+		accel=(-accel tcg,thread=multi -cpu max)
+	fi
+	;;
+esac
+qemu=(qemu-system-x86_64 "${accel[@]}" -smp "$cpus" -m "$mem"
 	-machine q35 -display none -monitor none -no-reboot -nic none
 	-serial "file:$serial"
 	-kernel "$img/vmlinuz" -initrd "$img/initrd.img"
@@ -73,7 +100,7 @@ qemu=(qemu-system-x86_64 "${accel[@]}" -cpu max -smp "$cpus" -m "$mem"
 	-drive "file=$img/rootfs.ext4,if=virtio,format=raw,snapshot=on,cache=unsafe"
 	-virtfs "local,path=$share,mount_tag=host0,security_model=none,id=host0"
 	-device virtio-rng-pci)
-log "image $img"
+log "image $img; accel ${accel[*]}"
 log "share $share, serial log $serial, deadline ${timeout}s"
 start=$(date +%s)
 "${qemu[@]}" 2>"$share/qemu.err" &
