@@ -23,6 +23,7 @@ const (
 	envLogDir   = "TETHER_VM_LOGDIR"      // where containerd logs go; default a temp dir
 	envDeps     = "TETHER_DEPS"           // where install-deps.sh put containerd builds; default /opt/tether
 	envTHPVer   = "TETHER_VM_THP_VERSION" // containerd of the THP measurement; default the last of the versions
+	envOOMRuns  = "TETHER_VM_OOM_RUNS"    // OOM-kill runs per combination; default 3
 
 	tetherRuntime = "io.containerd.tether.v2"
 	stockRuntime  = "io.containerd.runc.v2"
