@@ -168,7 +168,7 @@ func checkCombo(t *testing.T, cb *combo) {
 			t.Fatalf("Start e1: %v", err)
 		}
 		st := <-wait
-		p.IO().Wait()
+		waitIO(t, p.IO())
 		if code, _, err := st.Result(); err != nil || code != 5 {
 			t.Errorf("exec e1 exit status %d (%v), want 5", code, err)
 		}
@@ -506,9 +506,8 @@ func (cb *combo) watch(t *testing.T) *events {
 		cancel()
 		<-done
 	})
-	// The subscription is live once the server has it; give it a moment by
-	// making one round trip on the same connection.
-	_, _ = cb.c.Version(ctx)
+	// Events published before the server has registered the stream are not
+	// seen; a TaskCreate of the container in the list shows it was live.
 	return ev
 }
 
@@ -552,6 +551,23 @@ func expectFile(t *testing.T, path, want string) {
 	got, err := readTrim(path)
 	if err != nil || got != want {
 		t.Errorf("%s = %q (%v), want %q", path, got, err, want)
+	}
+}
+
+// waitIO waits up to 30s for io's copying to end (the process has exited),
+// then cancels it and waits for the end.
+func waitIO(t *testing.T, io cio.IO) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		io.Wait()
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Errorf("the exec's output was still being copied 30s after its exit; cancelling")
+		io.Cancel()
+		<-done
 	}
 }
 
