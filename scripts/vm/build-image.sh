@@ -154,8 +154,11 @@ kernel=$(ls "$root"/boot/vmlinuz-* | sort -V | tail -1)
 initrd=$(ls "$root"/boot/initrd.img-* | sort -V | tail -1)
 cp "$kernel" "$tmp/vmlinuz"
 cp "$initrd" "$tmp/initrd.img"
-for m in 9p 9pnet_virtio virtio_blk; do
-	chroot "$root" lsinitramfs "/boot/$(basename "$initrd")" | grep -q "/$m.ko" || log "note: $m.ko not in the initramfs (loaded from the root fs)"
+# (The list is read whole first: grep -q ending the pipe early would make
+# lsinitramfs die of SIGPIPE, which pipefail reports as "not found".)
+inside=$(chroot "$root" lsinitramfs "/boot/$(basename "$initrd")")
+for m in 9p 9pnet_virtio virtio_blk ext4; do
+	grep -q "/$m.ko" <<<"$inside" || log "note: $m.ko not in the initramfs (loaded from the root fs)"
 done
 
 for m in dev/pts dev proc sys; do umount -l "$root/$m"; done
