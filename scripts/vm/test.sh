@@ -10,7 +10,8 @@
 # for the VM, default 1500 lean, 2700 full), TETHER_VM_SHARE (the host
 # directory shared with the guest; default /tmp/tether-vm-job, kept after the
 # run: out.log, serial.log, logs/ with the containerd logs), TETHER_DEPS
-# (/opt/tether), TETHER_VM_OOM_RUNS (OOM-kill runs per combination, default
+# (/opt/tether), TETHER_VM_DRIVERS (cgroup drivers, default cgroupfs,systemd),
+# TETHER_VM_OOM_RUNS (OOM-kill runs per combination, default
 # 3). The run holds /tmp/tether-heavy.lock (waiting up to
 # TETHER_VM_LOCK_WAIT seconds, default 3600); TETHER_VM_NO_LOCK=1 skips the
 # lock, for a debugging run next to a long suite of someone else.
@@ -69,7 +70,7 @@ echo "guest: runc \$(runc --version | head -1), containerd \$(containerd --versi
 cd /usr/local/tether
 set +e
 TETHER_SHIM_BIN=/usr/local/tether/containerd-shim-tether-v2 TETHER_DEPS=$guest_deps \\
-TETHER_VM_VERSIONS=$versions TETHER_VM_RUNTIMES=$runtimes TETHER_VM_LOGDIR=/host/logs TETHER_VM_OOM_RUNS=${TETHER_VM_OOM_RUNS:-3} \\
+TETHER_VM_VERSIONS=$versions TETHER_VM_RUNTIMES=$runtimes TETHER_VM_LOGDIR=/host/logs TETHER_VM_OOM_RUNS=${TETHER_VM_OOM_RUNS:-3} TETHER_VM_DRIVERS=${TETHER_VM_DRIVERS:-cgroupfs,systemd} \\
 	./vm.test -test.v -test.count=1 -test.timeout=$((timeout - 120))s -test.run '$run'
 rc=\$?
 cp /var/log/syslog /host/logs/ 2>/dev/null
