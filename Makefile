@@ -24,7 +24,7 @@ GO ?= go
 BIN := bin/containerd-shim-tether-v2
 E2E_TIMEOUT ?= 75m
 
-.PHONY: all build test test-unit test-e2e test-suites test-suites-short suites-deps deps demo lint clean bench fuzz stress
+.PHONY: all build test test-unit test-e2e test-suites test-suites-short suites-deps deps demo lint clean bench fuzz stress test-vm test-vm-full vm-thp
 
 all: build
 
@@ -91,6 +91,23 @@ stress: deps
 bench:
 	TETHER_CONTAINERD_VERSIONS=2.4.2 bash scripts/install-deps.sh
 	cd bench && $(GO) build -o .bin/tether-bench . && flock -w $${BENCH_LOCK_WAIT:-3600} /tmp/tether-heavy.lock .bin/tether-bench
+
+# The cgroup v2 + systemd layer: one boot of a Debian bookworm qemu VM (image
+# built from Debian packages, cached in /opt/tether/vm) running test/e2e/vm
+# against containerd 1.6 and 2.4.2 with runc, cgroupfs and systemd drivers.
+# test-vm: Tether only; test-vm-full: the stock shim too, and the THP
+# measurement; vm-thp: only that. See test/e2e/vm/README.md.
+test-vm:
+	TETHER_CONTAINERD_VERSIONS=2.4.2 bash scripts/install-deps.sh
+	bash scripts/vm/test.sh lean
+
+test-vm-full:
+	TETHER_CONTAINERD_VERSIONS=2.4.2 bash scripts/install-deps.sh
+	bash scripts/vm/test.sh full
+
+vm-thp:
+	TETHER_CONTAINERD_VERSIONS=2.4.2 bash scripts/install-deps.sh
+	bash scripts/vm/test.sh thp
 
 lint:
 	@out=$$(gofmt -l cmd internal test testkit third_party bench 2>/dev/null); \
