@@ -1142,6 +1142,14 @@ func (b *bench) cleanNamespace(s *side) {
 // teardown stops what is still running and removes everything under the
 // bench's paths; it runs on success, failure and ^C.
 func (b *bench) teardown() {
+	// A run stopped during the THP sample leaves the kernel's setting changed.
+	if cur, err := readTHP(); err == nil && b.cfg.HostTHP != "" && cur != b.cfg.HostTHP {
+		if err := os.WriteFile(thpSetting, []byte(b.cfg.HostTHP), 0o644); err != nil {
+			logf("could not restore %s to %s: %v", thpSetting, b.cfg.HostTHP, err)
+		} else {
+			logf("restored %s to %s", thpSetting, b.cfg.HostTHP)
+		}
+	}
 	for _, d := range b.daemons {
 		if err := d.stop(); err != nil {
 			logf("stopping containerd %s: %v", d.name, err)
