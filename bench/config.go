@@ -25,6 +25,8 @@ type config struct {
 	THP           string        `json:"thp,omitempty"`  // BENCH_THP: a transparent huge page setting ("always", "madvise", "never") under which the single shims are sampled again; "" or "off": none
 	HostTHP       string        `json:"host_thp"`       // the host's setting, under which every other figure is taken
 	Image         bool          `json:"image"`          // BENCH_IMAGE=1: run the imported OCI image instead of --rootfs
+	PodVersions   []string      `json:"pod_versions"`   // BENCH_PODS_VERSIONS: containerd versions (2.x) of the CRI pod figures
+	PodIters      int           `json:"pod_iters"`      // BENCH_POD_ITERS: pods of 1 and of 3 containers per side and round
 	Timeout       time.Duration `json:"timeout_ns"`     // BENCH_TIMEOUT: the whole run
 	WaitE2E       time.Duration `json:"wait_e2e_ns"`    // BENCH_WAIT_E2E: how long to wait for a running e2e suite
 	Deps          string        `json:"deps"`           // TETHER_DEPS
@@ -42,6 +44,7 @@ func loadConfig() (config, error) {
 		ShimBin:       os.Getenv("TETHER_SHIM_BIN"),
 		Out:           env("BENCH_OUT", "results"),
 		Image:         os.Getenv("BENCH_IMAGE") == "1",
+		PodVersions:   list("BENCH_PODS_VERSIONS", "2.4.2"),
 		THP:           env("BENCH_THP", "always"),
 		TetherRuntime: "io.containerd.tether.v2",
 	}
@@ -58,6 +61,7 @@ func loadConfig() (config, error) {
 		{&c.Shims, "BENCH_SHIMS", 20, 1},
 		{&c.TputN, "BENCH_THROUGHPUT_N", 50, 1},
 		{&c.Parallel, "BENCH_PARALLEL", 8, 1},
+		{&c.PodIters, "BENCH_POD_ITERS", 3, 1},
 	}
 	for _, i := range ints {
 		if *i.p, err = intEnv(i.name, i.def); err != nil {
@@ -92,6 +96,11 @@ func loadConfig() (config, error) {
 	for _, r := range append(append([]string{}, c.Runtimes...), c.MemRuntimes...) {
 		if r != "runc" && r != "crun" {
 			return c, fmt.Errorf("runtime %q: only runc and crun are known", r)
+		}
+	}
+	for _, v := range c.PodVersions {
+		if !strings.HasPrefix(v, "2.") {
+			return c, fmt.Errorf("BENCH_PODS_VERSIONS: %q: pods are measured on containerd 2.x only", v)
 		}
 	}
 	switch c.THP {

@@ -258,13 +258,46 @@ func (b *bench) run() error {
 			return fmt.Errorf("OCI image: %w", err)
 		}
 	}
-	b.collectMeta(versions)
+	// The versions of the pod figures, looked up once; those not in
+	// BENCH_VERSIONS get tables of their own.
+	all := append([]*cdVersion(nil), versions...)
+	var podVersions []*cdVersion
+	for _, name := range b.cfg.PodVersions {
+		var v *cdVersion
+		for _, x := range all {
+			if x.Name == name {
+				v = x
+			}
+		}
+		if v == nil {
+			if v, err = lookupVersion(name, b.cfg.Deps); err != nil {
+				return err
+			}
+			all = append(all, v)
+		}
+		podVersions = append(podVersions, v)
+	}
+	b.collectMeta(all)
 	b.res = &results{Meta: &b.meta, Config: b.cfg}
-	defer func() { b.res.fill(b.rec, b.cfg, versions, &b.meta) }()
+	defer func() { b.res.fill(b.rec, b.cfg, all, &b.meta) }()
 
 	for _, v := range versions {
 		if err := b.runVersion(v); err != nil {
 			return fmt.Errorf("containerd %s: %w", v.Name, err)
+		}
+	}
+	for _, v := range podVersions {
+		if err := b.runPods(v); err != nil {
+			if b.ctx.Err() != nil {
+				return fmt.Errorf("containerd %s, CRI pods: %w", v.Name, err)
+			}
+			// Setting up the CRI containerds failed: the pod figures of
+			// both shims are failed, the others stand.
+			for _, m := range podMetrics() {
+				for _, s := range []string{"tether", "stock"} {
+					b.rec.fail(key{v.Name, "runc", m}, s, err.Error())
+				}
+			}
 		}
 	}
 	b.meta.Finished = time.Now()
@@ -1109,6 +1142,14 @@ func (b *bench) cleanNamespace(s *side) {
 // teardown stops what is still running and removes everything under the
 // bench's paths; it runs on success, failure and ^C.
 func (b *bench) teardown() {
+	// A run stopped during the THP sample leaves the kernel's setting changed.
+	if cur, err := readTHP(); err == nil && b.cfg.HostTHP != "" && cur != b.cfg.HostTHP {
+		if err := os.WriteFile(thpSetting, []byte(b.cfg.HostTHP), 0o644); err != nil {
+			logf("could not restore %s to %s: %v", thpSetting, b.cfg.HostTHP, err)
+		} else {
+			logf("restored %s to %s", thpSetting, b.cfg.HostTHP)
+		}
+	}
 	for _, d := range b.daemons {
 		if err := d.stop(); err != nil {
 			logf("stopping containerd %s: %v", d.name, err)

@@ -56,6 +56,10 @@ func (res *results) chartItems() []chartItem {
 		{"runc", "fds_single", "fds per shim", nil},
 		{"runc", "rss_" + g, fmt.Sprintf("RSS of a group shim, %d containers", last), absGoal(5)},
 		{"runc", "anon_" + g, fmt.Sprintf("anonymous memory, group shim, %d containers", last), nil},
+		{"runc", "rss_thp", fmt.Sprintf("RSS per shim, THP %s", res.Config.THP), nil},
+		{"runc", "pod1_ms", "CRI pod start, 1 container", nil},
+		{"runc", "pod3_ms", "CRI pod start, 3 containers", nil},
+		{"runc", "pss_pod3", "PSS of a CRI pod's shim (3 containers)", nil},
 	}
 	var out []chartItem
 	for _, it := range items {
