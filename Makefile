@@ -36,15 +36,16 @@ build:
 deps:
 	bash scripts/install-deps.sh
 
-# All three run even if one fails, so that a CI log shows them all; the
+# All four run even if one fails, so that a CI log shows them all; the
 # target fails if any did.
 test: deps
-	@unit=0; e2e=0; suites=0; \
+	@unit=0; e2e=0; suites=0; vm=0; \
 	$(MAKE) test-unit || unit=$$?; \
 	$(MAKE) test-e2e || e2e=$$?; \
 	$(MAKE) test-suites-short || suites=$$?; \
-	echo "make test: unit tests exit $$unit, e2e tests exit $$e2e, ecosystem suites (short) exit $$suites"; \
-	[ $$unit = 0 ] && [ $$e2e = 0 ] && [ $$suites = 0 ]
+	$(MAKE) test-vm || vm=$$?; \
+	echo "make test: unit tests exit $$unit, e2e tests exit $$e2e, ecosystem suites (short) exit $$suites, cgroup v2 + systemd VM exit $$vm"; \
+	[ $$unit = 0 ] && [ $$e2e = 0 ] && [ $$suites = 0 ] && [ $$vm = 0 ]
 
 test-unit:
 	$(GO) test -race -count=1 ./...
