@@ -514,8 +514,9 @@ func TestDockerAbsoluteRuntimeType(t *testing.T) {
 }
 
 // options {"ConfigPath": file} reaches Tether as runtimeoptions.v1.Options
-// config_path: the file's BinaryName and Root are what the runtime is run
-// with, for create, exec and delete.
+// config_path: the file's BinaryName is what the runtime is run with, for
+// create, exec and delete, and its Root, as <Root>/<namespace> (as
+// containerd's shim uses it), is the runtime's root.
 func TestDockerConfigPath(t *testing.T) {
 	dd := getDocker(t)
 	dd.onFailure(t)
@@ -523,18 +524,19 @@ func TestDockerConfigPath(t *testing.T) {
 	id := dd.runDetached(t, "tether-record", "sleep", "1000000")
 	d.waitStatus(t, ns, id, "RUNNING")
 	args := createArgsOf(t, dd.recordArgs, id)
-	if root := testkit.ArgValue(args, "--root"); root != dd.recordRoot {
-		t.Errorf("the runtime's create got --root %q, want the config file's Root %q (args %q)", root, dd.recordRoot, args)
+	root := filepath.Join(dd.recordRoot, ns)
+	if got := testkit.ArgValue(args, "--root"); got != root {
+		t.Errorf("the runtime's create got --root %q, want the config file's Root/<namespace> %q (args %q)", got, root, args)
 	}
-	if _, err := os.Stat(filepath.Join(dd.recordRoot, id, "state.json")); err != nil {
-		t.Errorf("runc's state is not in the config file's Root: %v", err)
+	if _, err := os.Stat(filepath.Join(root, id, "state.json")); err != nil {
+		t.Errorf("runc's state is not in the config file's Root/<namespace>: %v", err)
 	}
 	if r := dd.docker(t, "exec", id, "echo", "recorded"); r.code != 0 || r.stdout != "recorded\n" {
 		t.Errorf("docker exec echo recorded: %s", r)
 	}
 	dd.mustDocker(t, "rm", "-f", id)
 	waitFor(t, 30*time.Second, "runc's state of "+id+" to be deleted", func() (bool, string) {
-		_, err := os.Stat(filepath.Join(dd.recordRoot, id))
+		_, err := os.Stat(filepath.Join(root, id))
 		return os.IsNotExist(err), fmt.Sprintf("stat: %v", err)
 	})
 	data, _ := os.ReadFile(dd.recordArgs)

@@ -41,6 +41,9 @@ const shortClientTests = "^(TestContainerList|TestContainerStart|TestContainerOu
 // the kill tests look for leftover "sleep 1" processes in `ps ax`, which must
 // not see other work on the machine, and a container "in the host's pid
 // namespace" shares the suite's.
+// runBin is where, in the client suite's private /run, Tether's shim is.
+const runBin = "/run/tether-suites-bin"
+
 func runClient(ctx context.Context, log *slog.Logger, v clientVersion, runtime, shimDir string, reg *Registry, busyboxDigest, work, runRe string, timeout time.Duration, label string) (Counts, error) {
 	for _, p := range []string{v.TestBinary, filepath.Join(v.BinDir, "containerd"), v.StockShim} {
 		if _, err := os.Stat(p); err != nil {
@@ -76,18 +79,22 @@ func runClient(ctx context.Context, log *slog.Logger, v clientVersion, runtime, 
 	defer os.RemoveAll(varLib)
 	// The stock shim of this release must be the one found: its directory
 	// comes first (1.6's is Debian's /usr/bin), then Tether's.
-	path := filepath.Dir(v.StockShim) + ":" + v.BinDir + ":" + shimDir + ":" + os.Getenv("PATH")
+	// Tether's shim is copied into the private /run (runBin): the clone,
+	// and so shimDir, may be under /tmp, which the private /tmp hides.
+	path := filepath.Dir(v.StockShim) + ":" + v.BinDir + ":" + runBin + ":" + os.Getenv("PATH")
 	if v.ToolsDir != "" {
 		path += ":" + v.ToolsDir
 	}
 	env := append(filterEnv(os.Environ(), "PATH", "TEST_RUNTIME", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR"),
-		"PATH="+path, "TEST_RUNTIME="+runtime, "TETHER_SUITES_VAR_LIB="+varLib)
+		"PATH="+path, "TEST_RUNTIME="+runtime, "TETHER_SUITES_VAR_LIB="+varLib,
+		"TETHER_SUITES_SHIM="+filepath.Join(shimDir, "containerd-shim-tether-v2"))
 	env = append(env, reg.Env()...)
 	// /tmp is private too (TestKillContainerDeletedByRunc keeps runc's
 	// state in /tmp/runc-test); the CA file moves to /run first.
 	script := `set -e; mount -t tmpfs -o mode=0755 tether-suites-run /run; mount --bind "$TETHER_SUITES_VAR_LIB" /var/lib
 cp "$SSL_CERT_FILE" /run/tether-suites-ca.pem; export SSL_CERT_FILE=/run/tether-suites-ca.pem
-mount -t tmpfs -o mode=1777 tether-suites-tmp /tmp; unset TETHER_SUITES_VAR_LIB; exec "$0" "$@"`
+mkdir -p ` + runBin + `; cp "$TETHER_SUITES_SHIM" ` + runBin + `/
+mount -t tmpfs -o mode=1777 tether-suites-tmp /tmp; unset TETHER_SUITES_VAR_LIB TETHER_SUITES_SHIM; exec "$0" "$@"`
 	cmd := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc", "--", "sh", "-c", script, v.TestBinary}, args...)...)
 	cmd.Dir = v.SrcDir
 	cmd.Env = env
