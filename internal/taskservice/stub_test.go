@@ -52,7 +52,33 @@ const (
 	stubRuntimeEnv = "TETHER_STUB_RUNTIME"
 	stubInitEnv    = "TETHER_STUB_INIT"
 	stubExecEnv    = "TETHER_STUB_EXEC"
+	// stubOwnerEnv is the pid of the test process that ran the stub
+	// runtime: a stub process that would sleep until killed ends once that
+	// process is gone, so that a test that left a container running does
+	// not leave its processes behind (they held CI's output open).
+	stubOwnerEnv = "TETHER_STUB_OWNER"
 )
+
+// withOwner adds stubOwnerEnv to env, unless it is there: the stub runtime's
+// parent, the test process, owns what it starts.
+func withOwner(env []string) []string {
+	if os.Getenv(stubOwnerEnv) != "" {
+		return env
+	}
+	return append(env, stubOwnerEnv+"="+strconv.Itoa(os.Getppid()))
+}
+
+// sleepUntilOwnerGone sleeps until the process in stubOwnerEnv is gone (or
+// forever without one) and returns 0; a kill ends it earlier.
+func sleepUntilOwnerGone() int {
+	owner, _ := strconv.Atoi(os.Getenv(stubOwnerEnv))
+	for {
+		time.Sleep(200 * time.Millisecond)
+		if owner > 0 && syscall.Kill(owner, 0) == syscall.ESRCH {
+			return 0
+		}
+	}
+}
 
 // stubMain runs the stub if the environment asks for it, and reports
 // whether it did (the caller then exits with the returned code).
@@ -151,7 +177,7 @@ func stubRuntime(args []string) int {
 		os.WriteFile(filepath.Join(dir, "id"), []byte(id), 0o600)
 		self, _ := os.Executable()
 		cmd := exec.Command(self)
-		cmd.Env = append(os.Environ(), stubInitEnv+"="+dir)
+		cmd.Env = append(withOwner(os.Environ()), stubInitEnv+"="+dir)
 		// With a terminal, runc's init has the pty's slave as its stdio,
 		// never the create command's.
 		if a.flags["--console-socket"] == "" {
@@ -236,7 +262,7 @@ func stubRuntime(args []string) int {
 		}
 		self, _ := os.Executable()
 		cmd := exec.Command(self)
-		cmd.Env = append(os.Environ(), stubExecEnv+"="+strings.Join(spec.Args, " "))
+		cmd.Env = append(withOwner(os.Environ()), stubExecEnv+"="+strings.Join(spec.Args, " "))
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 		if err := cmd.Start(); err != nil {
 			return fail(err.Error())
@@ -308,9 +334,7 @@ func stubInit(dir string) int {
 		n, _ := strconv.Atoi(strings.TrimSpace(string(code)))
 		return n
 	}
-	for {
-		time.Sleep(time.Hour)
-	}
+	return sleepUntilOwnerGone()
 }
 
 func fileExists(p string) bool {
@@ -336,7 +360,5 @@ func stubExec(args []string) int {
 		n, _ := strconv.Atoi(args[1])
 		return n
 	}
-	for {
-		time.Sleep(time.Hour)
-	}
+	return sleepUntilOwnerGone()
 }
