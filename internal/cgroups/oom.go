@@ -79,6 +79,7 @@ type OOMWatcher struct {
 	// goroutine has ended.
 	evfd, ifd int
 	parent    string
+	polled    bool // srcV2Events: evfd is in the epoll set (kernfs; a regular file is not)
 
 	// mu guards the fields below it. It is held while the counter file is
 	// read and the fd drained (short reads of kernel files that never
@@ -199,8 +200,14 @@ func registerEventfd(dir, ctl string, efd int) error {
 // and the re-polls read the same fd. inotify stays for IN_IGNORED (the
 // cgroup was removed: the goroutine ends) and for files that cannot be
 // polled (a regular file standing in for memory.events in the tests).
-func watchV2(dir string, onOOM func(), logger *slog.Logger) (_ *OOMWatcher, retErr error) {
-	ev := filepath.Join(dir, "memory.events")
+func watchV2(dir string, onOOM func(), logger *slog.Logger) (*OOMWatcher, error) {
+	return watchV2File(filepath.Join(dir, "memory.events"), onOOM, logger)
+}
+
+// watchV2File is watchV2 for the file ev (the tests use it on another
+// cgroup file where the host has no v2 memory controller).
+func watchV2File(ev string, onOOM func(), logger *slog.Logger) (_ *OOMWatcher, retErr error) {
+	dir := filepath.Dir(ev)
 	w := &OOMWatcher{src: srcV2Events, counter: ev, onOOM: onOOM, logger: logger, evfd: -1, ifd: -1}
 	defer func() {
 		if retErr != nil {
@@ -255,7 +262,10 @@ func watchV2(dir string, onOOM func(), logger *slog.Logger) (_ *OOMWatcher, retE
 		return nil, wrap(err, "cgroups: watch OOM: epoll inotify")
 	}
 	// EPERM: not a file the kernel can poll (only inotify wakes us then).
-	if err := add(w.evfd, unix.EPOLLPRI|unix.EPOLLET); err != nil && !errors.Is(err, unix.EPERM) {
+	switch err := add(w.evfd, unix.EPOLLPRI|unix.EPOLLET); {
+	case err == nil:
+		w.polled = true
+	case !errors.Is(err, unix.EPERM):
 		ep.Close()
 		return nil, wrap(err, "cgroups: watch OOM: epoll %s", ev)
 	}
