@@ -73,13 +73,14 @@ type OOMWatcher struct {
 	done    chan struct{} // closed when the goroutine has returned
 	// srcV2Events: evfd is memory.events, open for reading (read with
 	// pread at offset 0, it gives the current counters, or ENODEV once the
-	// cgroup is removed); ifd is the inotify fd; parent is the parent
-	// cgroup's memory.events, "" if the parent has none (the root). evfd
-	// and ifd are -1 otherwise; both are closed by Close once the
-	// goroutine has ended.
-	evfd, ifd int
-	parent    string
-	polled    bool // srcV2Events: evfd is in the epoll set (kernfs; a regular file is not)
+	// cgroup is removed); ifd is the inotify fd; popfd is the cgroup's
+	// cgroup.events, only polled (-1 if there is none); parent is the
+	// parent cgroup's memory.events, "" if the parent has none (the root).
+	// The fds are -1 otherwise; Close closes them once the goroutine has
+	// ended.
+	evfd, ifd, popfd int
+	parent           string
+	polled           bool // srcV2Events: evfd is in the epoll set (kernfs; a regular file is not)
 
 	// mu guards the fields below it. It is held while the counter file is
 	// read and the fd drained (short reads of kernel files that never
@@ -153,7 +154,7 @@ func watchV1(dir string, onOOM func(), logger *slog.Logger, notifications bool) 
 	if !ok {
 		return nil, missing(ctl)
 	}
-	w := &OOMWatcher{src: srcV1Events, counter: ctl, onOOM: onOOM, logger: logger, evfd: -1, ifd: -1}
+	w := &OOMWatcher{src: srcV1Events, counter: ctl, onOOM: onOOM, logger: logger, evfd: -1, ifd: -1, popfd: -1}
 	if n, ok := kv["oom_kill"]; ok && !notifications {
 		w.src, w.base = srcV1Counter, n
 	}
@@ -197,9 +198,11 @@ func registerEventfd(dir, ctl string, efd int) error {
 // open: kernfs wakes the pollers of a cgroup file at once when the kernel
 // notifies it, while the inotify event is queued to a workqueue, so the
 // first notification of an OOM (the "max" event) reaches the watcher early,
-// and the re-polls read the same fd. inotify stays for IN_IGNORED (the
-// cgroup was removed: the goroutine ends) and for files that cannot be
-// polled (a regular file standing in for memory.events in the tests).
+// and the re-polls read the same fd. It polls the cgroup's cgroup.events
+// too: "populated 0" wakes it as soon as the last process is gone, before
+// systemd (told through inotify) removes the cgroup, and the kill is
+// counted by then. inotify stays for files that cannot be polled (a
+// regular file standing in for memory.events in the tests) and IN_IGNORED.
 func watchV2(dir string, onOOM func(), logger *slog.Logger) (*OOMWatcher, error) {
 	return watchV2File(filepath.Join(dir, "memory.events"), onOOM, logger)
 }
@@ -208,7 +211,7 @@ func watchV2(dir string, onOOM func(), logger *slog.Logger) (*OOMWatcher, error)
 // cgroup file where the host has no v2 memory controller).
 func watchV2File(ev string, onOOM func(), logger *slog.Logger) (_ *OOMWatcher, retErr error) {
 	dir := filepath.Dir(ev)
-	w := &OOMWatcher{src: srcV2Events, counter: ev, onOOM: onOOM, logger: logger, evfd: -1, ifd: -1}
+	w := &OOMWatcher{src: srcV2Events, counter: ev, onOOM: onOOM, logger: logger, evfd: -1, ifd: -1, popfd: -1}
 	defer func() {
 		if retErr != nil {
 			w.closeFds()
@@ -269,6 +272,20 @@ func watchV2File(ev string, onOOM func(), logger *slog.Logger) (_ *OOMWatcher, r
 		ep.Close()
 		return nil, wrap(err, "cgroups: watch OOM: epoll %s", ev)
 	}
+	// cgroup.events: "populated 0" once the last process is gone, when an
+	// OOM kill is counted already; its poll wake-up comes before systemd,
+	// which learns of it through inotify, can remove the cgroup.
+	pop := filepath.Join(dir, "cgroup.events")
+	if w.popfd, err = unix.Open(pop, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+		w.popfd = -1
+		if !gone(err) {
+			ep.Close()
+			return nil, wrap(err, "cgroups: watch OOM: open %s", pop)
+		}
+	} else if err := add(w.popfd, unix.EPOLLPRI|unix.EPOLLET); err != nil && !errors.Is(err, unix.EPERM) {
+		ep.Close()
+		return nil, wrap(err, "cgroups: watch OOM: epoll %s", pop)
+	}
 	return w.start(ep)
 }
 
@@ -300,9 +317,9 @@ func (w *OOMWatcher) readEvents() (map[string]uint64, error) {
 	}
 }
 
-// closeFds closes evfd and ifd if open.
+// closeFds closes evfd, ifd and popfd if open.
 func (w *OOMWatcher) closeFds() {
-	for _, fd := range []*int{&w.evfd, &w.ifd} {
+	for _, fd := range []*int{&w.evfd, &w.ifd, &w.popfd} {
 		if *fd >= 0 {
 			unix.Close(*fd)
 			*fd = -1
@@ -413,9 +430,10 @@ func (w *OOMWatcher) drainLocked(fd int) (got bool, err error) {
 			// ifd may be closed once the goroutine ends.
 			return false, nil
 		}
-		// One call takes both fds' events (memory.events is edge-triggered;
-		// the inotify fd, level-triggered, stays ready until drained below).
-		var evs [2]unix.EpollEvent
+		// One call takes every fd's event (the kernfs files are
+		// edge-triggered; the inotify fd, level-triggered, stays ready
+		// until drained below).
+		var evs [3]unix.EpollEvent
 		for {
 			n, err := unix.EpollWait(fd, evs[:], 0)
 			if errors.Is(err, unix.EINTR) {

@@ -235,8 +235,8 @@ func TestWatchOOMV2Kernfs(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = w.Close() })
-	if !w.polled {
-		t.Error("the watcher did not put the kernfs file in its epoll set")
+	if !w.polled || w.popfd < 0 {
+		t.Errorf("the watcher did not poll the kernfs files (polled %v, cgroup.events fd %d)", w.polled, w.popfd)
 	}
 
 	// A process joins: "populated 1", and the poller wakes.
