@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -103,6 +104,9 @@ type OOMWatcher struct {
 	atLimit    bool
 	parentBase uint64
 	parentOK   bool // parentBase was read
+	// wokeBy names the fds of the last epoll wake-up (srcV2Events), for
+	// the log.
+	wokeBy []string
 }
 
 // WatchOOM watches the cgroup's memory controller for OOM kills and calls
@@ -365,6 +369,11 @@ func (w *OOMWatcher) run() {
 			by = "re-poll"
 			if woke {
 				by = "notification"
+				w.mu.Lock()
+				if len(w.wokeBy) > 0 {
+					by += " (" + strings.Join(w.wokeBy, ", ") + ")"
+				}
+				w.mu.Unlock()
 			}
 			if w.src != srcV1Events {
 				if woke {
@@ -443,6 +452,17 @@ func (w *OOMWatcher) drainLocked(fd int) (got bool, err error) {
 				return false, fmt.Errorf("cgroups: epoll_wait: %w", err)
 			}
 			got = n > 0
+			w.wokeBy = w.wokeBy[:0]
+			for _, e := range evs[:n] {
+				switch int(e.Fd) {
+				case w.evfd:
+					w.wokeBy = append(w.wokeBy, "memory.events")
+				case w.popfd:
+					w.wokeBy = append(w.wokeBy, "cgroup.events")
+				default:
+					w.wokeBy = append(w.wokeBy, "inotify")
+				}
+			}
 			break
 		}
 		fd = w.ifd
