@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -76,12 +77,13 @@ type OOMWatcher struct {
 	// pread at offset 0, it gives the current counters, or ENODEV once the
 	// cgroup is removed); ifd is the inotify fd; popfd is the cgroup's
 	// cgroup.events, only polled (-1 if there is none); parent is the
-	// parent cgroup's memory.events, "" if the parent has none (the root).
+	// parent cgroup's memory.events, "" if the parent has none (the root),
+	// and parentfd that file, open and polled (-1 if it could not be).
 	// The fds are -1 otherwise; Close closes them once the goroutine has
 	// ended.
-	evfd, ifd, popfd int
-	parent           string
-	polled           bool // srcV2Events: evfd is in the epoll set (kernfs; a regular file is not)
+	evfd, ifd, popfd, parentfd int
+	parent                     string
+	polled                     bool // srcV2Events: evfd is in the epoll set (kernfs; a regular file is not)
 
 	// mu guards the fields below it. It is held while the counter file is
 	// read and the fd drained (short reads of kernel files that never
@@ -94,14 +96,11 @@ type OOMWatcher struct {
 	watchGone bool   // srcV2Events: the kernel dropped the inotify watch (IN_IGNORED)
 	reported  uint64 // OOM kills reported so far (by onOOM or Check), counted from base
 	// srcV2Events, for CheckExit's inference: gone is set once a read of
-	// memory.events failed because the cgroup was removed; limits is the
-	// sum of the "max" and "oom" counters at the last read; atLimit is set
-	// when a read saw it grow (the cgroup reached its memory limit) and
-	// cleared when a kill is reported; parentBase is the parent's oom_kill
-	// read just before the last read of the cgroup's own counter.
+	// memory.events failed because the cgroup was removed; parentBase is
+	// the parent's oom_kill read just before the last successful read of
+	// the cgroup's own counter (or read again after it, when that read
+	// showed a new kill).
 	gone       bool
-	limits     uint64
-	atLimit    bool
 	parentBase uint64
 	parentOK   bool // parentBase was read
 	// wokeBy names the fds of the last epoll wake-up (srcV2Events), for
@@ -158,7 +157,7 @@ func watchV1(dir string, onOOM func(), logger *slog.Logger, notifications bool) 
 	if !ok {
 		return nil, missing(ctl)
 	}
-	w := &OOMWatcher{src: srcV1Events, counter: ctl, onOOM: onOOM, logger: logger, evfd: -1, ifd: -1, popfd: -1}
+	w := &OOMWatcher{src: srcV1Events, counter: ctl, onOOM: onOOM, logger: logger, evfd: -1, ifd: -1, popfd: -1, parentfd: -1}
 	if n, ok := kv["oom_kill"]; ok && !notifications {
 		w.src, w.base = srcV1Counter, n
 	}
@@ -215,7 +214,7 @@ func watchV2(dir string, onOOM func(), logger *slog.Logger) (*OOMWatcher, error)
 // cgroup file where the host has no v2 memory controller).
 func watchV2File(ev string, onOOM func(), logger *slog.Logger) (_ *OOMWatcher, retErr error) {
 	dir := filepath.Dir(ev)
-	w := &OOMWatcher{src: srcV2Events, counter: ev, onOOM: onOOM, logger: logger, evfd: -1, ifd: -1, popfd: -1}
+	w := &OOMWatcher{src: srcV2Events, counter: ev, onOOM: onOOM, logger: logger, evfd: -1, ifd: -1, popfd: -1, parentfd: -1}
 	defer func() {
 		if retErr != nil {
 			w.closeFds()
@@ -233,7 +232,7 @@ func watchV2File(ev string, onOOM func(), logger *slog.Logger) (_ *OOMWatcher, r
 	if err != nil {
 		return nil, err
 	}
-	w.base, w.limits = kv["oom_kill"], kv["max"]+kv["oom"]
+	w.base = kv["oom_kill"]
 	if p := filepath.Join(filepath.Dir(dir), "memory.events"); filepath.Dir(dir) != dir {
 		// The root cgroup has no memory.events: no parent to infer from.
 		if pkv, ok, err := readFlatKeyed(p); err == nil && ok {
@@ -290,6 +289,18 @@ func watchV2File(ev string, onOOM func(), logger *slog.Logger) (_ *OOMWatcher, r
 		ep.Close()
 		return nil, wrap(err, "cgroups: watch OOM: epoll %s", pop)
 	}
+	// The parent's memory.events: the kernel notifies it of every kill
+	// below it, so that the watcher reads the parent's count again after a
+	// kill in another cgroup (see CheckExit). Without it the parent's count
+	// is read only at this cgroup's own wake-ups.
+	if w.parent != "" {
+		if w.parentfd, err = unix.Open(w.parent, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			w.parentfd = -1
+		} else if err := add(w.parentfd, unix.EPOLLPRI|unix.EPOLLET); err != nil && !errors.Is(err, unix.EPERM) {
+			ep.Close()
+			return nil, wrap(err, "cgroups: watch OOM: epoll %s", w.parent)
+		}
+	}
 	return w.start(ep)
 }
 
@@ -321,9 +332,9 @@ func (w *OOMWatcher) readEvents() (map[string]uint64, error) {
 	}
 }
 
-// closeFds closes evfd, ifd and popfd if open.
+// closeFds closes evfd, ifd, popfd and parentfd if open.
 func (w *OOMWatcher) closeFds() {
-	for _, fd := range []*int{&w.evfd, &w.ifd, &w.popfd} {
+	for _, fd := range []*int{&w.evfd, &w.ifd, &w.popfd, &w.parentfd} {
 		if *fd >= 0 {
 			unix.Close(*fd)
 			*fd = -1
@@ -367,16 +378,20 @@ func (w *OOMWatcher) run() {
 				return
 			}
 			by = "re-poll"
+			ownWake := woke
 			if woke {
 				by = "notification"
 				w.mu.Lock()
 				if len(w.wokeBy) > 0 {
 					by += " (" + strings.Join(w.wokeBy, ", ") + ")"
+					// The parent's notifications alone (another
+					// cgroup's events) start no re-polls.
+					ownWake = slices.ContainsFunc(w.wokeBy, func(s string) bool { return s != "parent" })
 				}
 				w.mu.Unlock()
 			}
 			if w.src != srcV1Events {
-				if woke {
+				if ownWake {
 					delay, waited = repollFirst, 0
 				} else if waited += delay; waited >= repollTotal {
 					delay = 0
@@ -442,7 +457,7 @@ func (w *OOMWatcher) drainLocked(fd int) (got bool, err error) {
 		// One call takes every fd's event (the kernfs files are
 		// edge-triggered; the inotify fd, level-triggered, stays ready
 		// until drained below).
-		var evs [3]unix.EpollEvent
+		var evs [4]unix.EpollEvent
 		for {
 			n, err := unix.EpollWait(fd, evs[:], 0)
 			if errors.Is(err, unix.EINTR) {
@@ -459,6 +474,8 @@ func (w *OOMWatcher) drainLocked(fd int) (got bool, err error) {
 					w.wokeBy = append(w.wokeBy, "memory.events")
 				case w.popfd:
 					w.wokeBy = append(w.wokeBy, "cgroup.events")
+				case w.parentfd:
+					w.wokeBy = append(w.wokeBy, "parent")
 				default:
 					w.wokeBy = append(w.wokeBy, "inotify")
 				}
@@ -566,9 +583,6 @@ func (w *OOMWatcher) updateLocked() (report, stop bool, err error) {
 			}
 			return false, false, err
 		}
-		if l := kv["max"] + kv["oom"]; l > w.limits {
-			w.limits, w.atLimit = l, true
-		}
 		if n := kv["oom_kill"]; n > w.base {
 			count = n - w.base
 		}
@@ -576,10 +590,13 @@ func (w *OOMWatcher) updateLocked() (report, stop bool, err error) {
 			// Our kill is in the parent's count now: a new base that
 			// holds it (a kill of a sibling in between is left out, which
 			// errs towards reporting nothing).
+			// (The kernel counts a kill in the cgroup and then, a few
+			// instructions later, in the parent: a read that falls in
+			// between would leave our kill out of the base, and an
+			// inference at the exit could report it again.)
 			if kv, ok, err := readFlatKeyed(w.parent); w.parent != "" && err == nil && ok {
 				parent, parentOK = kv["oom_kill"], true
 			}
-			w.atLimit = false
 		}
 		w.parentBase, w.parentOK = parent, parentOK
 	}
@@ -619,15 +636,16 @@ func (w *OOMWatcher) Check() bool {
 // and the notification of its oom_kill, held by the kernel's rate limit,
 // is dropped with it). CheckExit then reports an OOM kill, once, if all of
 // these hold: the cgroup's memory.events can no longer be read (the cgroup
-// was removed); sigkilled; the watcher saw the cgroup reach its memory
-// limit (its "max" or "oom" counter grew) since the last kill it reported;
-// and the parent cgroup's hierarchical oom_kill is higher than when it was
-// read just before the last successful read of the cgroup's own counter.
-// An OOM kill of another cgroup under the same parent in that window, while
-// this one was near its limit and then SIGKILLed by someone else, would be
-// misattributed; docs/design.md weighs this. With the memory_localevents
-// mount option the parent's counter does not include its children's kills
-// and nothing is inferred.
+// was removed); sigkilled; and the parent cgroup's hierarchical oom_kill is
+// higher than when the watcher last read it, which it does just before
+// every successful read of the cgroup's own counter, at the cgroup's own
+// wake-ups and at every notification of the parent's memory.events (the
+// kernel notifies it of every kill below it). So another cgroup's kill is
+// misattributed only if this cgroup's init dies of someone else's SIGKILL
+// and its cgroup is removed before the watcher has handled the parent's
+// notification of that kill; docs/design.md weighs this. With the
+// memory_localevents mount option the parent's counter does not include
+// its children's kills and nothing is inferred.
 func (w *OOMWatcher) CheckExit(sigkilled bool) (report, inferred bool) {
 	return w.check(sigkilled)
 }
@@ -657,7 +675,7 @@ func (w *OOMWatcher) check(sigkilled bool) (report, inferred bool) {
 	}
 	switch {
 	case inferred:
-		w.logger.Info("cgroups: OOM kill inferred: the cgroup is gone, its init was SIGKILLed after reaching its memory limit, and the parent counted a kill",
+		w.logger.Info("cgroups: OOM kill inferred: the cgroup is gone, its init was SIGKILLed, and the parent counted a kill since the last read",
 			"parent", w.parent, "parent_oom_kill_before", parentBefore, "parent_oom_kill", parentNow)
 	case report:
 		w.logger.Info("cgroups: OOM kill", "by", "check")
@@ -668,7 +686,7 @@ func (w *OOMWatcher) check(sigkilled bool) (report, inferred bool) {
 // inferLocked is CheckExit's inference for a removed v2 cgroup (see
 // CheckExit); it consumes what it reports.
 func (w *OOMWatcher) inferLocked() (ok bool, before, now uint64) {
-	if w.src != srcV2Events || !(w.gone || w.watchGone) || !w.atLimit || !w.parentOK {
+	if w.src != srcV2Events || !(w.gone || w.watchGone) || !w.parentOK {
 		return false, 0, 0
 	}
 	kv, found, err := readFlatKeyed(w.parent)
@@ -676,7 +694,7 @@ func (w *OOMWatcher) inferLocked() (ok bool, before, now uint64) {
 		return false, 0, 0
 	}
 	before, now = w.parentBase, kv["oom_kill"]
-	w.parentBase, w.atLimit = now, false
+	w.parentBase = now
 	return true, before, now
 }
 
