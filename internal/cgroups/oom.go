@@ -56,7 +56,10 @@ const (
 // a thousand containers cost a thousand small goroutines and no OS thread. A
 // single goroutine shared by all watchers would need state shared by every
 // Cgroup, which this API has no owner for. The goroutine ends at Close, or
-// earlier once the cgroup is removed; Close waits for it.
+// earlier once it sees the cgroup removed (v1: the eventfd's removal signal;
+// v2: a read answering ENODEV, at a wake-up or re-poll; kernfs wakes no
+// poller at the removal itself, so a v2 watcher with nothing pending waits
+// for Close); Close waits for it.
 //
 // Every OOM kill that the kernel records in the cgroup after WatchOOM began
 // is reported exactly once: by a call of onOOM or by a Check or CheckExit
