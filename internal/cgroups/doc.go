@@ -26,15 +26,23 @@
 //     counter: oom_kill of memory.oom_control (v1) or of memory.events (v2).
 //     The kernel raises it before it sends SIGKILL to the victim, so when the
 //     caller has seen a process die of an OOM kill, Check reads a counter
-//     that already includes it. The eventfd (v1) and the inotify watch (v2)
-//     only wake the watcher up. The v1 eventfd is signalled when the cgroup
-//     hits OOM, before the victim is chosen and counted, so after such a
-//     wake-up the watcher reads the counter again after 1 ms, then after
-//     twice as long each time, for 2 s. On v1 kernels older than 4.13, which have no oom_kill
-//     counter, the count of eventfd notifications is used instead (the
-//     removal of the cgroup also signals the eventfd; that is not counted).
+//     that already includes it. The eventfd (v1) and, on v2, the poll
+//     wake-ups of memory.events and cgroup.events and an inotify watch only
+//     wake the watcher up. The v1 eventfd is signalled when the cgroup hits
+//     OOM, before the victim is chosen and counted, and the v2 kernel holds
+//     back a notification that follows another within 20 ms, so after a
+//     wake-up without a new kill the watcher reads the counter again after
+//     1 ms, then after twice as long each time, for 2 s. On v1 kernels
+//     older than 4.13, which have no oom_kill counter, the count of eventfd
+//     notifications is used instead (the removal of the cgroup also signals
+//     the eventfd; that is not counted).
+//   - Inference. The one exception to the counter of the cgroup itself:
+//     CheckExit, at the init's exit, reports a kill that the parent's
+//     hierarchical counter shows when the v2 cgroup is already removed, the
+//     init died of SIGKILL and the watcher saw the cgroup reach its limit
+//     (see CheckExit and docs/design.md for the misattribution it risks).
 //   - Exactly once. The watcher's mutex guards the count already reported.
-//     onOOM (from the watcher goroutine) and Check each compare the counter
+//     onOOM (from the watcher goroutine) and Check/CheckExit each compare the counter
 //     with it and advance it in one critical section, so one OOM kill is
 //     reported by exactly one of them, and never twice. Several kills seen at
 //     once are reported once.

@@ -142,10 +142,8 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		restore: cfg.Restore,
 	}
 	c.init.beforeExitEvent = c.initExiting
+	c.init.reaped = c.initReaped
 	c.sharedPidNS = cfg.Spec.SharesPidNamespace
-	if c.sharedPidNS {
-		c.init.reaped = c.killLeftovers
-	}
 	if err := clearDeleted(cfg.Bundle); err != nil {
 		return nil, fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
@@ -383,7 +381,9 @@ func (c *Container) initExiting() {
 	c.initExited = true
 	c.mu.Unlock()
 	if oom != nil {
-		// An OOM kill that caused this exit is published before it.
+		// An OOM kill since initReaped's check (of a process the init
+		// left behind in a shared pid namespace) is published before the
+		// exit too.
 		if oom.Check() {
 			c.publishOOM()
 		}
@@ -392,6 +392,27 @@ func (c *Container) initExiting() {
 		}
 	}
 	c.awaitExecs()
+}
+
+// initReaped runs on the init's watcher goroutine as soon as the init's exit
+// is collected, before its output drains: it looks for the OOM kill that
+// may have caused the exit while the cgroup most likely still exists
+// (systemd removes an empty scope at once), and publishes TaskOOM, which
+// thus precedes TaskExit. Where the cgroup is gone already, an OOM kill may
+// be inferred (cgroups.OOMWatcher.CheckExit). Then, in a shared pid
+// namespace, it kills what the init left behind.
+func (c *Container) initReaped(e exits.Exit) {
+	c.mu.Lock()
+	oom := c.oom
+	c.mu.Unlock()
+	if oom != nil {
+		if report, _ := oom.CheckExit(e.Status == 128+int(syscall.SIGKILL)); report {
+			c.publishOOM()
+		}
+	}
+	if c.sharedPidNS {
+		c.killLeftovers()
+	}
 }
 
 // killLeftovers runs on the init's watcher goroutine as soon as the init's

@@ -55,7 +55,7 @@ type Process struct {
 	// is recorded and before TaskExit is handed to the outbox (the init
 	// waits there for its execs). afterExit, if set, runs after. All are
 	// set before the process is watched.
-	reaped          func()
+	reaped          func(exits.Exit)
 	beforeExitEvent func()
 	afterExit       func()
 	// spec is the process spec of an exec process; nil for the init.
@@ -163,7 +163,7 @@ func (p *Process) Exited() bool {
 // onExit is the exits.Reaper callback.
 func (p *Process) onExit(e exits.Exit) {
 	if p.reaped != nil {
-		p.reaped()
+		p.reaped(e)
 	}
 	p.mu.Lock()
 	pipes := p.pipes
