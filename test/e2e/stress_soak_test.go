@@ -60,7 +60,13 @@ func soakLife(d *daemon, c *containerd.Client, ns string, i int) error {
 		}
 		return nil
 	}
-	sopts := []oci.SpecOpts{oci.WithRootFSPath(rootfsDir), oci.WithProcessArgs(sleeper...)}
+	args := sleeper
+	if i%5 == 4 {
+		// The init of a pid namespace ignores a signal it has no handler
+		// for: this one exits 143 on SIGTERM.
+		args = []string{"/bin/sh", "-c", "trap 'exit 143' TERM; sleep 1000000 & wait"}
+	}
+	sopts := []oci.SpecOpts{oci.WithRootFSPath(rootfsDir), oci.WithProcessArgs(args...)}
 	if group {
 		sopts = append(sopts, oci.WithAnnotations(map[string]string{groupLabel: soakGroup}))
 	}
