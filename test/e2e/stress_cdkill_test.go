@@ -133,7 +133,9 @@ func TestStressContainerdKilled(t *testing.T) {
 						}
 						awaitContainerd()
 					}
-					time.Sleep(randDur(300 * time.Millisecond))
+					// Paced so that the starts span the kills (about 2 s each,
+					// with the restart).
+					time.Sleep(randDur(time.Duration(k) * 4 * 4 * time.Second / time.Duration(m)))
 				}
 			}()
 		}

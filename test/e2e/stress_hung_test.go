@@ -38,8 +38,9 @@ args=" $* "
 for hang in %s; do
 	op=${hang%%%%:*}
 	id=${hang#*:}
+	case "$args" in *" $op "*) ;; *) continue ;; esac
 	case "$args" in
-	*" $op "*" $id "*)
+	*" $id "*)
 		if [ ! -e "$dir/hung-$op-$id" ]; then
 			: >"$dir/hung-$op-$id"
 			sleep %s

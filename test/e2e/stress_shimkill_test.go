@@ -31,8 +31,9 @@ args=" $* "
 for stop in %s; do
 	op=${stop%%%%:*}
 	id=${stop#*:}
+	case "$args" in *" $op "*) ;; *) continue ;; esac
 	case "$args" in
-	*" $op "*" $id "*)
+	*" $id "*)
 		if [ ! -e "$dir/$op-$id" ]; then
 			"$runc" "$@"
 			rc=$?
