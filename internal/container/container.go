@@ -364,8 +364,15 @@ func (c *Container) Delete(ctx context.Context, execID string) (Status, error) {
 	return st, nil
 }
 
-// Pids lists the pids of the container's processes.
+// Pids lists the pids of the container's processes. Once the init has
+// exited, and until the container is deleted, that is the init's pid
+// alone, without asking the runtime: containerd 2.x, when it restarts,
+// deletes the task of any shim whose Pids is empty as a leaked shim, and
+// with it the exit status that no client has collected yet.
 func (c *Container) Pids(ctx context.Context) ([]int, error) {
+	if c.init.Exited() {
+		return []int{c.init.Pid()}, nil
+	}
 	pids, err := c.rt.Ps(ctx, c.id)
 	if err != nil {
 		return nil, fmt.Errorf("pids %s: %w", c.id, err)

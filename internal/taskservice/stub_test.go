@@ -272,7 +272,13 @@ func stubRuntime(args []string) int {
 		if !exists() {
 			return fail("container does not exist")
 		}
-		out, _ := json.Marshal([]int{pid()})
+		// As runc's: the processes in the container's cgroup, none once
+		// the init is gone.
+		pids := []int{}
+		if alive() {
+			pids = append(pids, pid())
+		}
+		out, _ := json.Marshal(pids)
 		os.Stdout.Write(out)
 		return 0
 	}
