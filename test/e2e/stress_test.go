@@ -172,10 +172,10 @@ func (d *daemon) waitNoLeftovers(t *testing.T, ns string, before map[string]bool
 	return l
 }
 
-// goroutines asks a shim started with -debug for its count of goroutines
-// (SIGUSR1 makes it write <bundle>/tether-metrics.txt, which has a
-// "goroutines N" line); -1 if it did not answer within 5 s.
-func goroutines(t *testing.T, pid int, bundle string) int {
+// shimMetrics asks a shim started with -debug for its Go runtime figures
+// (SIGUSR1 makes it write <bundle>/tether-metrics.txt, "name value" lines:
+// goroutines, buckhash_sys, ...); nil if it did not answer within 5 s.
+func shimMetrics(t *testing.T, pid int, bundle string) map[string]int64 {
 	t.Helper()
 	file := filepath.Join(bundle, "tether-metrics.txt")
 	_ = os.Remove(file)
@@ -184,13 +184,17 @@ func goroutines(t *testing.T, pid int, bundle string) int {
 	}
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		data, _ := os.ReadFile(file)
+		m := map[string]int64{}
 		for line := range strings.Lines(string(data)) {
-			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "goroutines "); ok {
-				if n, err := strconv.Atoi(v); err == nil {
-					return n
+			if k, v, ok := strings.Cut(strings.TrimSpace(line), " "); ok {
+				if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+					m[k] = n
 				}
 			}
 		}
+		if _, ok := m["goroutines"]; ok {
+			return m
+		}
 	}
-	return -1
+	return nil
 }
