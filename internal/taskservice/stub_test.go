@@ -274,8 +274,9 @@ func stubRuntime(args []string) int {
 		}
 		// As runc's: the processes in the container's cgroup, none once
 		// the init is gone.
+		// A "ps-empty" file: the init is dying, its exit not collected yet.
 		pids := []int{}
-		if alive() {
+		if alive() && !fileExists(filepath.Join(dir, "ps-empty")) {
 			pids = append(pids, pid())
 		}
 		out, _ := json.Marshal(pids)
