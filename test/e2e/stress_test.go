@@ -55,15 +55,14 @@ func fdCount(pid int) int {
 // leftovers is what a namespace may leave behind once all of its
 // containers are deleted. Every field must be empty.
 type leftovers struct {
-	shims     []int    // shim processes of the namespace
-	sockets   []string // entries of /run/containerd/s that were not there before
-	mounts    []string // mounts in the namespace's bundles or on this containerd's snapshots
-	bundles   []string // entries of the namespace's task directory
-	runtime   []string // the runtime's state: entries of <root>/<namespace>
-	cgroups   []string // cgroups below /<namespace>/ in any hierarchy
-	procs     []int    // processes in those cgroups
-	zombies   []int    // zombie children of containerd or of the namespace's shims
-	processes []int    // any other process whose parent is one of the namespace's shims
+	shims   []int    // shim processes of the namespace
+	sockets []string // entries of /run/containerd/s that were not there before
+	mounts  []string // mounts in the namespace's bundles or on this containerd's snapshots
+	bundles []string // entries of the namespace's task directory
+	runtime []string // the runtime's state: entries of <root>/<namespace>
+	cgroups []string // cgroups below /<namespace>/ in any hierarchy
+	procs   []int    // processes in those cgroups
+	zombies []int    // zombie children of containerd or of the namespace's shims
 }
 
 func (l leftovers) empty() bool {
