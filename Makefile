@@ -7,7 +7,8 @@
 #   make demo       run a container through Tether under a private containerd
 #   make lint       gofmt and go vet, in every module
 #   make fuzz       every fuzz target for FUZZTIME (30s) each
-#   make stress     the shim abused over its socket at scale, then make fuzz
+#   make stress     the stress and fault suite and the abuse of the shim over its
+#                   socket at ten times make test's scale, then make fuzz
 #
 #   make test-suites  containerd's integration/client suite and critest, in full,
 #                   against Tether and the stock shim (test/suites; needs root)
@@ -79,10 +80,13 @@ demo:
 fuzz:
 	bash scripts/fuzz.sh
 
-# stress: the abuse of a live shim at ten times make test's amount, under
-# every containerd and runc, then every fuzz target for FUZZTIME.
+# stress: at ten times make test's amount, the stress and fault suite
+# (TestStress*: soak, containerd killed, shims killed, hung runtime; under
+# the first and last containerd) and the abuse of a live shim (under every
+# containerd and runc), then every fuzz target for FUZZTIME. The figures are
+# the log's "stress-figure:" lines.
 stress: deps
-	cd test/e2e && TETHER_STRESS_SCALE=$${TETHER_STRESS_SCALE:-10} flock -w 3600 /tmp/tether-heavy.lock $(GO) test -race -count=1 -timeout $(E2E_TIMEOUT) -v -run 'TestTTRPCAbuse' ./...
+	cd test/e2e && TETHER_STRESS_SCALE=$${TETHER_STRESS_SCALE:-10} flock -w 3600 /tmp/tether-heavy.lock $(GO) test -race -count=1 -timeout $(E2E_TIMEOUT) -v -run 'TestStress|TestTTRPCAbuse' ./...
 	bash scripts/fuzz.sh
 
 # bench compares Tether with the stock shim under private containerds (bench/,

@@ -9,6 +9,7 @@ import (
 	"os"
 
 	"github.com/tether-shim/tether/internal/bootstrap"
+	"github.com/tether-shim/tether/internal/runtime"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -27,6 +28,8 @@ func run() int {
 		fmt.Printf("containerd-shim-tether-v2 %s\n", version)
 		return 0
 	}
+	// Before any runtime command: a hung runtime's helpers die with it.
+	runtime.UseGroupMonitor()
 	ctx := context.Background()
 	if f.Info {
 		return report(bootstrap.Info(ctx, version, os.Stdin, os.Stdout, os.Stderr))

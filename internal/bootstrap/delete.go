@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -27,8 +29,8 @@ func (noHold) Hold() func() { return func() {} }
 // Delete implements `delete`, which containerd runs when a server died or a
 // start failed, and also after every server it disconnects from. Unless the
 // server marked the bundle deleted, it force-deletes the container in the
-// runtime and unmounts the rootfs. It removes a dead server's socket and
-// prints a DeleteResponse with exit status 137 (SIGKILL). Problems that do
+// runtime and unmounts the rootfs. It removes a dead server's socket, asks
+// a live one to leave if it serves nothing (shutdownIfIdle), and prints a DeleteResponse with exit status 137 (SIGKILL). Problems that do
 // not stop the cleanup go to warn, which containerd logs as warnings.
 func Delete(ctx context.Context, f Flags, stdout, warn io.Writer) error {
 	if err := f.validate(); err != nil {
@@ -47,7 +49,11 @@ func Delete(ctx context.Context, f Flags, stdout, warn io.Writer) error {
 	if !container.WasDeleted(bundle) {
 		cleanupRuntime(ctx, f, bundle, warn)
 	}
-	removeDeadSocket(bundle)
+	if path := removeDeadSocket(bundle); path != "" {
+		if err := shutdownIfIdle(ctx, path, f.Namespace, f.ID); err != nil {
+			fmt.Fprintf(warn, "ask the server on %s to leave if it serves nothing: %v\n", path, err)
+		}
+	}
 	resp, err := proto.Marshal(&taskapi.DeleteResponse{
 		Pid:        uint32(pid),
 		ExitStatus: 128 + uint32(unix.SIGKILL),
@@ -79,23 +85,51 @@ func cleanupRuntime(ctx context.Context, f Flags, bundle string, warn io.Writer)
 
 // removeDeadSocket removes the socket named in <bundle>/address, if it has
 // the form of a Tether socket, when no server answers on it any more: a server killed with SIGKILL cannot
-// remove its own.
-func removeDeadSocket(bundle string) {
+// remove its own. It returns the socket's path if a server still answers
+// on it, else "".
+func removeDeadSocket(bundle string) string {
 	data, err := os.ReadFile(filepath.Join(bundle, "address"))
 	if err != nil {
-		return
+		return ""
 	}
 	path := socketPathOf(strings.TrimSpace(string(data)))
 	if st, err := os.Lstat(path); err != nil || st.Mode().Type() != os.ModeSocket ||
 		!filepath.IsAbs(path) || filepath.Clean(path) != path || !isSocketName(filepath.Base(path)) {
-		return
+		return ""
 	}
 	unlock, err := lockDir(filepath.Dir(path))
 	if err != nil {
-		return
+		return ""
 	}
 	defer unlock()
 	if !serving(path) {
 		os.Remove(path)
+		return ""
 	}
+	return path
+}
+
+// shutdownAskTimeout bounds the Shutdown request `delete` sends.
+const shutdownAskTimeout = 3 * time.Second
+
+// shutdownIfIdle sends the live server on path the Shutdown that containerd
+// sends after a Delete: the server leaves only if it serves no container
+// and creates none, so a group's server with other containers stays.
+// containerd runs `delete` for a task it gives up on; when that task never
+// reached the server (containerd died between `start` and Create, and on
+// restart found no such task in it), nothing else ever asked that server
+// to leave, and it served nothing until the node rebooted.
+func shutdownIfIdle(ctx context.Context, path, ns, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, shutdownAskTimeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return err
+	}
+	c := ttrpc.NewClient(conn)
+	defer c.Close()
+	ctx = ttrpc.WithMetadata(ctx, ttrpc.MD{"containerd-namespace-ttrpc": []string{ns}})
+	_, err = taskapi.NewTTRPCTaskClient(c).Shutdown(ctx, &taskapi.ShutdownRequest{ID: id})
+	return err
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,10 +15,12 @@ import (
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tether-shim/tether/internal/runtime"
+	"github.com/tether-shim/tether/internal/taskservice"
 	"github.com/tether-shim/tether/internal/testutil"
 )
 
@@ -319,4 +322,47 @@ func tetherSocketPath(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// TestRegressionOrphanServerNeverShutDown: a server whose only task never
+// reached it (containerd SIGKILLed between `start` and Create; containerd
+// 2.4.2, restarting, found no such task in it and ran `delete`) served
+// nothing until the node rebooted, its socket with it
+// (TestStressContainerdKilled left one of each after 10 kills). `delete`
+// now sends the live server a Shutdown, which it obeys only when it serves
+// no container.
+func TestRegressionOrphanServerNeverShutDown(t *testing.T) {
+	bundle, f := deleteBundle(t)
+	path := tetherSocketPath(t)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var asked atomic.Int32
+	svc := taskservice.New(taskservice.Config{
+		Namespace: f.Namespace,
+		Logger:    slog.New(slog.DiscardHandler),
+		Shutdown:  func() { asked.Add(1) },
+	})
+	svc.Register(server)
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(context.Background(), ln) }()
+	defer func() {
+		server.Close()
+		<-served
+	}()
+	if err := writeAddress(bundle, SocketAddress(path)); err != nil {
+		t.Fatal(err)
+	}
+	_, warn := runDelete(t, f)
+	if asked.Load() != 1 {
+		t.Fatalf("delete did not ask the server that serves nothing to leave (warnings %q)", warn)
+	}
+	if st, err := os.Lstat(path); err != nil || st.Mode().Type() != os.ModeSocket {
+		t.Fatalf("delete removed the socket of a live server: %v", err)
+	}
 }

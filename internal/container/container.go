@@ -362,11 +362,24 @@ func (c *Container) Delete(ctx context.Context, execID string) (Status, error) {
 	return st, nil
 }
 
-// Pids lists the pids of the container's processes.
+// Pids lists the pids of the container's processes. Until the container
+// is deleted the list is never empty once it has an init: after the init
+// has exited it is the init's pid alone, without asking the runtime, and
+// so it is while the exit is being collected (the runtime already finds
+// no process then). containerd 2.x, when it restarts, deletes the task of
+// any shim whose Pids is empty as a leaked shim, and with it the exit
+// status that no client has collected yet.
 func (c *Container) Pids(ctx context.Context) ([]int, error) {
+	initPid := c.init.Pid()
+	if c.init.Exited() {
+		return []int{initPid}, nil
+	}
 	pids, err := c.rt.Ps(ctx, c.id)
 	if err != nil {
 		return nil, fmt.Errorf("pids %s: %w", c.id, err)
+	}
+	if len(pids) == 0 && initPid != 0 {
+		return []int{initPid}, nil
 	}
 	return pids, nil
 }

@@ -12,7 +12,13 @@
 //     *Error values that unwrap to an errdefs class (see Classify).
 //   - Runtime commands never inherit the caller's cancellation: a containerd
 //     RPC that times out must not kill `runc create` halfway. Each command has
-//     its own deadline instead.
+//     its own deadline instead. A control command (kill, delete, ps, pause,
+//     resume, update) also ends shortly before the request's deadline, if it
+//     has one, so that the caller gets the shim's timed-out error rather than
+//     giving up on a hung runtime first.
+//   - A runtime command runs in its own process group, which is killed whole
+//     at the command's deadline (see GroupMonitor): a runtime hung in a
+//     helper process does not outlive it, nor keep the command waiting.
 package runtime
 
 import (
@@ -84,6 +90,7 @@ func New(cfg Config, hold Holder) *Runtime {
 		LogFormat:     runc.JSON,
 		SystemdCgroup: cfg.SystemdCgroup,
 		Debug:         cfg.Debug,
+		Setpgid:       true,
 	}
 	return &Runtime{cfg: cfg, rc: rc, hold: hold, launchLimit: launchTimeout, controlLimit: controlTimeout}
 }
@@ -224,7 +231,7 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 func (r *Runtime) Kill(ctx context.Context, id string, signal uint32, all bool) error {
 	release := r.hold.Hold()
 	defer release()
-	ctx, cancel := detached(ctx, r.controlLimit)
+	ctx, cancel := r.control(ctx)
 	defer cancel()
 	mark := r.logMark()
 	return r.fail(ctx, "kill", id, mark, r.rc.Kill(ctx, id, int(signal), &runc.KillOpts{All: all}))
@@ -235,7 +242,7 @@ func (r *Runtime) Kill(ctx context.Context, id string, signal uint32, all bool) 
 func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
 	release := r.hold.Hold()
 	defer release()
-	ctx, cancel := detached(ctx, r.controlLimit)
+	ctx, cancel := r.control(ctx)
 	defer cancel()
 	mark := r.logMark()
 	err := r.fail(ctx, "delete", id, mark, r.rc.Delete(ctx, id, &runc.DeleteOpts{Force: force}))
@@ -249,7 +256,7 @@ func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
 func (r *Runtime) Ps(ctx context.Context, id string) ([]int, error) {
 	release := r.hold.Hold()
 	defer release()
-	ctx, cancel := detached(ctx, r.controlLimit)
+	ctx, cancel := r.control(ctx)
 	defer cancel()
 	mark := r.logMark()
 	pids, err := r.rc.Ps(ctx, id)
@@ -281,6 +288,24 @@ func (r *Runtime) fail(ctx context.Context, op, id string, mark int64, err error
 		msg = outputOf(err)
 	}
 	return &Error{Op: op, ID: id, Message: msg, Err: err, TimedOut: errors.Is(ctx.Err(), context.DeadlineExceeded)}
+}
+
+// maxReplyMargin bounds how long before the request's deadline a control
+// command ends: a tenth of the time left, at most this.
+const maxReplyMargin = time.Second
+
+// control returns the context of a control command: detached from ctx's
+// cancellation, with a deadline of controlLimit or, if the request's own
+// deadline comes earlier, a tenth of the time left (at most
+// maxReplyMargin) before it, which leaves the shim time to answer.
+func (r *Runtime) control(ctx context.Context) (context.Context, context.CancelFunc) {
+	limit := r.controlLimit
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl)
+		left -= min(left/10, maxReplyMargin)
+		limit = max(min(limit, left), 0)
+	}
+	return detached(ctx, limit)
 }
 
 // detached returns a context that keeps ctx's values but not its
@@ -361,7 +386,7 @@ func outputOf(err error) string {
 func (r *Runtime) Pause(ctx context.Context, id string) error {
 	release := r.hold.Hold()
 	defer release()
-	ctx, cancel := detached(ctx, r.controlLimit)
+	ctx, cancel := r.control(ctx)
 	defer cancel()
 	mark := r.logMark()
 	return r.fail(ctx, "pause", id, mark, r.rc.Pause(ctx, id))
@@ -371,7 +396,7 @@ func (r *Runtime) Pause(ctx context.Context, id string) error {
 func (r *Runtime) Resume(ctx context.Context, id string) error {
 	release := r.hold.Hold()
 	defer release()
-	ctx, cancel := detached(ctx, r.controlLimit)
+	ctx, cancel := r.control(ctx)
 	defer cancel()
 	mark := r.logMark()
 	return r.fail(ctx, "resume", id, mark, r.rc.Resume(ctx, id))
@@ -381,7 +406,7 @@ func (r *Runtime) Resume(ctx context.Context, id string) error {
 func (r *Runtime) Update(ctx context.Context, id string, res *specs.LinuxResources) error {
 	release := r.hold.Hold()
 	defer release()
-	ctx, cancel := detached(ctx, r.controlLimit)
+	ctx, cancel := r.control(ctx)
 	defer cancel()
 	mark := r.logMark()
 	return r.fail(ctx, "update", id, mark, r.rc.Update(ctx, id, res))

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	UseGroupMonitor()
 	primeRuntime()
 	os.Exit(m.Run())
 }
@@ -392,4 +395,97 @@ func TestMissingBinary(t *testing.T) {
 		t.Fatal("Delete with a missing runtime binary returned nil")
 	}
 	h.check(t, 2)
+}
+
+// sleepsOf lists the pids of processes running `sleep <arg>`.
+func sleepsOf(arg string) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
+		if len(args) == 2 && filepath.Base(args[0]) == "sleep" && args[1] == arg {
+			pid, _ := strconv.Atoi(e.Name())
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// TestRegressionHungRuntimeChildHoldsOutput: a runtime that hangs in a
+// child process (a helper, a hook) kept the command's output pipe open
+// after the runtime itself was killed at its deadline, so Kill did not
+// return until that child ended, holding the exit monitor's Hold (no
+// orphan was reaped) all along. Now the runtime runs in its own process
+// group, all of which is killed at the deadline, and Kill returns then.
+func TestRegressionHungRuntimeChildHoldsOutput(t *testing.T) {
+	binary := fakeRuntime(t)
+	const sleep = "31.5"
+	t.Setenv("FAKE_RUNTIME_SLEEP_CHILD", sleep)
+	h := &countingHolder{}
+	rt := New(Config{Binary: binary, Log: filepath.Join(t.TempDir(), "log.json")}, h)
+	rt.controlLimit = 200 * time.Millisecond
+	errc := make(chan error, 1)
+	go func() { errc <- rt.Kill(context.Background(), "c1", 9, false) }()
+	var err error
+	select {
+	case err = <-errc:
+	case <-time.After(15 * time.Second):
+		for _, pid := range sleepsOf(sleep) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		err = <-errc
+		t.Fatalf("Kill did not return within 15 s of its 200 ms deadline (it returned %v once the runtime's child was killed)", err)
+	}
+	h.check(t, 1)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Kill = %v, want a timed-out error", err)
+	}
+	if left := sleepsOf(sleep); len(left) > 0 {
+		t.Errorf("the runtime's child %v still runs after the command's deadline", left)
+		for _, pid := range left {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// TestRegressionControlCommandIgnoresRequestDeadline: a control command
+// (kill, delete, ps, pause, ...) of a hung runtime ran for its full minute
+// whatever the request's deadline, so the caller gave up first and got no
+// answer from the shim, and a Kill that containerd retried piled up hung
+// runtimes. Now it ends shortly before the request's deadline, with a
+// timed-out error the caller receives; without a deadline, a cancelled
+// request still does not cut it short (see
+// TestRegressionTimedOutCommandIsUnknown).
+func TestRegressionControlCommandIgnoresRequestDeadline(t *testing.T) {
+	binary := fakeRuntime(t)
+	t.Setenv("FAKE_RUNTIME_SLEEP", "30")
+	h := &countingHolder{}
+	rt := New(Config{Binary: binary, Log: filepath.Join(t.TempDir(), "log.json")}, h)
+	for _, op := range []struct {
+		name string
+		call func(ctx context.Context) error
+	}{
+		{"kill", func(ctx context.Context) error { return rt.Kill(ctx, "c1", 9, false) }},
+		{"delete", func(ctx context.Context) error { return rt.Delete(ctx, "c1", true) }},
+		{"ps", func(ctx context.Context) error { _, err := rt.Ps(ctx, "c1"); return err }},
+		{"pause", func(ctx context.Context) error { return rt.Pause(ctx, "c1") }},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		errc := make(chan error, 1)
+		go func() { errc <- op.call(ctx) }()
+		select {
+		case err := <-errc:
+			if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "timed out") {
+				t.Errorf("%s = %v, want a timed-out error", op.name, err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s did not return within 20 s of a 2 s request deadline", op.name)
+		}
+		cancel()
+	}
+	h.check(t, 4)
 }

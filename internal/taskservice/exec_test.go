@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -230,5 +232,50 @@ func TestExecCreateAcceptedUntilInitExitPublished(t *testing.T) {
 	// Once the exit is published, a create is refused.
 	if _, err := h.svc.Exec(ctx, &taskv2.ExecProcessRequest{ID: "c", ExecID: "e3", Spec: processSpec(t, "sleep")}); codeOfErr(err) != codes.FailedPrecondition {
 		t.Fatalf("exec create after the init's exit was published: %v, want FailedPrecondition", err)
+	}
+}
+
+// TestRegressionStoppedTaskPidsEmpty: the Pids of a container whose init
+// had exited was the runtime's ps, empty; containerd 2.x, restarting,
+// deletes the task of a shim with no pids as leaked, so the exit status of
+// a task that stopped while containerd was down never reached its client
+// (TestStressContainerdKilled lost 8 of 24 on containerd 2.4.2). Until it
+// is deleted, a stopped task lists its init.
+func TestRegressionStoppedTaskPidsEmpty(t *testing.T) {
+	h := newHarness(t)
+	ctx := ctxT(t)
+	h.running(ctx, "c")
+	st, err := h.svc.State(ctx, &taskv2.StateRequest{ID: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// While the exit is being collected the runtime already finds no
+	// process (TestStressContainerdKilled lost 2 of 200 so after the first
+	// fix): the init is listed all the same.
+	if err := os.WriteFile(filepath.Join(h.runRoot(), "c", "ps-empty"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pids, err := h.svc.Pids(ctx, &taskv2.PidsRequest{ID: "c"})
+	if err != nil || len(pids.Processes) != 1 || pids.Processes[0].Pid != st.Pid {
+		t.Fatalf("Pids while the runtime finds no process = %v, %v; want the init %d", pids.GetProcesses(), err, st.Pid)
+	}
+	if _, err := h.svc.Kill(ctx, &taskv2.KillRequest{ID: "c", Signal: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.svc.Wait(ctx, &taskv2.WaitRequest{ID: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	pids, err = h.svc.Pids(ctx, &taskv2.PidsRequest{ID: "c"})
+	if err != nil {
+		t.Fatalf("Pids of a stopped task: %v", err)
+	}
+	if len(pids.Processes) != 1 || pids.Processes[0].Pid != st.Pid {
+		t.Fatalf("Pids of a stopped task = %v, want its init %d alone", pids.Processes, st.Pid)
+	}
+	if _, err := h.svc.Delete(ctx, &taskv2.DeleteRequest{ID: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.svc.Pids(ctx, &taskv2.PidsRequest{ID: "c"}); codeOfErr(err) != codes.NotFound {
+		t.Fatalf("Pids of a deleted task: %v, want NotFound", err)
 	}
 }

@@ -298,7 +298,14 @@ func stubRuntime(args []string) int {
 		if !exists() {
 			return fail("container does not exist")
 		}
-		out, _ := json.Marshal([]int{pid()})
+		// As runc's: the processes in the container's cgroup, none once
+		// the init is gone.
+		// A "ps-empty" file: the init is dying, its exit not collected yet.
+		pids := []int{}
+		if alive() && !fileExists(filepath.Join(dir, "ps-empty")) {
+			pids = append(pids, pid())
+		}
+		out, _ := json.Marshal(pids)
 		os.Stdout.Write(out)
 		return 0
 	}
