@@ -69,7 +69,6 @@ func TestStressContainerdKilled(t *testing.T) {
 			attempts = map[string]int{} // id -> exit code, every attempt
 			startErr []string
 			wg       sync.WaitGroup
-			next     int
 			done     = make(chan struct{})
 		)
 		// startOne creates and starts container id; an error leaves it to
@@ -102,43 +101,30 @@ func TestStressContainerdKilled(t *testing.T) {
 				}
 			}
 		}
-		for range 4 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					mu.Lock()
-					i := next
-					next++
-					mu.Unlock()
-					if i >= m {
-						return
-					}
-					code := i % 200
-					for a := 0; ; a++ {
-						id := fmt.Sprintf("k%d-%d", i, a)
-						mu.Lock()
-						attempts[id] = code
-						mu.Unlock()
-						err := startOne(id, code, randDur(2*time.Second))
-						mu.Lock()
-						if err == nil {
-							started[id] = code
-						} else {
-							startErr = append(startErr, id+": "+err.Error())
-						}
-						mu.Unlock()
-						if err == nil || a >= 20 {
-							break
-						}
-						awaitContainerd()
-					}
-					// Paced so that the starts span the kills (about 2 s each,
-					// with the restart).
-					time.Sleep(randDur(time.Duration(k) * 4 * 4 * time.Second / time.Duration(m)))
+		startWorkers(&wg, 4, 0, m, func(i int) {
+			code := i % 200
+			for a := 0; ; a++ {
+				id := fmt.Sprintf("k%d-%d", i, a)
+				mu.Lock()
+				attempts[id] = code
+				mu.Unlock()
+				err := startOne(id, code, randDur(2*time.Second))
+				mu.Lock()
+				if err == nil {
+					started[id] = code
+				} else {
+					startErr = append(startErr, id+": "+err.Error())
 				}
-			}()
-		}
+				mu.Unlock()
+				if err == nil || a >= 20 {
+					break
+				}
+				awaitContainerd()
+			}
+			// Paced so that the starts span the kills (about 2 s each,
+			// with the restart).
+			time.Sleep(randDur(time.Duration(k) * 4 * 4 * time.Second / time.Duration(m)))
+		})
 		var killErr error
 		kills := 0
 		go func() {

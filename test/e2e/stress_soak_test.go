@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -13,25 +12,9 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
+
+	"github.com/tether-shim/tether/testkit"
 )
-
-// lockedBuffer is a bytes.Buffer safe for the client's copy goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // soakGroup is the group of the soak's long-lived shim.
 const soakGroup = "soak"
@@ -149,7 +132,7 @@ func soakExec(ctx context.Context, cont containerd.Container, task containerd.Ta
 		script = fmt.Sprintf("tty; exit %d", code)
 	}
 	pspec.Args = []string{"/bin/sh", "-c", script}
-	var out lockedBuffer
+	var out testkit.LockedBuffer
 	opts := []cio.Opt{cio.WithStreams(nil, &out, &out)}
 	if tty {
 		opts = append(opts, cio.WithTerminal)
@@ -197,31 +180,17 @@ func soakBatch(t *testing.T, d *daemon, c *containerd.Client, ns string, from, t
 		wg     sync.WaitGroup
 		mu     sync.Mutex
 		failed int
-		next   = from
 	)
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				mu.Lock()
-				i := next
-				next++
-				mu.Unlock()
-				if i >= to {
-					return
-				}
-				if err := soakLife(d, c, ns, i); err != nil {
-					mu.Lock()
-					failed++
-					if failed <= 10 {
-						t.Logf("lifecycle %d failed: %v", i, err)
-					}
-					mu.Unlock()
-				}
+	startWorkers(&wg, 4, from, to, func(i int) {
+		if err := soakLife(d, c, ns, i); err != nil {
+			mu.Lock()
+			failed++
+			if failed <= 10 {
+				t.Logf("lifecycle %d failed: %v", i, err)
 			}
-		}()
-	}
+			mu.Unlock()
+		}
+	})
 	wg.Wait()
 	return failed
 }

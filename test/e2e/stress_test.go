@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -196,4 +198,21 @@ func shimMetrics(t *testing.T, pid int, bundle string) map[string]int64 {
 		}
 	}
 	return nil
+}
+
+// startWorkers starts workers goroutines on wg that call f once for each i
+// of from..to-1, in order of i, as many at a time as there are workers; the
+// caller waits on wg.
+func startWorkers(wg *sync.WaitGroup, workers, from, to int, f func(i int)) {
+	var next atomic.Int64
+	next.Store(int64(from))
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1) - 1); i < to; i = int(next.Add(1) - 1) {
+				f(i)
+			}
+		}()
+	}
 }

@@ -3,7 +3,6 @@
 package vm
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -26,6 +25,8 @@ import (
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/tether-shim/tether/testkit"
 )
 
 const mib = 1 << 20
@@ -155,7 +156,7 @@ func checkCombo(t *testing.T, cb *combo) {
 		pspec := *spec.Process
 		pspec.Terminal = false
 		pspec.Args = []string{"/bin/sh", "-c", "echo hi; cat /proc/self/cgroup; exit 5"}
-		var out lockedBuffer
+		var out testkit.LockedBuffer
 		p, err := task.Exec(ctx, "e1", &pspec, cio.NewCreator(cio.WithStreams(nil, &out, &out)))
 		if err != nil {
 			t.Fatalf("Exec e1: %v", err)
@@ -569,22 +570,4 @@ func waitIO(t *testing.T, io cio.IO) {
 		io.Cancel()
 		<-done
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for cio's copying goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
