@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -182,5 +183,36 @@ func TestRerunCountsOnlyWhatPassed(t *testing.T) {
 	}
 	if s := specText("[k8s.io] Container runtime should support basic operations on container [It] runtime should support execSync [Conformance]"); strings.Contains(s, "[It]") {
 		t.Fatalf("specText kept the node marker: %q", s)
+	}
+}
+
+// TestRerunAloneRunsOnlyWhatStillFails: each rerun runs only the tests not
+// yet passed, at most reruns times, and a test that never passes is not
+// reported as flaky.
+func TestRerunAloneRunsOnlyWhatStillFails(t *testing.T) {
+	var runs [][]string
+	passes := map[string]int{"TestA": 1, "TestB": 3} // the rerun in which each passes
+	failed := []string{"TestA", "TestB", "TestC"}
+	got := rerunAlone(failed, func(tests []string, suffix string) (Counts, error) {
+		runs = append(runs, slices.Clone(tests))
+		var c Counts
+		for _, tt := range tests {
+			if passes[tt] == len(runs) {
+				c.Pass = append(c.Pass, tt)
+			} else {
+				c.Fail = append(c.Fail, tt)
+			}
+		}
+		return c, nil
+	}, true)
+	if !slices.Equal(got, []string{"TestA", "TestB"}) {
+		t.Fatalf("flaky: %v, want [TestA TestB]", got)
+	}
+	want := [][]string{{"TestA", "TestB", "TestC"}, {"TestB", "TestC"}, {"TestB", "TestC"}}
+	if len(runs) != reruns || !slices.EqualFunc(runs, want, slices.Equal) {
+		t.Fatalf("reruns ran %v, want %v", runs, want)
+	}
+	if !slices.Equal(failed, []string{"TestA", "TestB", "TestC"}) {
+		t.Fatalf("rerunAlone changed its argument: %v", failed)
 	}
 }
