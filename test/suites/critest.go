@@ -43,8 +43,10 @@ func runCritest(ctx context.Context, log *slog.Logger, v version, runtime, shimB
 	if runtime != tetherRuntime {
 		shim = "stock"
 	}
-	// Short names: the socket path must stay under 108 bytes.
-	dir := filepath.Join(work, "cri-"+v.client.Name+"-"+shim)
+	// Short names: the socket path must stay under 108 bytes. A rerun
+	// (label) gets its own directory, so that the first run's containerd
+	// log, with the shim's, is kept.
+	dir := filepath.Join(work, "cri-"+v.client.Name+"-"+shim+label)
 	testkit.RemoveBases(filepath.Join(dir, "state"), filepath.Join(dir, "root"))
 	if err := os.RemoveAll(dir); err != nil {
 		return Counts{}, err

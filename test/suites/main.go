@@ -50,6 +50,7 @@ func run() int {
 		table    = flag.String("table", "", "also write the markdown table to this file")
 		verbose  = flag.Bool("v", false, "debug log (the stand-in registry's requests)")
 		runRe    = flag.String("run", "", "only the client tests matching this regexp (default: all, or the -short subset)")
+		focus    = flag.String("focus", "", "only the critest specs matching this regexp (-ginkgo.focus; default: all, or the -short subset)")
 	)
 	flag.Parse()
 	level := slog.LevelInfo
@@ -165,7 +166,7 @@ func run() int {
 				if !want(*shims, rt.name) {
 					continue
 				}
-				c, err := runCritest(ctx, log, v, rt.runtime, *shimBin, *deps, reg, *work, critestFocus(*short), critestTimeout(*short), "")
+				c, err := runCritest(ctx, log, v, rt.runtime, *shimBin, *deps, reg, *work, critestFocus(*short, *focus), critestTimeout(*short), "")
 				if err != nil {
 					r.errs = append(r.errs, rt.name+": "+err.Error())
 					failed = true
@@ -285,9 +286,12 @@ func goModCache(ctx context.Context) (string, error) {
 	return strings.TrimSpace(r.Stdout), nil
 }
 
-// critestFocus is the -ginkgo.focus of a critest run: shortCritest, or
-// every spec.
-func critestFocus(short bool) string {
+// critestFocus is the -ginkgo.focus of a critest run: focus if given, else
+// shortCritest, or every spec.
+func critestFocus(short bool, focus string) string {
+	if focus != "" {
+		return focus
+	}
 	if short {
 		return shortCritest
 	}
