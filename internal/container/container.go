@@ -19,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -30,6 +29,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/cgroups"
 	"github.com/tether-shim/tether/internal/events"
 	"github.com/tether-shim/tether/internal/exits"
@@ -65,9 +65,9 @@ type Deps struct {
 // Config describes a container to create.
 type Config struct {
 	ID     string
-	Bundle string
-	// Spec is what LoadSpec read of the bundle's config.json.
-	Spec   Spec
+	Bundle bundle.Bundle
+	// Spec is what Bundle.Spec read of the bundle's config.json.
+	Spec   bundle.Spec
 	Rootfs []Mount
 	Stdio  stdio.Config
 	// Runtime runs the OCI runtime for this container.
@@ -85,7 +85,7 @@ type Config struct {
 // Container is one OCI container managed by the shim.
 type Container struct {
 	id     string
-	bundle string
+	bundle bundle.Bundle
 	rt     *runtime.Runtime
 	init   *Process
 	deps   Deps
@@ -144,10 +144,10 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	c.init.beforeExitEvent = c.initExiting
 	c.init.reaped = c.initReaped
 	c.sharedPidNS = cfg.Spec.SharesPidNamespace
-	if err := clearDeleted(cfg.Bundle); err != nil {
+	if err := cfg.Bundle.ClearDeleted(); err != nil {
 		return nil, fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
-	rootfs := filepath.Join(cfg.Bundle, "rootfs")
+	rootfs := cfg.Bundle.Rootfs()
 	if err := mountRootfs(rootfs, cfg.Rootfs); err != nil {
 		return nil, err
 	}
@@ -173,13 +173,13 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	opts := runtime.CreateOpts{
 		IO:            io.runcIO(),
 		ConsoleSocket: io.consoleSocket(),
-		PidFile:       filepath.Join(cfg.Bundle, "init.pid"),
+		PidFile:       cfg.Bundle.InitPid(),
 		NoPivot:       cfg.NoPivot,
 		NoNewKeyring:  cfg.NoNewKeyring,
 	}
 	created := &eventsapi.TaskCreate{
 		ContainerID: c.id,
-		Bundle:      c.bundle,
+		Bundle:      c.bundle.Dir(),
 		Rootfs:      mountsToAPI(cfg.Rootfs),
 		IO: &eventsapi.TaskIO{
 			Stdin:    cfg.Stdio.Stdin,
@@ -198,7 +198,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	// The init can exit as soon as it is watched: its exit waits for
 	// TaskCreate, and is dropped with it if the Create fails.
 	c.init.outbox.ExpectStart()
-	pid, err := c.rt.Create(ctx, c.id, c.bundle, opts, func(pid int) error {
+	pid, err := c.rt.Create(ctx, c.id, c.bundle.Dir(), opts, func(pid int) error {
 		c.init.mu.Lock()
 		c.init.pid = pid
 		c.init.mu.Unlock()
@@ -238,7 +238,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 func (c *Container) ID() string { return c.id }
 
 // Bundle returns the bundle path.
-func (c *Container) Bundle() string { return c.bundle }
+func (c *Container) Bundle() string { return c.bundle.Dir() }
 
 // Init returns the init process.
 func (c *Container) Init() *Process { return c.init }
@@ -346,7 +346,7 @@ func (c *Container) Delete(ctx context.Context, execID string) (Status, error) {
 	if err := UnmountRootfs(c.bundle); err != nil {
 		return Status{}, fmt.Errorf("delete %s: %w", c.id, err)
 	}
-	if err := markDeleted(c.bundle); err != nil {
+	if err := c.bundle.MarkDeleted(); err != nil {
 		// Only an optimisation is lost: `delete` then asks the runtime.
 		c.deps.Logger.Warn("delete: mark bundle", "id", c.id, "error", err)
 	}
@@ -502,7 +502,7 @@ func (c *Container) startInit(ctx context.Context) error {
 	if c.restore == nil {
 		return c.rt.Start(ctx, c.id)
 	}
-	_, err := c.rt.Restore(ctx, c.id, c.bundle, *c.restore, c.createOpts, func(pid int) error {
+	_, err := c.rt.Restore(ctx, c.id, c.bundle.Dir(), *c.restore, c.createOpts, func(pid int) error {
 		c.init.mu.Lock()
 		c.init.pid = pid
 		c.init.mu.Unlock()

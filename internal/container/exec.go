@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -97,7 +96,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) (_ int, retErr er
 	pid, err := c.rt.Exec(ctx, c.id, *p.spec, runtime.ExecOpts{
 		IO:            io.runcIO(),
 		ConsoleSocket: io.consoleSocket(),
-		PidFile:       filepath.Join(c.bundle, p.execID+".pid"),
+		PidFile:       c.bundle.ExecPid(p.execID),
 	}, func(pid int) error {
 		p.mu.Lock()
 		p.pid = pid

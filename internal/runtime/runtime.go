@@ -52,9 +52,13 @@ type Holder interface {
 	Hold() (release func())
 }
 
+// DefaultBinary is the runtime binary of a container whose options name
+// none, as with containerd's runc shim. It is set here only.
+const DefaultBinary = "runc"
+
 // Config selects and configures the runtime binary for one container.
 type Config struct {
-	// Binary is the runtime's name or path; empty means "runc".
+	// Binary is the runtime's name or path; empty means DefaultBinary.
 	Binary string
 	// Root is the runtime's state directory (--root).
 	Root string
@@ -81,7 +85,7 @@ type Runtime struct {
 // New returns a Runtime for cfg. hold must not be nil.
 func New(cfg Config, hold Holder) *Runtime {
 	if cfg.Binary == "" {
-		cfg.Binary = "runc"
+		cfg.Binary = DefaultBinary
 	}
 	rc := &runc.Runc{
 		Command:       cfg.Binary,

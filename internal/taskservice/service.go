@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/cgroups"
 	"github.com/tether-shim/tether/internal/container"
 	"github.com/tether-shim/tether/internal/runtime"
@@ -160,7 +161,8 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	if err := container.ValidateBundle(r.GetID(), r.GetBundle(), s.cfg.BundleParent); err != nil {
 		return nil, err
 	}
-	spec, err := container.LoadSpec(r.GetBundle())
+	b := bundle.New(r.GetBundle())
+	spec, err := b.Spec()
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +197,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	rtCfg := runtime.Config{
 		Binary: opts.BinaryName,
 		Root:   root,
-		Log:    filepath.Join(r.GetBundle(), "log.json"),
+		Log:    b.RuntimeLog(),
 		// The options may not say it (Docker never does), but on a
 		// systemd host a cgroupsPath in systemd's form only works with its
 		// driver. Without systemd the driver cannot work at all, and such
@@ -203,13 +205,13 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 		// is a cgroupfs directory name to runc, as with containerd's shim.
 		SystemdCgroup: opts.SystemdCgroup || (runtime.IsSystemdCgroupsPath(spec.CgroupsPath) && s.systemdRunning()),
 	}
-	if err := rtCfg.Save(r.GetBundle()); err != nil {
+	if err := rtCfg.Save(b.RuntimeConfig()); err != nil {
 		return nil, err
 	}
 	rt := runtime.New(rtCfg, s.cfg.Holder)
 	c, err := container.Create(ctx, container.Config{
 		ID:     r.GetID(),
-		Bundle: r.GetBundle(),
+		Bundle: b,
 		Spec:   spec,
 		Rootfs: container.MountsFromAPI(r.GetRootfs()),
 		Stdio: stdio.Config{
