@@ -27,7 +27,6 @@ import (
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/cgroups"
@@ -108,9 +107,6 @@ type Container struct {
 	// watches it. Both are set once the init exists; guarded by mu.
 	cgroup *cgroups.Cgroup
 	oom    *cgroups.OOMWatcher
-	// initExited is set when the init's exit is being published; an OOM
-	// watch that comes later is closed at once. Guarded by mu.
-	initExited bool
 	// restore is set for a restore from a checkpoint; createOpts keeps the
 	// runtime options prepared at Create for the restore at Start.
 	restore    *runtime.CheckpointOpts
@@ -135,14 +131,12 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		bundle:  cfg.Bundle,
 		rt:      cfg.Runtime,
 		deps:    deps,
-		init:    newProcess(cfg.ID, "", cfg.Stdio, deps.Events, deps.Logger),
 		execs:   make(map[string]*Process),
 		ioUID:   cfg.IoUID,
 		ioGID:   cfg.IoGID,
 		restore: cfg.Restore,
 	}
-	c.init.beforeExitEvent = c.initExiting
-	c.init.reaped = c.initReaped
+	c.init = newProcess(cfg.ID, cfg.ID, initKind{c}, cfg.Stdio, deps.Events, deps.Logger.With("id", cfg.ID))
 	c.sharedPidNS = cfg.Spec.SharesPidNamespace
 	if err := cfg.Bundle.ClearDeleted(); err != nil {
 		return nil, fmt.Errorf("create %s: %w", cfg.ID, err)
@@ -167,9 +161,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 			io.pipes.Close()
 		}
 	}()
-	c.init.mu.Lock()
-	c.init.pipes = io.pipes
-	c.init.mu.Unlock()
+	c.init.setPipes(io.pipes)
 	opts := runtime.CreateOpts{
 		IO:            io.runcIO(),
 		ConsoleSocket: io.consoleSocket(),
@@ -199,9 +191,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	// TaskCreate, and is dropped with it if the Create fails.
 	c.init.outbox.ExpectStart()
 	pid, err := c.rt.Create(ctx, c.id, c.bundle.Dir(), opts, func(pid int) error {
-		c.init.mu.Lock()
-		c.init.pid = pid
-		c.init.mu.Unlock()
+		c.init.setPid(pid)
 		return deps.Watcher.Watch(pid, c.init.onExit)
 	})
 	// fail abandons the init's events and, unless the runtime state is
@@ -243,10 +233,15 @@ func (c *Container) Bundle() string { return c.bundle.Dir() }
 // Init returns the init process.
 func (c *Container) Init() *Process { return c.init }
 
-// Process returns the process with execID ("" for init), or ErrNotFound.
+// Process returns the process that a request's exec id names: the init for
+// "", else the exec process execID, or ErrNotFound. An exec id that is not
+// a valid id is ErrInvalidArgument.
 func (c *Container) Process(execID string) (*Process, error) {
 	if execID == "" {
 		return c.init, nil
+	}
+	if err := ValidateID("exec", execID); err != nil {
+		return nil, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -254,190 +249,6 @@ func (c *Container) Process(execID string) (*Process, error) {
 		return p, nil
 	}
 	return nil, fmt.Errorf("exec %q in container %q: %w", execID, c.id, errdefs.ErrNotFound)
-}
-
-// Start starts the init process (execID "") and publishes TaskStart, or an
-// exec process and publishes TaskExecStarted. An exit that comes first is
-// published after the start event.
-func (c *Container) Start(ctx context.Context, execID string) (int, error) {
-	p, err := c.Process(execID)
-	if err != nil {
-		return 0, err
-	}
-	if err := p.tryStart(); err != nil {
-		return 0, err
-	}
-	if execID != "" {
-		return c.startExec(ctx, p)
-	}
-	if err := p.check(OpStart); err != nil {
-		return 0, fmt.Errorf("start %s: %w", c.id, err)
-	}
-	p.outbox.ExpectStart()
-	if err := c.startInit(ctx); err != nil {
-		p.outbox.AbortStart()
-		return 0, fmt.Errorf("start %s: %w", c.id, err)
-	}
-	p.apply(OpStart)
-	pid := p.Pid()
-	p.outbox.Started(events.TopicStart, &eventsapi.TaskStart{ContainerID: c.id, Pid: uint32(pid)})
-	return pid, nil
-}
-
-// Kill signals the init process (execID ""), with every process of the
-// container, or an exec process. Killing a process that has exited is
-// ErrNotFound, as containerd expects.
-func (c *Container) Kill(ctx context.Context, execID string, signal uint32, all bool) error {
-	if execID != "" {
-		p, err := c.Process(execID)
-		if err != nil {
-			return err
-		}
-		return c.killExec(p, signal)
-	}
-	if err := c.init.check(OpKill); err != nil {
-		return fmt.Errorf("kill %s: %w", c.id, err)
-	}
-	err := c.rt.Kill(ctx, c.id, signal, all)
-	if err == nil {
-		return nil
-	}
-	if runtime.IsNotFound(err) || errors.Is(err, errdefs.ErrFailedPrecondition) {
-		// The runtime saw the container stop before we collected the exit.
-		return fmt.Errorf("kill %s: process already finished (%s): %w", c.id, err.Error(), errdefs.ErrNotFound)
-	}
-	return fmt.Errorf("kill %s: %w", c.id, err)
-}
-
-// Delete deletes a created or stopped exec process, or (execID "") the
-// container: the runtime's state, the stdio and the rootfs mounts, which
-// publishes TaskDelete. It returns the process's final status.
-func (c *Container) Delete(ctx context.Context, execID string) (Status, error) {
-	if execID != "" {
-		p, err := c.Process(execID)
-		if err != nil {
-			return Status{}, err
-		}
-		return c.deleteExec(p)
-	}
-	p := c.init
-	if err := p.check(OpDelete); err != nil {
-		return Status{}, fmt.Errorf("delete %s: %w", c.id, err)
-	}
-	if err := c.rt.Delete(ctx, c.id, true); err != nil {
-		return Status{}, fmt.Errorf("delete %s: %w", c.id, err)
-	}
-	// A created container's init was just killed by the forced delete; wait
-	// for its exit so that TaskExit comes before TaskDelete. A container
-	// created from a checkpoint and never started has no init to wait for.
-	if p.Pid() != 0 {
-		select {
-		case <-p.done:
-		case <-time.After(deleteWaitTimeout):
-			c.deps.Logger.Warn("delete: init exit not collected", "id", c.id, "pid", p.Pid())
-		}
-	}
-	p.mu.Lock()
-	pipes := p.pipes
-	p.mu.Unlock()
-	if pipes != nil {
-		pipes.Close()
-	}
-	if err := UnmountRootfs(c.bundle); err != nil {
-		return Status{}, fmt.Errorf("delete %s: %w", c.id, err)
-	}
-	if err := c.bundle.MarkDeleted(); err != nil {
-		// Only an optimisation is lost: `delete` then asks the runtime.
-		c.deps.Logger.Warn("delete: mark bundle", "id", c.id, "error", err)
-	}
-	p.apply(OpDelete)
-	st := p.Status()
-	p.outbox.Send(events.TopicDelete, &eventsapi.TaskDelete{
-		ContainerID: c.id,
-		ID:          c.id,
-		Pid:         uint32(st.Pid),
-		ExitStatus:  st.ExitStatus,
-		ExitedAt:    timestamppb.New(st.ExitedAt),
-	})
-	return st, nil
-}
-
-// Pids lists the pids of the container's processes. Until the container
-// is deleted the list is never empty once it has an init: after the init
-// has exited it is the init's pid alone, without asking the runtime, and
-// so it is while the exit is being collected (the runtime already finds
-// no process then). containerd 2.x, when it restarts, deletes the task of
-// any shim whose Pids is empty as a leaked shim, and with it the exit
-// status that no client has collected yet.
-func (c *Container) Pids(ctx context.Context) ([]int, error) {
-	initPid := c.init.Pid()
-	if c.init.Exited() {
-		return []int{initPid}, nil
-	}
-	pids, err := c.rt.Ps(ctx, c.id)
-	if err != nil {
-		return nil, fmt.Errorf("pids %s: %w", c.id, err)
-	}
-	if len(pids) == 0 && initPid != 0 {
-		return []int{initPid}, nil
-	}
-	return pids, nil
-}
-
-// initExiting runs on the init's watcher goroutine before its TaskExit is
-// published: it waits for the execs' exits to be published first (in a
-// shared pid namespace, killLeftovers has already killed what the init left
-// behind).
-func (c *Container) initExiting() {
-	c.mu.Lock()
-	oom := c.oom
-	c.initExited = true
-	c.mu.Unlock()
-	if oom != nil {
-		// An OOM kill since initReaped's check (of a process the init
-		// left behind in a shared pid namespace) is published before the
-		// exit too.
-		if oom.Check() {
-			c.publishOOM()
-		}
-		if err := oom.Close(); err != nil {
-			c.deps.Logger.Warn("close OOM watch", "id", c.id, "error", err)
-		}
-	}
-	c.awaitExecs()
-}
-
-// initReaped runs on the init's watcher goroutine as soon as the init's exit
-// is collected, before its output drains: it looks for the OOM kill that
-// may have caused the exit while the cgroup most likely still exists
-// (systemd removes an empty scope at once), and publishes TaskOOM, which
-// thus precedes TaskExit. Where the cgroup is gone already, an OOM kill may
-// be inferred (cgroups.OOMWatcher.CheckExit). Then, in a shared pid
-// namespace, it kills what the init left behind.
-func (c *Container) initReaped(e exits.Exit) {
-	c.mu.Lock()
-	oom := c.oom
-	c.mu.Unlock()
-	if oom != nil {
-		if report, _ := oom.CheckExit(e.Status == 128+int(syscall.SIGKILL)); report {
-			c.publishOOM()
-		}
-	}
-	if c.sharedPidNS {
-		c.killLeftovers()
-	}
-}
-
-// killLeftovers runs on the init's watcher goroutine as soon as the init's
-// exit is collected, in a shared pid namespace only: it kills every process
-// the init left behind (no pid namespace goes away to kill them), before the
-// init's output drains. They are what holds that output open: killed
-// later, they would keep the drain waiting for its timeout, and the
-// container's stop with it.
-func (c *Container) killLeftovers() {
-	if err := c.rt.Kill(context.Background(), c.id, uint32(syscall.SIGKILL), true); err != nil && !runtime.IsNotFound(err) {
-		c.deps.Logger.Warn("kill the processes the init left", "id", c.id, "error", err)
-	}
 }
 
 // procIO is the stdio of one process: pipes (or a pty) to the client's
@@ -477,25 +288,6 @@ func (io procIO) consoleSocket() runc.ConsoleSocket {
 	return io.pipes.ConsoleSocket()
 }
 
-// ResizePty sets the terminal size of the process execID; for a process
-// without a terminal it does nothing.
-func (c *Container) ResizePty(execID string, width, height uint32) error {
-	p, err := c.Process(execID)
-	if err != nil {
-		return err
-	}
-	p.mu.Lock()
-	pipes := p.pipes
-	p.mu.Unlock()
-	// A process without a terminal has no size to set. containerd's shim
-	// ignores the request, and clients send it regardless (ctr and CRI
-	// attach resize whatever they attach to).
-	if pipes == nil || !p.stdioCfg.Terminal {
-		return nil
-	}
-	return pipes.Resize(width, height)
-}
-
 // startInit runs the runtime's start, or its restore for a container created
 // from a checkpoint.
 func (c *Container) startInit(ctx context.Context) error {
@@ -503,19 +295,14 @@ func (c *Container) startInit(ctx context.Context) error {
 		return c.rt.Start(ctx, c.id)
 	}
 	_, err := c.rt.Restore(ctx, c.id, c.bundle.Dir(), *c.restore, c.createOpts, func(pid int) error {
-		c.init.mu.Lock()
-		c.init.pid = pid
-		c.init.mu.Unlock()
+		c.init.setPid(pid)
 		return c.deps.Watcher.Watch(pid, c.init.onExit)
 	})
 	if err != nil {
 		return err
 	}
 	c.watchCgroup(c.init.Pid())
-	c.init.mu.Lock()
-	pipes := c.init.pipes
-	c.init.mu.Unlock()
-	if pipes != nil {
+	if pipes := c.init.getPipes(); pipes != nil {
 		return pipes.StartOutput()
 	}
 	return nil
@@ -538,7 +325,9 @@ func (c *Container) watchCgroup(pid int) {
 		c.deps.Logger.Warn("no OOM watch", "id", c.id, "error", err)
 	}
 	c.mu.Lock()
-	exited := c.initExited
+	c.init.mu.Lock()
+	exited := c.init.exitRecordedLocked()
+	c.init.mu.Unlock()
 	c.cgroup = cg
 	if !exited {
 		c.oom = oom

@@ -110,16 +110,13 @@ func (s *Service) get(id string) (*container.Container, error) {
 	return c, nil
 }
 
-// process returns the process execID of container id, or ErrNotFound.
+// process returns the process that execID names in container id (its
+// init for ""), or ErrNotFound. Every request about a process finds it here,
+// once, and then calls the operation on it.
 func (s *Service) process(id, execID string) (*container.Container, *container.Process, error) {
 	c, err := s.get(id)
 	if err != nil {
 		return nil, nil, err
-	}
-	if execID != "" {
-		if err := container.ValidateID("exec", execID); err != nil {
-			return nil, nil, err
-		}
 	}
 	p, err := c.Process(execID)
 	if err != nil {
@@ -237,11 +234,11 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 
 // Start starts the init process, or the exec process ExecID names.
 func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.StartResponse, error) {
-	c, _, err := s.process(r.GetID(), r.GetExecID())
+	_, p, err := s.process(r.GetID(), r.GetExecID())
 	if err != nil {
 		return nil, err
 	}
-	pid, err := c.Start(ctx, r.GetExecID())
+	pid, err := p.Start(ctx)
 	if err != nil {
 		s.cfg.Logger.Warn("start failed", "id", r.GetID(), "error", err)
 		return nil, err
@@ -273,13 +270,13 @@ func (s *Service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.
 
 func taskStatus(s container.State) tasktypes.Status {
 	switch s {
-	case container.Created:
+	case container.Created, container.Starting, container.StartFailed:
 		return tasktypes.Status_CREATED
 	case container.Running:
 		return tasktypes.Status_RUNNING
 	case container.Paused:
 		return tasktypes.Status_PAUSED
-	case container.Stopped:
+	case container.Exiting, container.Stopped:
 		return tasktypes.Status_STOPPED
 	}
 	return tasktypes.Status_UNKNOWN
@@ -301,11 +298,11 @@ func (s *Service) Wait(ctx context.Context, r *taskapi.WaitRequest) (*taskapi.Wa
 // Kill signals the init process, the exec process ExecID names, or (All)
 // every process of the container.
 func (s *Service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Empty, error) {
-	c, _, err := s.process(r.GetID(), r.GetExecID())
+	_, p, err := s.process(r.GetID(), r.GetExecID())
 	if err != nil {
 		return nil, err
 	}
-	if err := c.Kill(ctx, r.GetExecID(), r.GetSignal(), r.GetAll()); err != nil {
+	if err := p.Kill(ctx, r.GetSignal(), r.GetAll()); err != nil {
 		return nil, err
 	}
 	return &emptypb.Empty{}, nil
@@ -313,16 +310,16 @@ func (s *Service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Em
 
 // Delete deletes a created or stopped container and forgets it.
 func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskapi.DeleteResponse, error) {
-	c, _, err := s.process(r.GetID(), r.GetExecID())
+	_, p, err := s.process(r.GetID(), r.GetExecID())
 	if err != nil {
 		return nil, err
 	}
-	st, err := c.Delete(ctx, r.GetExecID())
+	st, err := p.Delete(ctx)
 	if err != nil {
 		s.cfg.Logger.Warn("delete failed", "id", r.GetID(), "exec", r.GetExecID(), "error", err)
 		return nil, err
 	}
-	if r.GetExecID() == "" {
+	if p.IsInit() {
 		s.mu.Lock()
 		delete(s.containers, r.GetID())
 		s.mu.Unlock()
@@ -504,11 +501,11 @@ func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emp
 
 // ResizePty sets the size of a process's terminal.
 func (s *Service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*emptypb.Empty, error) {
-	c, _, err := s.process(r.GetID(), r.GetExecID())
+	_, p, err := s.process(r.GetID(), r.GetExecID())
 	if err != nil {
 		return nil, err
 	}
-	if err := c.ResizePty(r.GetExecID(), r.GetWidth(), r.GetHeight()); err != nil {
+	if err := p.Resize(r.GetWidth(), r.GetHeight()); err != nil {
 		return nil, err
 	}
 	return &emptypb.Empty{}, nil
