@@ -61,7 +61,9 @@ type Deps struct {
 	Namespace string
 }
 
-// Config describes a container to create.
+// Config is a parsed and validated request to create a container: what
+// the task service decoded from a CreateTaskRequest. Validate checks it;
+// Create trusts it.
 type Config struct {
 	ID     string
 	Bundle bundle.Bundle
@@ -69,8 +71,12 @@ type Config struct {
 	Spec   bundle.Spec
 	Rootfs []Mount
 	Stdio  stdio.Config
-	// Runtime runs the OCI runtime for this container.
-	Runtime      *runtime.Runtime
+	// Runtime configures the OCI runtime of this container; Create records
+	// it in the bundle (Bundle.RuntimeConfig) for `delete`.
+	Runtime runtime.Config
+	// Holder suspends the exit monitor's orphan sweep around runtime
+	// commands.
+	Holder       runtime.Holder
 	NoPivot      bool
 	NoNewKeyring bool
 	// IoUID and IoGID own the container's ends of its stdio pipes.
@@ -79,6 +85,18 @@ type Config struct {
 	// Create prepares it and Start runs the runtime's restore (as
 	// containerd's runc shim does), so it has no pid before Start.
 	Restore *runtime.CheckpointOpts
+}
+
+// Validate checks what Create trusts: the container id, the stdio paths
+// and the rootfs mounts. Errors are errdefs.ErrInvalidArgument.
+func (cfg Config) Validate() error {
+	if err := ValidateID("container", cfg.ID); err != nil {
+		return err
+	}
+	if err := cfg.Stdio.Validate(); err != nil {
+		return err
+	}
+	return validateMounts(cfg.Rootfs)
 }
 
 // Container is one OCI container managed by the shim.
@@ -113,55 +131,78 @@ type Container struct {
 	createOpts runtime.CreateOpts
 }
 
-// Create mounts the rootfs, opens the stdio, runs the runtime's create and
-// starts watching the init process. On error nothing is left behind: no
-// mount, no runtime state, no open fifo.
+// undo is the cleanup of a Create that failed: the steps done so far, in
+// reverse.
+type undo []func()
+
+func (u *undo) push(f func()) { *u = append(*u, f) }
+
+func (u undo) run() {
+	for i := len(u) - 1; i >= 0; i-- {
+		u[i]()
+	}
+}
+
+// Create creates the container of a validated Config (see Config.Validate)
+// whose id the caller reserved: it records the runtime configuration in the
+// bundle, mounts the rootfs, opens the stdio, runs the runtime's create and
+// starts watching the init process, then publishes TaskCreate. On error
+// nothing is left behind: no file it wrote in the bundle, no mount, no
+// runtime state, no open fifo, no event.
 func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr error) {
-	if err := ValidateID("container", cfg.ID); err != nil {
-		return nil, err
-	}
-	if err := cfg.Stdio.Validate(); err != nil {
-		return nil, err
-	}
-	if err := validateMounts(cfg.Rootfs); err != nil {
-		return nil, err
-	}
 	c := &Container{
-		id:      cfg.ID,
-		bundle:  cfg.Bundle,
-		rt:      cfg.Runtime,
-		deps:    deps,
-		execs:   make(map[string]*Process),
-		ioUID:   cfg.IoUID,
-		ioGID:   cfg.IoGID,
-		restore: cfg.Restore,
+		id:          cfg.ID,
+		bundle:      cfg.Bundle,
+		rt:          runtime.New(cfg.Runtime, cfg.Holder),
+		deps:        deps,
+		execs:       make(map[string]*Process),
+		ioUID:       cfg.IoUID,
+		ioGID:       cfg.IoGID,
+		restore:     cfg.Restore,
+		sharedPidNS: cfg.Spec.SharesPidNamespace,
 	}
 	c.init = newProcess(cfg.ID, cfg.ID, initKind{c}, cfg.Stdio, deps.Events, deps.Logger.With("id", cfg.ID))
-	c.sharedPidNS = cfg.Spec.SharesPidNamespace
+	var cleanup undo
+	defer func() {
+		if retErr != nil {
+			cleanup.run()
+		}
+	}()
+	warn := func(what string, err error) {
+		deps.Logger.Warn("create failed; "+what, "id", cfg.ID, "error", err)
+	}
+
 	if err := cfg.Bundle.ClearDeleted(); err != nil {
 		return nil, fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
+	if err := cfg.Runtime.Save(cfg.Bundle.RuntimeConfig()); err != nil {
+		return nil, fmt.Errorf("create %s: %w", cfg.ID, err)
+	}
+	cleanup.push(func() {
+		if err := cfg.Bundle.RemoveRuntimeConfig(); err != nil {
+			warn("remove runtime config", err)
+		}
+	})
+
 	rootfs := cfg.Bundle.Rootfs()
 	if err := mountRootfs(rootfs, cfg.Rootfs); err != nil {
 		return nil, err
 	}
-	defer func() {
-		if retErr != nil {
-			if err := unmountAll(rootfs); err != nil {
-				deps.Logger.Warn("create failed; unmount rootfs", "id", cfg.ID, "error", err)
-			}
+	cleanup.push(func() {
+		if err := unmountAll(rootfs); err != nil {
+			warn("unmount rootfs", err)
 		}
-	}()
+	})
+
 	io, err := c.openIO(ctx, cfg.Stdio)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if retErr != nil && io.pipes != nil {
-			io.pipes.Close()
-		}
-	}()
+	if pipes := io.pipes; pipes != nil {
+		cleanup.push(func() { pipes.Close() })
+	}
 	c.init.setPipes(io.pipes)
+
 	opts := runtime.CreateOpts{
 		IO:            io.runcIO(),
 		ConsoleSocket: io.consoleSocket(),
@@ -187,6 +228,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		c.init.outbox.Send(events.TopicCreate, created)
 		return c, nil
 	}
+
 	// The init can exit as soon as it is watched: its exit waits for
 	// TaskCreate, and is dropped with it if the Create fails.
 	c.init.outbox.ExpectStart()
@@ -194,25 +236,23 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		c.init.setPid(pid)
 		return deps.Watcher.Watch(pid, c.init.onExit)
 	})
-	// fail abandons the init's events and, unless the runtime state is
-	// another container's, deletes what the runtime left.
-	fail := func(err error, deleteState bool) (*Container, error) {
+	// A duplicate id is another container's runtime state and must not be
+	// touched; anything else the runtime left is deleted.
+	deleteState := err == nil || pid != 0 || !errors.Is(err, errdefs.ErrAlreadyExists)
+	cleanup.push(func() {
 		c.init.outbox.Abandon()
 		if deleteState {
-			if derr := c.rt.Delete(context.WithoutCancel(ctx), c.id, true); derr != nil {
-				deps.Logger.Warn("create failed; runtime delete", "id", c.id, "error", derr)
+			if err := c.rt.Delete(context.WithoutCancel(ctx), c.id, true); err != nil {
+				warn("runtime delete", err)
 			}
 		}
-		return nil, fmt.Errorf("create %s: %w", c.id, err)
-	}
+	})
 	if err != nil {
-		// A duplicate id is another container's state and must not be
-		// touched.
-		return fail(err, pid != 0 || !errors.Is(err, errdefs.ErrAlreadyExists))
+		return nil, fmt.Errorf("create %s: %w", c.id, err)
 	}
 	if io.pipes != nil {
 		if err := io.pipes.StartOutput(); err != nil {
-			return fail(err, true)
+			return nil, fmt.Errorf("create %s: %w", c.id, err)
 		}
 	}
 	created.Pid = uint32(pid)

@@ -56,6 +56,10 @@ type Config struct {
 	Shutdown func()
 	// Version is reported by Connect.
 	Version string
+	// MoveShim moves the shim into the cgroup at path, the options'
+	// ShimCgroup (nil: cgroups.AddProcess of the shim's pid). Tests
+	// replace it so as not to move the test process.
+	MoveShim func(path string) error
 	// SystemdRunning reports whether systemd runs the host (nil:
 	// runtime.SystemdRunning). Only then does a cgroupsPath in systemd's
 	// form, without the option, get the systemd cgroup driver.
@@ -149,64 +153,79 @@ func (s *Service) settle(id string, c *container.Container) {
 	}
 }
 
-// Create creates a container from its bundle.
+// Create creates a container from its bundle, in two halves: the service
+// decodes and validates the request into a container.Config and reserves
+// the id (parseCreate, reserve); only then does it move the shim into the
+// options' ShimCgroup, so that a duplicate or invalid Create moves nothing,
+// and container.Create owns everything after that, including the cleanup
+// of every file it wrote when it fails.
 func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*taskapi.CreateTaskResponse, error) {
 	s.cfg.Logger.Debug("create", "id", r.GetID(), "bundle", r.GetBundle())
-	if err := container.ValidateID("container", r.GetID()); err != nil {
+	cfg, shimCgroup, err := s.parseCreate(r)
+	if err != nil {
 		return nil, err
 	}
-	if err := container.ValidateBundle(r.GetID(), r.GetBundle(), s.cfg.BundleParent); err != nil {
+	if err := s.reserve(cfg.ID); err != nil {
 		return nil, err
+	}
+	var created *container.Container
+	defer func() { s.settle(cfg.ID, created) }()
+	if shimCgroup != "" {
+		if err := s.moveShim(shimCgroup); err != nil {
+			return nil, fmt.Errorf("move the shim to cgroup %s: %w", shimCgroup, err)
+		}
+	}
+	c, err := container.Create(ctx, cfg, s.cfg.Deps)
+	if err != nil {
+		s.cfg.Logger.Warn("create failed", "id", cfg.ID, "error", err)
+		return nil, err
+	}
+	created = c
+	return &taskapi.CreateTaskResponse{Pid: uint32(c.Init().Pid())}, nil
+}
+
+// moveShim moves the shim process into the cgroup at path.
+func (s *Service) moveShim(path string) error {
+	if s.cfg.MoveShim != nil {
+		return s.cfg.MoveShim(path)
+	}
+	return cgroups.AddProcess(path, os.Getpid())
+}
+
+// parseCreate decodes and validates a CreateTaskRequest: the id, the
+// bundle and its spec, the runtime options, the stdio, the rootfs and the
+// checkpoint. It changes nothing. It returns the container's Config and
+// the ShimCgroup of the options.
+func (s *Service) parseCreate(r *taskapi.CreateTaskRequest) (container.Config, string, error) {
+	if err := container.ValidateID("container", r.GetID()); err != nil {
+		return container.Config{}, "", err
+	}
+	if err := container.ValidateBundle(r.GetID(), r.GetBundle(), s.cfg.BundleParent); err != nil {
+		return container.Config{}, "", err
 	}
 	b := bundle.New(r.GetBundle())
 	spec, err := b.Spec()
 	if err != nil {
-		return nil, err
+		return container.Config{}, "", err
 	}
 	opts, err := runtime.ParseOptions(r.GetOptions())
 	if err != nil {
-		return nil, err
-	}
-	if opts.ShimCgroup != "" {
-		if err := cgroups.AddProcess(opts.ShimCgroup, os.Getpid()); err != nil {
-			return nil, fmt.Errorf("move the shim to cgroup %s: %w", opts.ShimCgroup, err)
-		}
+		return container.Config{}, "", err
 	}
 	var restore *runtime.CheckpointOpts
 	if cp := r.GetCheckpoint(); cp != "" {
 		if !filepath.IsAbs(cp) || filepath.Clean(cp) != cp {
-			return nil, fmt.Errorf("checkpoint path %q must be absolute and clean: %w", cp, errdefs.ErrInvalidArgument)
+			return container.Config{}, "", fmt.Errorf("checkpoint path %q must be absolute and clean: %w", cp, errdefs.ErrInvalidArgument)
 		}
 		restore = &runtime.CheckpointOpts{ImagePath: cp, WorkPath: opts.CriuWorkPath}
 	}
-	if err := s.reserve(r.GetID()); err != nil {
-		return nil, err
-	}
-	var created *container.Container
-	defer func() { s.settle(r.GetID(), created) }()
-
 	// As with containerd's shim, the runtime's state is under
 	// <Root>/<namespace>, where tools and clients look for it.
 	root := runtime.DefaultRoot(s.cfg.Namespace)
 	if opts.Root != "" {
 		root = filepath.Join(opts.Root, s.cfg.Namespace)
 	}
-	rtCfg := runtime.Config{
-		Binary: opts.BinaryName,
-		Root:   root,
-		Log:    b.RuntimeLog(),
-		// The options may not say it (Docker never does), but on a
-		// systemd host a cgroupsPath in systemd's form only works with its
-		// driver. Without systemd the driver cannot work at all, and such
-		// a path (containerd 1.6's CRI writes one for any ".slice" parent)
-		// is a cgroupfs directory name to runc, as with containerd's shim.
-		SystemdCgroup: opts.SystemdCgroup || (runtime.IsSystemdCgroupsPath(spec.CgroupsPath) && s.systemdRunning()),
-	}
-	if err := rtCfg.Save(b.RuntimeConfig()); err != nil {
-		return nil, err
-	}
-	rt := runtime.New(rtCfg, s.cfg.Holder)
-	c, err := container.Create(ctx, container.Config{
+	cfg := container.Config{
 		ID:     r.GetID(),
 		Bundle: b,
 		Spec:   spec,
@@ -217,19 +236,29 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 			Stderr:   r.GetStderr(),
 			Terminal: r.GetTerminal(),
 		},
-		Runtime:      rt,
+		Runtime: runtime.Config{
+			Binary: opts.BinaryName,
+			Root:   root,
+			Log:    b.RuntimeLog(),
+			// The options may not say it (Docker never does), but on a
+			// systemd host a cgroupsPath in systemd's form only works
+			// with its driver. Without systemd the driver cannot work at
+			// all, and such a path (containerd 1.6's CRI writes one for
+			// any ".slice" parent) is a cgroupfs directory name to runc,
+			// as with containerd's shim.
+			SystemdCgroup: opts.SystemdCgroup || (runtime.IsSystemdCgroupsPath(spec.CgroupsPath) && s.systemdRunning()),
+		},
+		Holder:       s.cfg.Holder,
 		NoPivot:      opts.NoPivotRoot,
 		NoNewKeyring: opts.NoNewKeyring,
 		IoUID:        int(opts.IoUID),
 		IoGID:        int(opts.IoGID),
 		Restore:      restore,
-	}, s.cfg.Deps)
-	if err != nil {
-		s.cfg.Logger.Warn("create failed", "id", r.GetID(), "error", err)
-		return nil, err
 	}
-	created = c
-	return &taskapi.CreateTaskResponse{Pid: uint32(c.Init().Pid())}, nil
+	if err := cfg.Validate(); err != nil {
+		return container.Config{}, "", err
+	}
+	return cfg, opts.ShimCgroup, nil
 }
 
 // Start starts the init process, or the exec process ExecID names.
