@@ -1,13 +1,19 @@
 // Package container holds Tether's model of a container and its processes.
 //
-// A Container owns its init Process, its rootfs mounts and its runtime. Its
-// lifecycle is the transition table in state.go; every operation checks the
-// table before it runs the runtime and applies it afterwards, so that a
-// refusal is a typed *TransitionError and never a runtime round trip.
+// A Container owns its init Process, its exec Processes, its rootfs mounts
+// and its runtime. A Process's operations (Start, Kill, Delete, Resize,
+// CloseStdin) are its methods; what differs between an init and an exec is
+// its kind (initKind, execKind), and nothing outside the kinds tells them
+// apart. The lifecycle is a transition table per kind (state.go); every
+// operation takes its transition before it runs the runtime and settles it
+// afterwards, so that a refusal is a typed *TransitionError and never a
+// runtime round trip, and a Start and a Delete cannot both pass.
 //
-// Locking: each Process has one mutex that guards its state, pid and exit.
-// No mutex is held across a runtime call, an RPC or a publish; callers may
-// call Status at any time and get an answer without waiting on the runtime.
+// Locking: Container.mu guards the exec table, the exec exit barrier and
+// the cgroup; Process.mu guards a process's state, pid, exit and stdio.
+// Lock order: Container.mu → Process.mu. No mutex is held across a runtime
+// call, an RPC or a publish; callers may call Status at any time and get an
+// answer without waiting on the runtime.
 //
 // Events: each Process has an events.Outbox. Create publishes TaskCreate,
 // Start TaskStart (after the runtime's start, with the exit held back until
@@ -101,6 +107,8 @@ func (cfg Config) Validate() error {
 
 // Container is one OCI container managed by the shim.
 type Container struct {
+	// The fields above mu are set by Create before the container is
+	// shared and never change.
 	id     string
 	bundle bundle.Bundle
 	rt     *runtime.Runtime
@@ -110,25 +118,27 @@ type Container struct {
 	// own: its processes do not die with the init, so the init's exit
 	// kills them.
 	sharedPidNS bool
-
-	mu sync.Mutex
-	// execs maps exec ids to exec processes; guarded by mu.
-	execs map[string]*Process
-	// runningExecs counts execs whose start began and whose exit is not
-	// yet published; execsIdle is closed when it drops to zero. Both are
-	// guarded by mu.
-	runningExecs int
-	execsIdle    chan struct{}
 	// ioUID and ioGID own the stdio pipes of every process.
 	ioUID, ioGID int
-	// cgroup is the init's cgroup, nil if it could not be found; oom
-	// watches it. Both are set once the init exists; guarded by mu.
-	cgroup *cgroups.Cgroup
-	oom    *cgroups.OOMWatcher
 	// restore is set for a restore from a checkpoint; createOpts keeps the
 	// runtime options prepared at Create for the restore at Start.
 	restore    *runtime.CheckpointOpts
 	createOpts runtime.CreateOpts
+
+	// mu guards the fields below it. Lock order: Container.mu →
+	// Process.mu; never held across a runtime call or a publish.
+	mu sync.Mutex
+	// execs maps exec ids to exec processes.
+	execs map[string]*Process
+	// runningExecs counts execs whose start began and whose exit is not
+	// yet published; execsIdle is closed when it drops to zero. The
+	// init's exit waits for it (awaitExecs).
+	runningExecs int
+	execsIdle    chan struct{}
+	// cgroup is the init's cgroup, nil if it could not be found; oom
+	// watches it. Both are set once the init exists.
+	cgroup *cgroups.Cgroup
+	oom    *cgroups.OOMWatcher
 }
 
 // undo is the cleanup of a Create that failed: the steps done so far, in

@@ -8,8 +8,11 @@
 //   - Create and Exec hand the new process's pid to a register callback while
 //     the Hold is still active: the pid cannot be reaped, and so not reused,
 //     before the caller watches it.
-//   - This is the only package that reads runtime output as text. Failures are
-//     *Error values that unwrap to an errdefs class (see Classify).
+//   - This is the only package that reads runtime output as text (error
+//     messages, the JSON log, `features`). A failed runtime command is an
+//     *Error that unwraps to an errdefs class (see Classify); failures around
+//     it (the pid file, /dev/null, the register callback) are plain errors
+//     wrapped with %w, and register's error is returned as it is.
 //   - Runtime commands never inherit the caller's cancellation: a containerd
 //     RPC that times out must not kill `runc create` halfway. Each command has
 //     its own deadline instead. A control command (kill, delete, ps, pause,

@@ -1,7 +1,7 @@
 // Package taskservice is the ttrpc boundary of the shim: it serves
 // containerd.task.v2.Task and containerd.task.v3.Task, validates every
-// request, finds the container it is about and delegates to package
-// container.
+// request, finds the container and the process it is about once, and calls
+// the operation on them (package container).
 //
 // It is the only place where errors become ttrpc status codes (see method in
 // register.go). Handlers hold Service.mu only to read or change the container
@@ -49,7 +49,8 @@ type Config struct {
 	Deps container.Deps
 	// Holder suspends the orphan sweep around runtime commands.
 	Holder runtime.Holder
-	// Logger logs requests at Debug and failures at Warn.
+	// Logger logs each Create at Debug, and failed Create, Start and
+	// Delete requests at Warn.
 	Logger *slog.Logger
 	// Shutdown is called once, on a Shutdown request that finds no
 	// container left. It must not block: the server stops after the reply.
