@@ -146,7 +146,7 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	go func() { served <- serveTTRPC(ctx, server, guarded, logger) }()
 	go trim.run(ctx)
 	if f.Debug {
-		prof := startProfiler(ctx, bundleDir, logger, trim.stats)
+		prof := startProfiler(ctx, b, logger, trim.stats)
 		defer func() {
 			stop()
 			<-prof.done

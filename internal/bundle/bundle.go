@@ -2,7 +2,8 @@
 // config containerd wrote (config.json), the files the runtime writes there
 // (init.pid and the exec pid files, its JSON log log.json), and the files
 // the shim keeps there (tether-runtime.json, the address file, the log fifo,
-// the crash log, the deleted marker, the rootfs mount point).
+// the crash log, the debug profiles, the deleted marker, the rootfs mount
+// point).
 //
 // Invariant: no other package joins a file name onto a bundle path; every
 // package asks a Bundle for the path or the content it needs. A Bundle holds
@@ -29,6 +30,10 @@ const (
 	crashLog      = "tether-crash.log"
 	deletedMarker = "tether-deleted"
 	rootfsDir     = "rootfs"
+	cpuProfile    = "tether-cpu.pprof"
+	heapProfile   = "tether-heap.pprof"
+	goroutines    = "tether-goroutines.txt"
+	metrics       = "tether-metrics.txt"
 )
 
 // Bundle is a container's bundle directory.
@@ -80,6 +85,19 @@ func (b Bundle) Log() string { return b.path(logFifo) }
 // CrashLog returns the file that receives the Go runtime's output of a fatal
 // error or an unrecovered panic of the server.
 func (b Bundle) CrashLog() string { return b.path(crashLog) }
+
+// CPUProfile, HeapProfile, Goroutines and Metrics are the files a server
+// started with -debug writes its profiles to (see docs/performance.md).
+func (b Bundle) CPUProfile() string { return b.path(cpuProfile) }
+
+// HeapProfile: see CPUProfile.
+func (b Bundle) HeapProfile() string { return b.path(heapProfile) }
+
+// Goroutines: see CPUProfile.
+func (b Bundle) Goroutines() string { return b.path(goroutines) }
+
+// Metrics: see CPUProfile.
+func (b Bundle) Metrics() string { return b.path(metrics) }
 
 // WriteAddress writes the server's plain address to the address file, where
 // containerd 1.x reads it to reconnect after a restart. The file is

@@ -24,6 +24,10 @@ func TestLayout(t *testing.T) {
 		b.RuntimeConfig(): "/b/c1/tether-runtime.json",
 		b.Log():           "/b/c1/log",
 		b.CrashLog():      "/b/c1/tether-crash.log",
+		b.CPUProfile():    "/b/c1/tether-cpu.pprof",
+		b.HeapProfile():   "/b/c1/tether-heap.pprof",
+		b.Goroutines():    "/b/c1/tether-goroutines.txt",
+		b.Metrics():       "/b/c1/tether-metrics.txt",
 	} {
 		if got != want {
 			t.Errorf("path %q, want %q", got, want)
