@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/container"
 	"github.com/tether-shim/tether/internal/runtime"
 )
@@ -39,17 +40,18 @@ func Delete(ctx context.Context, f Flags, stdout, warn io.Writer) error {
 	if err := container.ValidateID("container", f.ID); err != nil {
 		return err
 	}
-	bundle, err := f.bundleDir()
+	dir, err := f.bundleDir()
 	if err != nil {
 		return err
 	}
-	pid, _ := runtime.ReadPidFile(filepath.Join(bundle, "init.pid"))
+	b := bundle.New(dir)
+	pid, _ := runtime.ReadPidFile(b.InitPid())
 	// containerd runs `delete` after every server it disconnects from, also
 	// after a clean Delete and Shutdown; then the runtime has nothing left.
-	if !container.WasDeleted(bundle) {
-		cleanupRuntime(ctx, f, bundle, warn)
+	if !b.WasDeleted() {
+		cleanupRuntime(ctx, f, b, warn)
 	}
-	if path := removeDeadSocket(bundle); path != "" {
+	if path := removeDeadSocket(b); path != "" {
 		if err := shutdownIfIdle(ctx, path, f.Namespace, f.ID); err != nil {
 			fmt.Fprintf(warn, "ask the server on %s to leave if it serves nothing: %v\n", path, err)
 		}
@@ -68,31 +70,31 @@ func Delete(ctx context.Context, f Flags, stdout, warn io.Writer) error {
 
 // cleanupRuntime force-deletes the container in its runtime and unmounts
 // its rootfs, reporting problems to warn.
-func cleanupRuntime(ctx context.Context, f Flags, bundle string, warn io.Writer) {
-	cfg, err := runtime.LoadConfig(bundle, f.Namespace)
+func cleanupRuntime(ctx context.Context, f Flags, b bundle.Bundle, warn io.Writer) {
+	cfg, err := runtime.LoadConfig(b.RuntimeConfig(), f.Namespace)
 	if err != nil {
 		fmt.Fprintf(warn, "%v; using %s\n", err, cfg.Binary)
 	}
-	cfg.Log = filepath.Join(bundle, "log.json")
+	cfg.Log = b.RuntimeLog()
 	rt := runtime.New(cfg, noHold{})
 	if err := rt.Delete(ctx, f.ID, true); err != nil {
 		fmt.Fprintf(warn, "%v\n", err)
 	}
-	if err := container.UnmountRootfs(bundle); err != nil {
+	if err := container.UnmountRootfs(b); err != nil {
 		fmt.Fprintf(warn, "%v\n", err)
 	}
 }
 
-// removeDeadSocket removes the socket named in <bundle>/address, if it has
+// removeDeadSocket removes the socket named in the bundle's address file, if it has
 // the form of a Tether socket, when no server answers on it any more: a server killed with SIGKILL cannot
 // remove its own. It returns the socket's path if a server still answers
 // on it, else "".
-func removeDeadSocket(bundle string) string {
-	data, err := os.ReadFile(filepath.Join(bundle, "address"))
+func removeDeadSocket(b bundle.Bundle) string {
+	address, err := b.ReadAddress()
 	if err != nil {
 		return ""
 	}
-	path := socketPathOf(strings.TrimSpace(string(data)))
+	path := socketPathOf(strings.TrimSpace(address))
 	if st, err := os.Lstat(path); err != nil || st.Mode().Type() != os.ModeSocket ||
 		!filepath.IsAbs(path) || filepath.Clean(path) != path || !isSocketName(filepath.Base(path)) {
 		return ""

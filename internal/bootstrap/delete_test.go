@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/runtime"
 	"github.com/tether-shim/tether/internal/taskservice"
 	"github.com/tether-shim/tether/internal/testutil"
@@ -37,15 +38,15 @@ func deleteBundle(t *testing.T) (string, Flags) {
 		t.Fatalf("%s is required: %v", runcBinary, err)
 	}
 	id := fmt.Sprintf("tether-delete-%d-%d", os.Getpid(), deleteSeq.Add(1))
-	bundle := filepath.Join(t.TempDir(), id)
-	if err := os.Mkdir(bundle, 0o700); err != nil {
+	bundleDir := filepath.Join(t.TempDir(), id)
+	if err := os.Mkdir(bundleDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	root := filepath.Join(t.TempDir(), "runc")
-	if err := (runtime.Config{Binary: runcBinary, Root: root}).Save(bundle); err != nil {
+	if err := (runtime.Config{Binary: runcBinary, Root: root}).Save(bundle.New(bundleDir).RuntimeConfig()); err != nil {
 		t.Fatal(err)
 	}
-	return bundle, Flags{Namespace: "tether-test", ID: id, Bundle: bundle, Action: ActionDelete}
+	return bundleDir, Flags{Namespace: "tether-test", ID: id, Bundle: bundleDir, Action: ActionDelete}
 }
 
 // runDelete runs Delete and decodes its DeleteResponse.
@@ -75,9 +76,9 @@ func TestDeleteResponse(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			bundle, f := deleteBundle(t)
+			bundleDir, f := deleteBundle(t)
 			if tt.pidFile != "-" {
-				if err := os.WriteFile(filepath.Join(bundle, "init.pid"), []byte(tt.pidFile), 0o600); err != nil {
+				if err := os.WriteFile(bundle.New(bundleDir).InitPid(), []byte(tt.pidFile), 0o600); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -99,8 +100,8 @@ func TestDeleteResponse(t *testing.T) {
 }
 
 func TestDeleteUnmountsRootfs(t *testing.T) {
-	bundle, f := deleteBundle(t)
-	rootfs := filepath.Join(bundle, "rootfs")
+	bundleDir, f := deleteBundle(t)
+	rootfs := bundle.New(bundleDir).Rootfs()
 	if err := os.Mkdir(rootfs, 0o711); err != nil {
 		t.Fatal(err)
 	}
@@ -123,10 +124,10 @@ func TestDeleteUnmountsRootfs(t *testing.T) {
 func TestDeleteSockets(t *testing.T) {
 	testutil.CheckLeaks(t)
 	t.Run("dead socket removed", func(t *testing.T) {
-		bundle, f := deleteBundle(t)
+		bundleDir, f := deleteBundle(t)
 		path := tetherSocketPath(t)
 		deadSocket(t, path)
-		if err := writeAddress(bundle, SocketAddress(path)); err != nil {
+		if err := bundle.New(bundleDir).WriteAddress(SocketAddress(path)); err != nil {
 			t.Fatal(err)
 		}
 		runDelete(t, f)
@@ -135,10 +136,10 @@ func TestDeleteSockets(t *testing.T) {
 		}
 	})
 	t.Run("dead socket named without scheme", func(t *testing.T) {
-		bundle, f := deleteBundle(t)
+		bundleDir, f := deleteBundle(t)
 		path := tetherSocketPath(t)
 		deadSocket(t, path)
-		if err := os.WriteFile(filepath.Join(bundle, "address"), []byte(path+"\n"), 0o600); err != nil {
+		if err := bundle.New(bundleDir).WriteAddress(path + "\n"); err != nil {
 			t.Fatal(err)
 		}
 		runDelete(t, f)
@@ -147,14 +148,14 @@ func TestDeleteSockets(t *testing.T) {
 		}
 	})
 	t.Run("live socket kept", func(t *testing.T) {
-		bundle, f := deleteBundle(t)
+		bundleDir, f := deleteBundle(t)
 		path := tetherSocketPath(t)
 		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer ln.Close()
-		if err := writeAddress(bundle, SocketAddress(path)); err != nil {
+		if err := bundle.New(bundleDir).WriteAddress(SocketAddress(path)); err != nil {
 			t.Fatal(err)
 		}
 		runDelete(t, f)
@@ -166,10 +167,10 @@ func TestDeleteSockets(t *testing.T) {
 		}
 	})
 	t.Run("dead socket of another name kept", func(t *testing.T) {
-		bundle, f := deleteBundle(t)
+		bundleDir, f := deleteBundle(t)
 		path := filepath.Join(shortDir(t), "other.sock")
 		deadSocket(t, path)
-		if err := writeAddress(bundle, SocketAddress(path)); err != nil {
+		if err := bundle.New(bundleDir).WriteAddress(SocketAddress(path)); err != nil {
 			t.Fatal(err)
 		}
 		runDelete(t, f)
@@ -178,12 +179,12 @@ func TestDeleteSockets(t *testing.T) {
 		}
 	})
 	t.Run("regular file kept", func(t *testing.T) {
-		bundle, f := deleteBundle(t)
+		bundleDir, f := deleteBundle(t)
 		path := filepath.Join(shortDir(t), "file")
 		if err := os.WriteFile(path, []byte("not a socket"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if err := writeAddress(bundle, SocketAddress(path)); err != nil {
+		if err := bundle.New(bundleDir).WriteAddress(SocketAddress(path)); err != nil {
 			t.Fatal(err)
 		}
 		runDelete(t, f)
@@ -201,18 +202,18 @@ func TestDeleteSockets(t *testing.T) {
 }
 
 func TestDeleteRefusesBadFlags(t *testing.T) {
-	bundle, good := deleteBundle(t)
+	bundleDir, good := deleteBundle(t)
 	tests := []struct {
 		name  string
 		f     Flags
 		class error // nil: any error
 	}{
-		{"no namespace", Flags{ID: good.ID, Bundle: bundle}, nil},
-		{"no id", Flags{Namespace: "ns", Bundle: bundle}, nil},
-		{"id with path", Flags{Namespace: "ns", ID: "../x", Bundle: bundle}, errdefs.ErrInvalidArgument},
+		{"no namespace", Flags{ID: good.ID, Bundle: bundleDir}, nil},
+		{"no id", Flags{Namespace: "ns", Bundle: bundleDir}, nil},
+		{"id with path", Flags{Namespace: "ns", ID: "../x", Bundle: bundleDir}, errdefs.ErrInvalidArgument},
 		{"relative bundle", Flags{Namespace: "ns", ID: good.ID, Bundle: "state/" + good.ID}, errdefs.ErrInvalidArgument},
-		{"bundle with ..", Flags{Namespace: "ns", ID: good.ID, Bundle: bundle + "/../" + good.ID}, errdefs.ErrInvalidArgument},
-		{"bundle with a trailing slash", Flags{Namespace: "ns", ID: good.ID, Bundle: bundle + "/"}, errdefs.ErrInvalidArgument},
+		{"bundle with ..", Flags{Namespace: "ns", ID: good.ID, Bundle: bundleDir + "/../" + good.ID}, errdefs.ErrInvalidArgument},
+		{"bundle with a trailing slash", Flags{Namespace: "ns", ID: good.ID, Bundle: bundleDir + "/"}, errdefs.ErrInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -248,20 +249,20 @@ func writeScript(t *testing.T, path, marker string) {
 // unsafe ("../runc", resolved against the working directory, which is the
 // bundle when containerd runs the shim) must not be run.
 func TestRegressionDeleteRunsRefusedRuntimeBinary(t *testing.T) {
-	bundle, f := deleteBundle(t)
+	bundleDir, f := deleteBundle(t)
 	markers := t.TempDir()
 	refused := filepath.Join(markers, "refused-binary-ran")
 	fallback := filepath.Join(markers, "fallback-runc-ran")
 	// "../runc" from the bundle.
-	writeScript(t, filepath.Join(filepath.Dir(bundle), "runc"), refused)
+	writeScript(t, filepath.Join(filepath.Dir(bundleDir), "runc"), refused)
 	// "runc" on PATH, the default a refused config should fall back to.
 	pathDir := t.TempDir()
 	writeScript(t, filepath.Join(pathDir, "runc"), fallback)
 	t.Setenv("PATH", pathDir)
-	t.Chdir(bundle)
+	t.Chdir(bundleDir)
 	root := filepath.Join(t.TempDir(), "root")
 	cfg := `{"binary":"../runc","root":"` + root + `"}`
-	if err := os.WriteFile(filepath.Join(bundle, "tether-runtime.json"), []byte(cfg), 0o600); err != nil {
+	if err := os.WriteFile(bundle.New(bundleDir).RuntimeConfig(), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	f.Bundle = "" // the working directory, as containerd runs it
@@ -289,15 +290,15 @@ func TestRegressionDeleteRunsRefusedRuntimeBinary(t *testing.T) {
 func TestDeleteSkipsRuntimeAfterServerDelete(t *testing.T) {
 	for _, marked := range []bool{false, true} {
 		t.Run(fmt.Sprintf("marked=%v", marked), func(t *testing.T) {
-			bundle, f := deleteBundle(t)
+			bundleDir, f := deleteBundle(t)
 			ran := filepath.Join(t.TempDir(), "runtime-ran")
 			script := filepath.Join(t.TempDir(), "runtime")
 			writeScript(t, script, ran)
-			if err := (runtime.Config{Binary: script, Root: t.TempDir()}).Save(bundle); err != nil {
+			if err := (runtime.Config{Binary: script, Root: t.TempDir()}).Save(bundle.New(bundleDir).RuntimeConfig()); err != nil {
 				t.Fatal(err)
 			}
 			if marked {
-				if err := os.WriteFile(filepath.Join(bundle, "tether-deleted"), nil, 0o600); err != nil {
+				if err := bundle.New(bundleDir).MarkDeleted(); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -332,7 +333,7 @@ func tetherSocketPath(t *testing.T) string {
 // now sends the live server a Shutdown, which it obeys only when it serves
 // no container.
 func TestRegressionOrphanServerNeverShutDown(t *testing.T) {
-	bundle, f := deleteBundle(t)
+	bundleDir, f := deleteBundle(t)
 	path := tetherSocketPath(t)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
@@ -355,7 +356,7 @@ func TestRegressionOrphanServerNeverShutDown(t *testing.T) {
 		server.Close()
 		<-served
 	}()
-	if err := writeAddress(bundle, SocketAddress(path)); err != nil {
+	if err := bundle.New(bundleDir).WriteAddress(SocketAddress(path)); err != nil {
 		t.Fatal(err)
 	}
 	_, warn := runDelete(t, f)

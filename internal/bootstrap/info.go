@@ -2,13 +2,10 @@ package bootstrap
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strconv"
-	"time"
 
 	"github.com/containerd/containerd/api/types"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -26,9 +23,6 @@ const RuntimeName = "io.containerd.tether.v2"
 func featuresTypeURL() string {
 	return "types.containerd.io/opencontainers/runtime-spec/" + strconv.Itoa(specs.VersionMajor) + "/features/Features"
 }
-
-// featuresTimeout bounds `<runtime> features`.
-const featuresTimeout = 5 * time.Second
 
 // Info implements -info: it prints a protobuf RuntimeInfo naming the shim,
 // its version, the options type and the OCI runtime's features. containerd
@@ -48,17 +42,13 @@ func Info(ctx context.Context, version string, stdin *os.File, stdout, warn io.W
 	if err != nil {
 		return err
 	}
-	binary := parsed.BinaryName
-	if binary == "" {
-		binary = "runc"
-	}
 	info := &types.RuntimeInfo{
 		Name:    RuntimeName,
 		Version: &types.RuntimeVersion{Version: version},
 		Options: opts,
 	}
-	if features, err := runtimeFeatures(ctx, binary); err != nil {
-		fmt.Fprintf(warn, "features of %s: %v\n", binary, err)
+	if features, err := runtime.Features(ctx, parsed.BinaryName); err != nil {
+		fmt.Fprintf(warn, "features: %v\n", err)
 	} else {
 		info.Features = &anypb.Any{TypeUrl: featuresTypeURL(), Value: features}
 	}
@@ -68,18 +58,4 @@ func Info(ctx context.Context, version string, stdin *os.File, stdout, warn io.W
 	}
 	_, err = stdout.Write(data)
 	return err
-}
-
-// runtimeFeatures runs `<binary> features` and returns its JSON document.
-func runtimeFeatures(ctx context.Context, binary string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, featuresTimeout)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, binary, "features").Output()
-	if err != nil {
-		return nil, err
-	}
-	if !json.Valid(out) {
-		return nil, fmt.Errorf("output is not JSON")
-	}
-	return out, nil
 }

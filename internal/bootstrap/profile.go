@@ -6,11 +6,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strings"
 	"syscall"
+
+	"github.com/tether-shim/tether/internal/bundle"
 )
 
 // profiler serves profiles of a shim started with -debug, without a
@@ -20,14 +21,14 @@ import (
 // <bundle>/tether-cpu.pprof, and the next SIGUSR2 stops it. Its goroutine is
 // owned by Serve, which cancels ctx and waits for done.
 type profiler struct {
-	dir    string
+	bundle bundle.Bundle
 	logger *slog.Logger
 	trim   func() trimStats // the trimmer's state, for the metrics
 	done   chan struct{}
 }
 
-func startProfiler(ctx context.Context, dir string, logger *slog.Logger, trim func() trimStats) *profiler {
-	p := &profiler{dir: dir, logger: logger, trim: trim, done: make(chan struct{})}
+func startProfiler(ctx context.Context, b bundle.Bundle, logger *slog.Logger, trim func() trimStats) *profiler {
+	p := &profiler{bundle: b, logger: logger, trim: trim, done: make(chan struct{})}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
 	go func() {
@@ -53,10 +54,10 @@ func startProfiler(ctx context.Context, dir string, logger *slog.Logger, trim fu
 					pprof.StopCPUProfile()
 					cpu.Close()
 					cpu = nil
-					p.logger.Debug("cpu profile written", "file", filepath.Join(p.dir, "tether-cpu.pprof"))
+					p.logger.Debug("cpu profile written", "file", p.bundle.CPUProfile())
 					continue
 				}
-				f, err := os.Create(filepath.Join(p.dir, "tether-cpu.pprof"))
+				f, err := os.Create(p.bundle.CPUProfile())
 				if err != nil {
 					p.logger.Warn("cpu profile", "error", err)
 					continue
@@ -78,8 +79,8 @@ func (p *profiler) writeHeap() {
 	// memory that writing the profiles takes.
 	p.writeMetrics()
 	runtime.GC()
-	for name, file := range map[string]string{"heap": "tether-heap.pprof", "goroutine": "tether-goroutines.txt"} {
-		f, err := os.Create(filepath.Join(p.dir, file))
+	for name, file := range map[string]string{"heap": p.bundle.HeapProfile(), "goroutine": p.bundle.Goroutines()} {
+		f, err := os.Create(file)
 		if err != nil {
 			p.logger.Warn("profile", "profile", name, "error", err)
 			continue
@@ -93,7 +94,7 @@ func (p *profiler) writeHeap() {
 		}
 		f.Close()
 	}
-	p.logger.Debug("heap profile written", "dir", p.dir, "goroutines", runtime.NumGoroutine())
+	p.logger.Debug("heap profile written", "dir", p.bundle.Dir(), "goroutines", runtime.NumGoroutine())
 }
 
 // writeMetrics writes where the runtime's memory goes (runtime.MemStats:
@@ -134,7 +135,7 @@ func (p *profiler) writeMetrics() {
 	} {
 		fmt.Fprintf(&b, "%s %d\n", kv.name, kv.value)
 	}
-	if err := os.WriteFile(filepath.Join(p.dir, "tether-metrics.txt"), []byte(b.String()), 0o600); err != nil {
+	if err := os.WriteFile(p.bundle.Metrics(), []byte(b.String()), 0o600); err != nil {
 		p.logger.Warn("profile", "profile", "metrics", "error", err)
 	}
 }

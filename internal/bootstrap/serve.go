@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 
+	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/container"
 	"github.com/tether-shim/tether/internal/events"
 	"github.com/tether-shim/tether/internal/exits"
@@ -50,15 +51,16 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	if err := releaseHugePages(); err != nil {
 		return err
 	}
-	bundle, err := f.bundleDir()
+	bundleDir, err := f.bundleDir()
 	if err != nil {
 		return err
 	}
-	logw := openLog(filepath.Join(bundle, "log"))
+	b := bundle.New(bundleDir)
+	logw := openLog(b.Log())
 	defer logw.Close()
 	// A fatal error or an unrecovered panic is written to fd 2, which is
-	// /dev/null: keep a copy in the bundle (crashLog).
-	crash, crashErr := setCrashOutput(bundle)
+	// /dev/null: keep a copy in the bundle (its CrashLog).
+	crash, crashErr := setCrashOutput(b)
 	if crash != nil {
 		defer crash.Close()
 	}
@@ -113,7 +115,7 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	defer stop()
 	svc := taskservice.New(taskservice.Config{
 		Namespace:    f.Namespace,
-		BundleParent: filepath.Dir(bundle),
+		BundleParent: filepath.Dir(bundleDir),
 		Deps: container.Deps{
 			Watcher:   reaper,
 			Events:    publisher,
@@ -144,7 +146,7 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	go func() { served <- serveTTRPC(ctx, server, guarded, logger) }()
 	go trim.run(ctx)
 	if f.Debug {
-		prof := startProfiler(ctx, bundle, logger, trim.stats)
+		prof := startProfiler(ctx, b, logger, trim.stats)
 		defer func() {
 			stop()
 			<-prof.done
@@ -229,16 +231,13 @@ func serveTTRPC(ctx context.Context, server *ttrpc.Server, ln net.Listener, logg
 	return server.Serve(log.WithLogger(ctx, logger), ln)
 }
 
-// crashLog is the file in the bundle that receives the Go runtime's output
-// of a fatal error or an unrecovered panic (the server's stderr is
-// /dev/null). containerd removes the bundle with the task; until then
-// `tether` and operators can read why a shim died.
-const crashLog = "tether-crash.log"
-
-// setCrashOutput makes the runtime copy crash output to crashLog in bundle
-// (runtime/debug.SetCrashOutput) and returns the file, which must stay open.
-func setCrashOutput(bundle string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(bundle, crashLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_CLOEXEC, 0o600)
+// setCrashOutput makes the runtime copy crash output to the bundle's
+// CrashLog (runtime/debug.SetCrashOutput; the server's stderr is /dev/null)
+// and returns the file, which must stay open. containerd removes the bundle
+// with the task; until then `tether` and operators can read why a shim
+// died.
+func setCrashOutput(b bundle.Bundle) (*os.File, error) {
+	f, err := os.OpenFile(b.CrashLog(), os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, err
 	}

@@ -3,7 +3,6 @@ package bootstrap
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -14,6 +13,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/internal/bundle"
 )
 
 // DefaultSocketDir is where shim sockets live unless containerd 2.3+ names
@@ -32,22 +33,16 @@ const (
 	dialTimeout     = time.Second
 )
 
-// GroupID returns the group of the container whose bundle is dir: the
+// GroupID returns the group of the container whose bundle is b: the
 // io.containerd.runc.v2.group annotation, else io.kubernetes.cri.sandbox-id,
 // else id.
-func GroupID(bundle, id string) (string, error) {
-	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+func GroupID(b bundle.Bundle, id string) (string, error) {
+	annotations, err := b.Annotations()
 	if err != nil {
-		return "", fmt.Errorf("read bundle config: %w", err)
-	}
-	var spec struct {
-		Annotations map[string]string `json:"annotations"`
-	}
-	if err := json.Unmarshal(data, &spec); err != nil {
-		return "", fmt.Errorf("parse bundle config: %w", err)
+		return "", fmt.Errorf("bundle config: %w", err)
 	}
 	for _, k := range []string{GroupLabel, SandboxIDLabel} {
-		if g := spec.Annotations[k]; g != "" {
+		if g := annotations[k]; g != "" {
 			return g, nil
 		}
 	}
@@ -137,17 +132,4 @@ func listen(path string) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("chmod socket: %w", err)
 	}
 	return ln, nil
-}
-
-// writeAddress writes the plain address to <bundle>/address, where
-// containerd 1.x reads it to reconnect after a restart.
-func writeAddress(bundle, address string) error {
-	tmp := filepath.Join(bundle, ".address.tmp")
-	if err := os.WriteFile(tmp, []byte(address), 0o600); err != nil {
-		return fmt.Errorf("write address: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(bundle, "address")); err != nil {
-		return fmt.Errorf("write address: %w", err)
-	}
-	return nil
 }

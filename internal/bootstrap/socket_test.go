@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
+	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/testutil"
 )
 
@@ -23,9 +24,9 @@ import (
 // It only turns a hang into a failure.
 const boundedWait = 30 * time.Second
 
-func writeConfig(t *testing.T, bundle, content string) {
+func writeConfig(t *testing.T, bundleDir, content string) {
 	t.Helper()
-	if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(content), 0o600); err != nil {
+	if err := os.WriteFile(bundle.New(bundleDir).Config(), []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -46,9 +47,9 @@ func TestGroupID(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			bundle := t.TempDir()
-			writeConfig(t, bundle, tt.config)
-			got, err := GroupID(bundle, "c1")
+			bundleDir := t.TempDir()
+			writeConfig(t, bundleDir, tt.config)
+			got, err := GroupID(bundle.New(bundleDir), "c1")
 			if err != nil || got != tt.want {
 				t.Fatalf("GroupID = %q, %v; want %q", got, err, tt.want)
 			}
@@ -58,7 +59,7 @@ func TestGroupID(t *testing.T) {
 
 func TestGroupIDErrors(t *testing.T) {
 	t.Run("missing config.json", func(t *testing.T) {
-		_, err := GroupID(t.TempDir(), "c1")
+		_, err := GroupID(bundle.New(t.TempDir()), "c1")
 		if !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("GroupID = %v, want ErrNotExist", err)
 		}
@@ -69,9 +70,9 @@ func TestGroupIDErrors(t *testing.T) {
 		"annotation not string":  `{"annotations":{"io.containerd.runc.v2.group":7}}`,
 	} {
 		t.Run(name, func(t *testing.T) {
-			bundle := t.TempDir()
-			writeConfig(t, bundle, config)
-			if g, err := GroupID(bundle, "c1"); err == nil {
+			bundleDir := t.TempDir()
+			writeConfig(t, bundleDir, config)
+			if g, err := GroupID(bundle.New(bundleDir), "c1"); err == nil {
 				t.Fatalf("GroupID(%s) = %q, want an error", config, g)
 			}
 		})
@@ -140,38 +141,6 @@ func TestSocketPathLength(t *testing.T) {
 	}
 	if p, err := SocketPath("/"+strings.Repeat("x", 200), "/a", "ns", "g"); err == nil {
 		t.Fatalf("SocketPath in a long dir = %q, want an error", p)
-	}
-}
-
-func TestWriteAddress(t *testing.T) {
-	bundle := t.TempDir()
-	const first = "unix:///run/containerd/s/aaaa"
-	const second = "unix:///run/containerd/s/bbbb"
-	for _, addr := range []string{first, second} {
-		if err := writeAddress(bundle, addr); err != nil {
-			t.Fatalf("writeAddress(%q): %v", addr, err)
-		}
-		data, err := os.ReadFile(filepath.Join(bundle, "address"))
-		if err != nil || string(data) != addr {
-			t.Fatalf("address file = %q, %v; want exactly %q", data, err, addr)
-		}
-	}
-	st, err := os.Stat(filepath.Join(bundle, "address"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Mode().Perm() != 0o600 {
-		t.Errorf("address file mode = %v, want 0600", st.Mode().Perm())
-	}
-	ents, err := os.ReadDir(bundle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ents) != 1 {
-		t.Errorf("bundle holds %v, want only the address file", ents)
-	}
-	if err := writeAddress(filepath.Join(bundle, "missing"), first); err == nil {
-		t.Error("writeAddress into a missing bundle succeeded")
 	}
 }
 

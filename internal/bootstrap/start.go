@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/internal/bundle"
 )
 
 // maxStdin bounds what `start` reads from containerd: a BootstrapParams or
@@ -35,11 +37,12 @@ func Start(ctx context.Context, f Flags, self string, stdin *os.File, stdout io.
 	if err != nil {
 		return err
 	}
-	bundle, err := f.bundleDir()
+	bundleDir, err := f.bundleDir()
 	if err != nil {
 		return err
 	}
-	group, err := GroupID(bundle, f.ID)
+	b := bundle.New(bundleDir)
+	group, err := GroupID(b, f.ID)
 	if err != nil {
 		return err
 	}
@@ -52,10 +55,10 @@ func Start(ctx context.Context, f Flags, self string, stdin *os.File, stdout io.
 		return err
 	}
 	address := SocketAddress(path)
-	if err := ensureServer(f, self, bundle, dir, path); err != nil {
+	if err := ensureServer(f, self, b.Dir(), dir, path); err != nil {
 		return err
 	}
-	if err := writeAddress(bundle, address); err != nil {
+	if err := b.WriteAddress(address); err != nil {
 		return err
 	}
 	answer, err := Answer(req.Dialect, address)

@@ -1,13 +1,19 @@
 // Package container holds Tether's model of a container and its processes.
 //
-// A Container owns its init Process, its rootfs mounts and its runtime. Its
-// lifecycle is the transition table in state.go; every operation checks the
-// table before it runs the runtime and applies it afterwards, so that a
-// refusal is a typed *TransitionError and never a runtime round trip.
+// A Container owns its init Process, its exec Processes, its rootfs mounts
+// and its runtime. A Process's operations (Start, Kill, Delete, Resize,
+// CloseStdin) are its methods; what differs between an init and an exec is
+// its kind (initKind, execKind), and nothing outside the kinds tells them
+// apart. The lifecycle is a transition table per kind (state.go); every
+// operation takes its transition before it runs the runtime and settles it
+// afterwards, so that a refusal is a typed *TransitionError and never a
+// runtime round trip, and a Start and a Delete cannot both pass.
 //
-// Locking: each Process has one mutex that guards its state, pid and exit.
-// No mutex is held across a runtime call, an RPC or a publish; callers may
-// call Status at any time and get an answer without waiting on the runtime.
+// Locking: Container.mu guards the exec table, the exec exit barrier and
+// the cgroup; Process.mu guards a process's state, pid, exit and stdio.
+// Lock order: Container.mu → Process.mu. No mutex is held across a runtime
+// call, an RPC or a publish; callers may call Status at any time and get an
+// answer without waiting on the runtime.
 //
 // Events: each Process has an events.Outbox. Create publishes TaskCreate,
 // Start TaskStart (after the runtime's start, with the exit held back until
@@ -19,7 +25,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -28,8 +33,8 @@ import (
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/cgroups"
 	"github.com/tether-shim/tether/internal/events"
 	"github.com/tether-shim/tether/internal/exits"
@@ -62,16 +67,22 @@ type Deps struct {
 	Namespace string
 }
 
-// Config describes a container to create.
+// Config is a parsed and validated request to create a container: what
+// the task service decoded from a CreateTaskRequest. Validate checks it;
+// Create trusts it.
 type Config struct {
 	ID     string
-	Bundle string
-	// Spec is what LoadSpec read of the bundle's config.json.
-	Spec   Spec
+	Bundle bundle.Bundle
+	// Spec is what Bundle.Spec read of the bundle's config.json.
+	Spec   bundle.Spec
 	Rootfs []Mount
 	Stdio  stdio.Config
-	// Runtime runs the OCI runtime for this container.
-	Runtime      *runtime.Runtime
+	// Runtime configures the OCI runtime of this container; Create records
+	// it in the bundle (Bundle.RuntimeConfig) for `delete`.
+	Runtime runtime.Config
+	// Holder suspends the exit monitor's orphan sweep around runtime
+	// commands.
+	Holder       runtime.Holder
 	NoPivot      bool
 	NoNewKeyring bool
 	// IoUID and IoGID own the container's ends of its stdio pipes.
@@ -82,10 +93,24 @@ type Config struct {
 	Restore *runtime.CheckpointOpts
 }
 
+// Validate checks what Create trusts: the container id, the stdio paths
+// and the rootfs mounts. Errors are errdefs.ErrInvalidArgument.
+func (cfg Config) Validate() error {
+	if err := ValidateID("container", cfg.ID); err != nil {
+		return err
+	}
+	if err := cfg.Stdio.Validate(); err != nil {
+		return err
+	}
+	return validateMounts(cfg.Rootfs)
+}
+
 // Container is one OCI container managed by the shim.
 type Container struct {
+	// The fields above mu are set by Create before the container is
+	// shared and never change.
 	id     string
-	bundle string
+	bundle bundle.Bundle
 	rt     *runtime.Runtime
 	init   *Process
 	deps   Deps
@@ -93,93 +118,111 @@ type Container struct {
 	// own: its processes do not die with the init, so the init's exit
 	// kills them.
 	sharedPidNS bool
-
-	mu sync.Mutex
-	// execs maps exec ids to exec processes; guarded by mu.
-	execs map[string]*Process
-	// runningExecs counts execs whose start began and whose exit is not
-	// yet published; execsIdle is closed when it drops to zero. Both are
-	// guarded by mu.
-	runningExecs int
-	execsIdle    chan struct{}
 	// ioUID and ioGID own the stdio pipes of every process.
 	ioUID, ioGID int
-	// cgroup is the init's cgroup, nil if it could not be found; oom
-	// watches it. Both are set once the init exists; guarded by mu.
-	cgroup *cgroups.Cgroup
-	oom    *cgroups.OOMWatcher
-	// initExited is set when the init's exit is being published; an OOM
-	// watch that comes later is closed at once. Guarded by mu.
-	initExited bool
 	// restore is set for a restore from a checkpoint; createOpts keeps the
 	// runtime options prepared at Create for the restore at Start.
 	restore    *runtime.CheckpointOpts
 	createOpts runtime.CreateOpts
+
+	// mu guards the fields below it. Lock order: Container.mu →
+	// Process.mu; never held across a runtime call or a publish.
+	mu sync.Mutex
+	// execs maps exec ids to exec processes.
+	execs map[string]*Process
+	// runningExecs counts execs whose start began and whose exit is not
+	// yet published; execsIdle is closed when it drops to zero. The
+	// init's exit waits for it (awaitExecs).
+	runningExecs int
+	execsIdle    chan struct{}
+	// cgroup is the init's cgroup, nil if it could not be found; oom
+	// watches it. Both are set once the init exists.
+	cgroup *cgroups.Cgroup
+	oom    *cgroups.OOMWatcher
 }
 
-// Create mounts the rootfs, opens the stdio, runs the runtime's create and
-// starts watching the init process. On error nothing is left behind: no
-// mount, no runtime state, no open fifo.
+// undo is the cleanup of a Create that failed: the steps done so far, in
+// reverse.
+type undo []func()
+
+func (u *undo) push(f func()) { *u = append(*u, f) }
+
+func (u undo) run() {
+	for i := len(u) - 1; i >= 0; i-- {
+		u[i]()
+	}
+}
+
+// Create creates the container of a validated Config (see Config.Validate)
+// whose id the caller reserved: it records the runtime configuration in the
+// bundle, mounts the rootfs, opens the stdio, runs the runtime's create and
+// starts watching the init process, then publishes TaskCreate. On error
+// nothing is left behind: no file it wrote in the bundle, no mount, no
+// runtime state, no open fifo, no event.
 func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr error) {
-	if err := ValidateID("container", cfg.ID); err != nil {
-		return nil, err
-	}
-	if err := cfg.Stdio.Validate(); err != nil {
-		return nil, err
-	}
-	if err := validateMounts(cfg.Rootfs); err != nil {
-		return nil, err
-	}
 	c := &Container{
-		id:      cfg.ID,
-		bundle:  cfg.Bundle,
-		rt:      cfg.Runtime,
-		deps:    deps,
-		init:    newProcess(cfg.ID, "", cfg.Stdio, deps.Events, deps.Logger),
-		execs:   make(map[string]*Process),
-		ioUID:   cfg.IoUID,
-		ioGID:   cfg.IoGID,
-		restore: cfg.Restore,
+		id:          cfg.ID,
+		bundle:      cfg.Bundle,
+		rt:          runtime.New(cfg.Runtime, cfg.Holder),
+		deps:        deps,
+		execs:       make(map[string]*Process),
+		ioUID:       cfg.IoUID,
+		ioGID:       cfg.IoGID,
+		restore:     cfg.Restore,
+		sharedPidNS: cfg.Spec.SharesPidNamespace,
 	}
-	c.init.beforeExitEvent = c.initExiting
-	c.init.reaped = c.initReaped
-	c.sharedPidNS = cfg.Spec.SharesPidNamespace
-	if err := clearDeleted(cfg.Bundle); err != nil {
+	c.init = newProcess(cfg.ID, cfg.ID, initKind{c}, cfg.Stdio, deps.Events, deps.Logger.With("id", cfg.ID))
+	var cleanup undo
+	defer func() {
+		if retErr != nil {
+			cleanup.run()
+		}
+	}()
+	warn := func(what string, err error) {
+		deps.Logger.Warn("create failed; "+what, "id", cfg.ID, "error", err)
+	}
+
+	if err := cfg.Bundle.ClearDeleted(); err != nil {
 		return nil, fmt.Errorf("create %s: %w", cfg.ID, err)
 	}
-	rootfs := filepath.Join(cfg.Bundle, "rootfs")
+	if err := cfg.Runtime.Save(cfg.Bundle.RuntimeConfig()); err != nil {
+		return nil, fmt.Errorf("create %s: %w", cfg.ID, err)
+	}
+	cleanup.push(func() {
+		if err := cfg.Bundle.RemoveRuntimeConfig(); err != nil {
+			warn("remove runtime config", err)
+		}
+	})
+
+	rootfs := cfg.Bundle.Rootfs()
 	if err := mountRootfs(rootfs, cfg.Rootfs); err != nil {
 		return nil, err
 	}
-	defer func() {
-		if retErr != nil {
-			if err := unmountAll(rootfs); err != nil {
-				deps.Logger.Warn("create failed; unmount rootfs", "id", cfg.ID, "error", err)
-			}
+	cleanup.push(func() {
+		if err := unmountAll(rootfs); err != nil {
+			warn("unmount rootfs", err)
 		}
-	}()
+	})
+
 	io, err := c.openIO(ctx, cfg.Stdio)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if retErr != nil && io.pipes != nil {
-			io.pipes.Close()
-		}
-	}()
-	c.init.mu.Lock()
-	c.init.pipes = io.pipes
-	c.init.mu.Unlock()
+	if pipes := io.pipes; pipes != nil {
+		cleanup.push(func() { pipes.Close() })
+	}
+	c.init.setPipes(io.pipes)
+
 	opts := runtime.CreateOpts{
 		IO:            io.runcIO(),
 		ConsoleSocket: io.consoleSocket(),
-		PidFile:       filepath.Join(cfg.Bundle, "init.pid"),
+		PidFile:       cfg.Bundle.InitPid(),
 		NoPivot:       cfg.NoPivot,
 		NoNewKeyring:  cfg.NoNewKeyring,
 	}
 	created := &eventsapi.TaskCreate{
 		ContainerID: c.id,
-		Bundle:      c.bundle,
+		Bundle:      c.bundle.Dir(),
 		Rootfs:      mountsToAPI(cfg.Rootfs),
 		IO: &eventsapi.TaskIO{
 			Stdin:    cfg.Stdio.Stdin,
@@ -195,34 +238,31 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 		c.init.outbox.Send(events.TopicCreate, created)
 		return c, nil
 	}
+
 	// The init can exit as soon as it is watched: its exit waits for
 	// TaskCreate, and is dropped with it if the Create fails.
 	c.init.outbox.ExpectStart()
-	pid, err := c.rt.Create(ctx, c.id, c.bundle, opts, func(pid int) error {
-		c.init.mu.Lock()
-		c.init.pid = pid
-		c.init.mu.Unlock()
+	pid, err := c.rt.Create(ctx, c.id, c.bundle.Dir(), opts, func(pid int) error {
+		c.init.setPid(pid)
 		return deps.Watcher.Watch(pid, c.init.onExit)
 	})
-	// fail abandons the init's events and, unless the runtime state is
-	// another container's, deletes what the runtime left.
-	fail := func(err error, deleteState bool) (*Container, error) {
+	// A duplicate id is another container's runtime state and must not be
+	// touched; anything else the runtime left is deleted.
+	deleteState := err == nil || pid != 0 || !errors.Is(err, errdefs.ErrAlreadyExists)
+	cleanup.push(func() {
 		c.init.outbox.Abandon()
 		if deleteState {
-			if derr := c.rt.Delete(context.WithoutCancel(ctx), c.id, true); derr != nil {
-				deps.Logger.Warn("create failed; runtime delete", "id", c.id, "error", derr)
+			if err := c.rt.Delete(context.WithoutCancel(ctx), c.id, true); err != nil {
+				warn("runtime delete", err)
 			}
 		}
-		return nil, fmt.Errorf("create %s: %w", c.id, err)
-	}
+	})
 	if err != nil {
-		// A duplicate id is another container's state and must not be
-		// touched.
-		return fail(err, pid != 0 || !errors.Is(err, errdefs.ErrAlreadyExists))
+		return nil, fmt.Errorf("create %s: %w", c.id, err)
 	}
 	if io.pipes != nil {
 		if err := io.pipes.StartOutput(); err != nil {
-			return fail(err, true)
+			return nil, fmt.Errorf("create %s: %w", c.id, err)
 		}
 	}
 	created.Pid = uint32(pid)
@@ -238,15 +278,20 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 func (c *Container) ID() string { return c.id }
 
 // Bundle returns the bundle path.
-func (c *Container) Bundle() string { return c.bundle }
+func (c *Container) Bundle() string { return c.bundle.Dir() }
 
 // Init returns the init process.
 func (c *Container) Init() *Process { return c.init }
 
-// Process returns the process with execID ("" for init), or ErrNotFound.
+// Process returns the process that a request's exec id names: the init for
+// "", else the exec process execID, or ErrNotFound. An exec id that is not
+// a valid id is ErrInvalidArgument.
 func (c *Container) Process(execID string) (*Process, error) {
 	if execID == "" {
 		return c.init, nil
+	}
+	if err := ValidateID("exec", execID); err != nil {
+		return nil, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -254,190 +299,6 @@ func (c *Container) Process(execID string) (*Process, error) {
 		return p, nil
 	}
 	return nil, fmt.Errorf("exec %q in container %q: %w", execID, c.id, errdefs.ErrNotFound)
-}
-
-// Start starts the init process (execID "") and publishes TaskStart, or an
-// exec process and publishes TaskExecStarted. An exit that comes first is
-// published after the start event.
-func (c *Container) Start(ctx context.Context, execID string) (int, error) {
-	p, err := c.Process(execID)
-	if err != nil {
-		return 0, err
-	}
-	if err := p.tryStart(); err != nil {
-		return 0, err
-	}
-	if execID != "" {
-		return c.startExec(ctx, p)
-	}
-	if err := p.check(OpStart); err != nil {
-		return 0, fmt.Errorf("start %s: %w", c.id, err)
-	}
-	p.outbox.ExpectStart()
-	if err := c.startInit(ctx); err != nil {
-		p.outbox.AbortStart()
-		return 0, fmt.Errorf("start %s: %w", c.id, err)
-	}
-	p.apply(OpStart)
-	pid := p.Pid()
-	p.outbox.Started(events.TopicStart, &eventsapi.TaskStart{ContainerID: c.id, Pid: uint32(pid)})
-	return pid, nil
-}
-
-// Kill signals the init process (execID ""), with every process of the
-// container, or an exec process. Killing a process that has exited is
-// ErrNotFound, as containerd expects.
-func (c *Container) Kill(ctx context.Context, execID string, signal uint32, all bool) error {
-	if execID != "" {
-		p, err := c.Process(execID)
-		if err != nil {
-			return err
-		}
-		return c.killExec(p, signal)
-	}
-	if err := c.init.check(OpKill); err != nil {
-		return fmt.Errorf("kill %s: %w", c.id, err)
-	}
-	err := c.rt.Kill(ctx, c.id, signal, all)
-	if err == nil {
-		return nil
-	}
-	if runtime.IsNotFound(err) || errors.Is(err, errdefs.ErrFailedPrecondition) {
-		// The runtime saw the container stop before we collected the exit.
-		return fmt.Errorf("kill %s: process already finished (%s): %w", c.id, err.Error(), errdefs.ErrNotFound)
-	}
-	return fmt.Errorf("kill %s: %w", c.id, err)
-}
-
-// Delete deletes a created or stopped exec process, or (execID "") the
-// container: the runtime's state, the stdio and the rootfs mounts, which
-// publishes TaskDelete. It returns the process's final status.
-func (c *Container) Delete(ctx context.Context, execID string) (Status, error) {
-	if execID != "" {
-		p, err := c.Process(execID)
-		if err != nil {
-			return Status{}, err
-		}
-		return c.deleteExec(p)
-	}
-	p := c.init
-	if err := p.check(OpDelete); err != nil {
-		return Status{}, fmt.Errorf("delete %s: %w", c.id, err)
-	}
-	if err := c.rt.Delete(ctx, c.id, true); err != nil {
-		return Status{}, fmt.Errorf("delete %s: %w", c.id, err)
-	}
-	// A created container's init was just killed by the forced delete; wait
-	// for its exit so that TaskExit comes before TaskDelete. A container
-	// created from a checkpoint and never started has no init to wait for.
-	if p.Pid() != 0 {
-		select {
-		case <-p.done:
-		case <-time.After(deleteWaitTimeout):
-			c.deps.Logger.Warn("delete: init exit not collected", "id", c.id, "pid", p.Pid())
-		}
-	}
-	p.mu.Lock()
-	pipes := p.pipes
-	p.mu.Unlock()
-	if pipes != nil {
-		pipes.Close()
-	}
-	if err := UnmountRootfs(c.bundle); err != nil {
-		return Status{}, fmt.Errorf("delete %s: %w", c.id, err)
-	}
-	if err := markDeleted(c.bundle); err != nil {
-		// Only an optimisation is lost: `delete` then asks the runtime.
-		c.deps.Logger.Warn("delete: mark bundle", "id", c.id, "error", err)
-	}
-	p.apply(OpDelete)
-	st := p.Status()
-	p.outbox.Send(events.TopicDelete, &eventsapi.TaskDelete{
-		ContainerID: c.id,
-		ID:          c.id,
-		Pid:         uint32(st.Pid),
-		ExitStatus:  st.ExitStatus,
-		ExitedAt:    timestamppb.New(st.ExitedAt),
-	})
-	return st, nil
-}
-
-// Pids lists the pids of the container's processes. Until the container
-// is deleted the list is never empty once it has an init: after the init
-// has exited it is the init's pid alone, without asking the runtime, and
-// so it is while the exit is being collected (the runtime already finds
-// no process then). containerd 2.x, when it restarts, deletes the task of
-// any shim whose Pids is empty as a leaked shim, and with it the exit
-// status that no client has collected yet.
-func (c *Container) Pids(ctx context.Context) ([]int, error) {
-	initPid := c.init.Pid()
-	if c.init.Exited() {
-		return []int{initPid}, nil
-	}
-	pids, err := c.rt.Ps(ctx, c.id)
-	if err != nil {
-		return nil, fmt.Errorf("pids %s: %w", c.id, err)
-	}
-	if len(pids) == 0 && initPid != 0 {
-		return []int{initPid}, nil
-	}
-	return pids, nil
-}
-
-// initExiting runs on the init's watcher goroutine before its TaskExit is
-// published: it waits for the execs' exits to be published first (in a
-// shared pid namespace, killLeftovers has already killed what the init left
-// behind).
-func (c *Container) initExiting() {
-	c.mu.Lock()
-	oom := c.oom
-	c.initExited = true
-	c.mu.Unlock()
-	if oom != nil {
-		// An OOM kill since initReaped's check (of a process the init
-		// left behind in a shared pid namespace) is published before the
-		// exit too.
-		if oom.Check() {
-			c.publishOOM()
-		}
-		if err := oom.Close(); err != nil {
-			c.deps.Logger.Warn("close OOM watch", "id", c.id, "error", err)
-		}
-	}
-	c.awaitExecs()
-}
-
-// initReaped runs on the init's watcher goroutine as soon as the init's exit
-// is collected, before its output drains: it looks for the OOM kill that
-// may have caused the exit while the cgroup most likely still exists
-// (systemd removes an empty scope at once), and publishes TaskOOM, which
-// thus precedes TaskExit. Where the cgroup is gone already, an OOM kill may
-// be inferred (cgroups.OOMWatcher.CheckExit). Then, in a shared pid
-// namespace, it kills what the init left behind.
-func (c *Container) initReaped(e exits.Exit) {
-	c.mu.Lock()
-	oom := c.oom
-	c.mu.Unlock()
-	if oom != nil {
-		if report, _ := oom.CheckExit(e.Status == 128+int(syscall.SIGKILL)); report {
-			c.publishOOM()
-		}
-	}
-	if c.sharedPidNS {
-		c.killLeftovers()
-	}
-}
-
-// killLeftovers runs on the init's watcher goroutine as soon as the init's
-// exit is collected, in a shared pid namespace only: it kills every process
-// the init left behind (no pid namespace goes away to kill them), before the
-// init's output drains. They are what holds that output open: killed
-// later, they would keep the drain waiting for its timeout, and the
-// container's stop with it.
-func (c *Container) killLeftovers() {
-	if err := c.rt.Kill(context.Background(), c.id, uint32(syscall.SIGKILL), true); err != nil && !runtime.IsNotFound(err) {
-		c.deps.Logger.Warn("kill the processes the init left", "id", c.id, "error", err)
-	}
 }
 
 // procIO is the stdio of one process: pipes (or a pty) to the client's
@@ -477,45 +338,21 @@ func (io procIO) consoleSocket() runc.ConsoleSocket {
 	return io.pipes.ConsoleSocket()
 }
 
-// ResizePty sets the terminal size of the process execID; for a process
-// without a terminal it does nothing.
-func (c *Container) ResizePty(execID string, width, height uint32) error {
-	p, err := c.Process(execID)
-	if err != nil {
-		return err
-	}
-	p.mu.Lock()
-	pipes := p.pipes
-	p.mu.Unlock()
-	// A process without a terminal has no size to set. containerd's shim
-	// ignores the request, and clients send it regardless (ctr and CRI
-	// attach resize whatever they attach to).
-	if pipes == nil || !p.stdioCfg.Terminal {
-		return nil
-	}
-	return pipes.Resize(width, height)
-}
-
 // startInit runs the runtime's start, or its restore for a container created
 // from a checkpoint.
 func (c *Container) startInit(ctx context.Context) error {
 	if c.restore == nil {
 		return c.rt.Start(ctx, c.id)
 	}
-	_, err := c.rt.Restore(ctx, c.id, c.bundle, *c.restore, c.createOpts, func(pid int) error {
-		c.init.mu.Lock()
-		c.init.pid = pid
-		c.init.mu.Unlock()
+	_, err := c.rt.Restore(ctx, c.id, c.bundle.Dir(), *c.restore, c.createOpts, func(pid int) error {
+		c.init.setPid(pid)
 		return c.deps.Watcher.Watch(pid, c.init.onExit)
 	})
 	if err != nil {
 		return err
 	}
 	c.watchCgroup(c.init.Pid())
-	c.init.mu.Lock()
-	pipes := c.init.pipes
-	c.init.mu.Unlock()
-	if pipes != nil {
+	if pipes := c.init.getPipes(); pipes != nil {
 		return pipes.StartOutput()
 	}
 	return nil
@@ -538,7 +375,9 @@ func (c *Container) watchCgroup(pid int) {
 		c.deps.Logger.Warn("no OOM watch", "id", c.id, "error", err)
 	}
 	c.mu.Lock()
-	exited := c.initExited
+	c.init.mu.Lock()
+	exited := c.init.exitRecordedLocked()
+	c.init.mu.Unlock()
 	c.cgroup = cg
 	if !exited {
 		c.oom = oom

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/tether-shim/tether/internal/events"
+	"github.com/tether-shim/tether/internal/exits"
 	"github.com/tether-shim/tether/internal/runtime"
 	"github.com/tether-shim/tether/internal/stdio"
 )
@@ -24,12 +24,27 @@ import (
 // pod) and waited for once more.
 const execDrainTimeout = 2 * time.Second
 
+// execKind is the kind of an exec process: the runtime runs it in the
+// init's container, the shim signals it through its pidfd, and deleting it
+// only forgets it.
+type execKind struct {
+	c      *Container
+	execID string
+	spec   specs.Process
+	// startResolved is closed by start once the start event was published
+	// or abandoned; exited waits for it before it counts the exec as done,
+	// so that the init's exit cannot overtake a held exec exit.
+	startResolved chan struct{}
+}
+
+func (*execKind) lifecycle() lifecycle { return execLifecycle }
+
 // Exec adds an exec process to the container, in the created state; Start
 // runs it. The spec is a JSON runtime-spec Process. A duplicate id is
 // ErrAlreadyExists; a container whose init is not running is
-// ErrFailedPrecondition, except while the init's exit is being published
-// (initExitPending): as with containerd's shim, the exec is added and its
-// Start is refused. It publishes TaskExecAdded.
+// ErrFailedPrecondition, except while the init is Exiting (its exit is
+// recorded, its TaskExit not yet handed on): as with containerd's shim, the
+// exec is added and its Start is refused. It publishes TaskExecAdded.
 func (c *Container) Exec(ctx context.Context, execID string, specJSON []byte, cfg stdio.Config) error {
 	if err := ValidateID("exec", execID); err != nil {
 		return err
@@ -45,15 +60,14 @@ func (c *Container) Exec(ctx context.Context, execID string, specJSON []byte, cf
 		return fmt.Errorf("exec %s: process spec has no args: %w", execID, errdefs.ErrInvalidArgument)
 	}
 	spec.Terminal = cfg.Terminal
-	if err := c.init.check(OpExec); err != nil && !c.initExitPending() {
+	// A client that raced the init's death gets its error from the exec's
+	// Start, as from containerd's shim, rather than from the create,
+	// which some clients do not expect to fail there.
+	if err := c.init.transition(OpExec); err != nil {
 		return fmt.Errorf("exec %s in %s: %w", execID, c.id, err)
 	}
-	p := newProcess(c.id, execID, cfg, c.deps.Events, c.deps.Logger)
-	p.spec = &spec
-	p.afterExit = func() {
-		<-p.startResolved
-		c.execExited()
-	}
+	k := &execKind{c: c, execID: execID, spec: spec, startResolved: make(chan struct{})}
+	p := newProcess(c.id, execID, k, cfg, c.deps.Events, c.deps.Logger.With("id", c.id, "exec", execID))
 	c.mu.Lock()
 	if _, ok := c.execs[execID]; ok {
 		c.mu.Unlock()
@@ -65,43 +79,37 @@ func (c *Container) Exec(ctx context.Context, execID string, specJSON []byte, cf
 	return nil
 }
 
-// initExitPending reports whether the init's exit is recorded but its
-// TaskExit not yet handed on (the exit waits for the output to drain and for
-// the execs' exits). A client that raced the init's death gets its error
-// from the exec's Start, as from containerd's shim, rather than from the
-// create, which some clients do not expect to fail there.
-func (c *Container) initExitPending() bool {
-	return c.init.Status().State == Stopped && !c.init.Exited()
-}
-
-// startExec runs an added exec process and publishes TaskExecStarted. The
-// exec counts as running from before the runtime call until its exit has
-// been published, so that the init's exit waits for it.
-func (c *Container) startExec(ctx context.Context, p *Process) (_ int, retErr error) {
-	if err := p.check(OpStart); err != nil {
-		return 0, fmt.Errorf("start exec %s: %w", p.execID, err)
+// start runs an added exec process and publishes TaskExecStarted. The exec
+// counts as running from before the runtime call until its exit has been
+// published, so that the init's exit waits for it.
+func (k *execKind) start(ctx context.Context, p *Process) (_ int, retErr error) {
+	c := k.c
+	if err := p.transition(OpStart); err != nil {
+		return 0, fmt.Errorf("start exec %s: %w", k.execID, err)
 	}
-	if err := c.init.check(OpExec); err != nil {
-		return 0, fmt.Errorf("start exec %s in %s: %w", p.execID, c.id, err)
+	defer close(k.startResolved)
+	// Counted before the init is asked: an init whose exit is recorded
+	// after this waits for the exec; one recorded before refuses it.
+	c.execStarting()
+	if err := c.init.transition(OpExecStart); err != nil {
+		p.settle(OpStartFailed)
+		c.execExited()
+		return 0, fmt.Errorf("start exec %s in %s: %w", k.execID, c.id, err)
 	}
 	io, err := c.openIO(ctx, p.stdioCfg)
 	if err != nil {
+		p.settle(OpStartFailed)
+		c.execExited()
 		return 0, err
 	}
-	p.mu.Lock()
-	p.pipes = io.pipes
-	p.mu.Unlock()
-	c.execStarting()
+	p.setPipes(io.pipes)
 	p.outbox.ExpectStart()
-	defer close(p.startResolved)
-	pid, err := c.rt.Exec(ctx, c.id, *p.spec, runtime.ExecOpts{
+	pid, err := c.rt.Exec(ctx, c.id, k.spec, runtime.ExecOpts{
 		IO:            io.runcIO(),
 		ConsoleSocket: io.consoleSocket(),
-		PidFile:       filepath.Join(c.bundle, p.execID+".pid"),
+		PidFile:       c.bundle.ExecPid(k.execID),
 	}, func(pid int) error {
-		p.mu.Lock()
-		p.pid = pid
-		p.mu.Unlock()
+		p.setPid(pid)
 		if err := c.deps.Watcher.Watch(pid, p.onExit); err != nil {
 			// Unwatched, its exit would never be published: stop it now,
 			// while the runtime call's Hold keeps the pid ours.
@@ -114,20 +122,57 @@ func (c *Container) startExec(ctx context.Context, p *Process) (_ int, retErr er
 		// Exec returns an error only when nothing watches the process, so
 		// no exit will come: it no longer counts as running.
 		p.outbox.AbortStart()
+		p.settle(OpStartFailed)
 		c.execExited()
 		if io.pipes != nil {
 			io.pipes.Close()
 		}
-		return 0, fmt.Errorf("start exec %s: %w", p.execID, err)
+		return 0, fmt.Errorf("start exec %s: %w", k.execID, err)
 	}
 	if io.pipes != nil {
 		if err := io.pipes.StartOutput(); err != nil {
-			c.deps.Logger.Warn("exec: no terminal from the runtime", "id", c.id, "exec", p.execID, "error", err)
+			c.deps.Logger.Warn("exec: no terminal from the runtime", "id", c.id, "exec", k.execID, "error", err)
 		}
 	}
-	p.apply(OpStart)
-	p.outbox.Started(events.TopicExecStarted, &eventsapi.TaskExecStarted{ContainerID: c.id, ExecID: p.execID, Pid: uint32(pid)})
+	p.settle(OpStarted)
+	p.outbox.Started(events.TopicExecStarted, &eventsapi.TaskExecStarted{ContainerID: c.id, ExecID: k.execID, Pid: uint32(pid)})
 	return pid, nil
+}
+
+// kill signals a running exec process through its pidfd.
+func (k *execKind) kill(_ context.Context, p *Process, signal uint32, _ bool) error {
+	if err := p.transition(OpKill); err != nil {
+		return fmt.Errorf("kill exec %s: %w", k.execID, err)
+	}
+	if err := k.c.deps.Watcher.Signal(p.Pid(), syscall.Signal(signal)); err != nil {
+		return fmt.Errorf("kill exec %s: %w", k.execID, signalErrorClass(err))
+	}
+	return nil
+}
+
+// delete forgets a created or stopped exec process.
+func (k *execKind) delete(_ context.Context, p *Process) (Status, error) {
+	if err := p.transition(OpDelete); err != nil {
+		return Status{}, fmt.Errorf("delete exec %s: %w", k.execID, err)
+	}
+	if pipes := p.getPipes(); pipes != nil {
+		pipes.Close()
+	}
+	k.c.mu.Lock()
+	delete(k.c.execs, k.execID)
+	k.c.mu.Unlock()
+	return p.Status(), nil
+}
+
+func (*execKind) reaped(exits.Exit) {}
+
+func (*execKind) exiting() {}
+
+// exited counts the exec as done once its start is resolved (its start
+// event and then its exit are published).
+func (k *execKind) exited() {
+	<-k.startResolved
+	k.c.execExited()
 }
 
 // execStarting counts one more running exec.
@@ -183,8 +228,8 @@ func (c *Container) awaitExecs() {
 	}
 	c.mu.Unlock()
 	for _, p := range procs {
-		if !p.Exited() && p.Pid() != 0 {
-			_ = c.deps.Watcher.Signal(p.Pid(), syscall.SIGKILL)
+		if pid := p.Pid(); !p.Exited() && pid != 0 {
+			_ = c.deps.Watcher.Signal(pid, syscall.SIGKILL)
 		}
 	}
 	select {
@@ -192,21 +237,6 @@ func (c *Container) awaitExecs() {
 	case <-time.After(execDrainTimeout):
 		c.deps.Logger.Warn("exec exits still missing; publishing the init exit", "id", c.id)
 	}
-}
-
-// killExec signals an exec process through its pidfd.
-func (c *Container) killExec(p *Process, signal uint32) error {
-	if err := p.check(OpKill); err != nil {
-		return fmt.Errorf("kill exec %s: %w", p.execID, err)
-	}
-	pid := p.Pid()
-	if pid == 0 {
-		return fmt.Errorf("kill exec %s: not started: %w", p.execID, errdefs.ErrFailedPrecondition)
-	}
-	if err := c.deps.Watcher.Signal(pid, syscall.Signal(signal)); err != nil {
-		return fmt.Errorf("kill exec %s: %w", p.execID, signalErrorClass(err))
-	}
-	return nil
 }
 
 // signalErrorClass adds the errdefs class of a failed signal: a process
@@ -220,24 +250,6 @@ func signalErrorClass(err error) error {
 		return fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
 	}
 	return err
-}
-
-// deleteExec forgets a created or stopped exec process.
-func (c *Container) deleteExec(p *Process) (Status, error) {
-	if err := p.check(OpDelete); err != nil {
-		return Status{}, fmt.Errorf("delete exec %s: %w", p.execID, err)
-	}
-	p.mu.Lock()
-	pipes := p.pipes
-	p.mu.Unlock()
-	if pipes != nil {
-		pipes.Close()
-	}
-	p.apply(OpDelete)
-	c.mu.Lock()
-	delete(c.execs, p.execID)
-	c.mu.Unlock()
-	return p.Status(), nil
 }
 
 // ExecIDs maps the pids of the container's running exec processes to their

@@ -21,7 +21,7 @@ func (c *Container) Pause(ctx context.Context) error {
 	if err := c.rt.Pause(ctx, c.id); err != nil {
 		return fmt.Errorf("pause %s: %w", c.id, err)
 	}
-	c.init.apply(OpPause)
+	c.init.settle(OpPause)
 	c.init.outbox.Send(events.TopicPaused, &eventsapi.TaskPaused{ContainerID: c.id})
 	return nil
 }
@@ -34,14 +34,14 @@ func (c *Container) Resume(ctx context.Context) error {
 	if err := c.rt.Resume(ctx, c.id); err != nil {
 		return fmt.Errorf("resume %s: %w", c.id, err)
 	}
-	c.init.apply(OpResume)
+	c.init.settle(OpResume)
 	c.init.outbox.Send(events.TopicResumed, &eventsapi.TaskResumed{ContainerID: c.id})
 	return nil
 }
 
 // Update applies new resources, a JSON runtime-spec LinuxResources.
 func (c *Container) Update(ctx context.Context, resourcesJSON []byte) error {
-	if err := c.init.check(OpUpdate); err != nil {
+	if err := c.init.transition(OpUpdate); err != nil {
 		return fmt.Errorf("update %s: %w", c.id, err)
 	}
 	var res specs.LinuxResources
@@ -58,7 +58,7 @@ func (c *Container) Update(ctx context.Context, resourcesJSON []byte) error {
 // publishes TaskCheckpointed. With opts.Exit the container stops
 // afterwards; its exit arrives as for any other exit.
 func (c *Container) Checkpoint(ctx context.Context, opts runtime.CheckpointOpts) error {
-	if err := c.init.check(OpCheckpoint); err != nil {
+	if err := c.init.transition(OpCheckpoint); err != nil {
 		return fmt.Errorf("checkpoint %s: %w", c.id, err)
 	}
 	if opts.ImagePath == "" {

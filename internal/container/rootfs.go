@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
+	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/oserr"
 )
 
@@ -166,8 +167,8 @@ func unmountOnce(target string) error {
 	return unix.Unmount(target, unix.MNT_DETACH)
 }
 
-// UnmountRootfs unmounts everything mounted on <bundle>/rootfs. Nothing
+// UnmountRootfs unmounts everything mounted on the bundle's rootfs. Nothing
 // mounted is not an error.
-func UnmountRootfs(bundle string) error {
-	return unmountAll(filepath.Join(bundle, "rootfs"))
+func UnmountRootfs(b bundle.Bundle) error {
+	return unmountAll(b.Rootfs())
 }

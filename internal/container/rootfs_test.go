@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
+	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/testutil"
 )
 
@@ -184,13 +185,14 @@ func unescapeMountinfo(s string) string {
 // testBundle returns a bundle directory whose rootfs the test mounts on,
 // with symlinks resolved so that it matches mountinfo. Its cleanup detaches
 // whatever is left mounted on the rootfs before the directory is removed.
-func testBundle(t *testing.T) (bundle, rootfs string) {
+func testBundle(t *testing.T) (b bundle.Bundle, rootfs string) {
 	t.Helper()
-	bundle, err := filepath.EvalSymlinks(t.TempDir())
+	dir, err := filepath.EvalSymlinks(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	rootfs = filepath.Join(bundle, "rootfs")
+	b = bundle.New(dir)
+	rootfs = b.Rootfs()
 	t.Cleanup(func() {
 		for range 64 {
 			if err := unix.Unmount(rootfs, unix.MNT_DETACH); err != nil {
@@ -198,7 +200,7 @@ func testBundle(t *testing.T) (bundle, rootfs string) {
 			}
 		}
 	})
-	return bundle, rootfs
+	return b, rootfs
 }
 
 // sourceDir returns a directory holding the file "hello".
@@ -237,7 +239,7 @@ func TestMountRootfsBind(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			testutil.CheckLeaks(t)
 			src := sourceDir(t)
-			bundle, rootfs := testBundle(t)
+			b, rootfs := testBundle(t)
 			if err := mountRootfs(rootfs, []Mount{{Type: "bind", Source: src, Options: tt.options}}); err != nil {
 				t.Fatalf("mountRootfs: %v", err)
 			}
@@ -268,7 +270,7 @@ func TestMountRootfsBind(t *testing.T) {
 				t.Errorf("the source became unwritable: %v", err)
 			}
 
-			if err := UnmountRootfs(bundle); err != nil {
+			if err := UnmountRootfs(b); err != nil {
 				t.Fatalf("UnmountRootfs: %v", err)
 			}
 			requireNothingMounted(t, rootfs)
@@ -288,7 +290,7 @@ func TestMountRootfsBind(t *testing.T) {
 
 func TestMountRootfsTmpfs(t *testing.T) {
 	testutil.CheckLeaks(t)
-	bundle, rootfs := testBundle(t)
+	b, rootfs := testBundle(t)
 	mounts := []Mount{{Type: "tmpfs", Source: "tether-test", Options: []string{"nosuid", "nodev", "noexec", "size=1m", "mode=750"}}}
 	if err := mountRootfs(rootfs, mounts); err != nil {
 		t.Fatalf("mountRootfs: %v", err)
@@ -311,14 +313,14 @@ func TestMountRootfsTmpfs(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(rootfs, "file"), []byte("x"), 0o644); err != nil {
 		t.Errorf("write to the tmpfs: %v", err)
 	}
-	if err := UnmountRootfs(bundle); err != nil {
+	if err := UnmountRootfs(b); err != nil {
 		t.Fatalf("UnmountRootfs: %v", err)
 	}
 	requireNothingMounted(t, rootfs)
 }
 
 func TestMountRootfsTmpfsReadOnly(t *testing.T) {
-	bundle, rootfs := testBundle(t)
+	b, rootfs := testBundle(t)
 	if err := mountRootfs(rootfs, []Mount{{Type: "tmpfs", Source: "tmpfs", Options: []string{"ro"}}}); err != nil {
 		t.Fatalf("mountRootfs: %v", err)
 	}
@@ -326,7 +328,7 @@ func TestMountRootfsTmpfsReadOnly(t *testing.T) {
 	if len(m) != 1 || !m[0].has("ro") {
 		t.Fatalf("mounts on the rootfs = %+v, want one read-only tmpfs", m)
 	}
-	if err := UnmountRootfs(bundle); err != nil {
+	if err := UnmountRootfs(b); err != nil {
 		t.Fatalf("UnmountRootfs: %v", err)
 	}
 	requireNothingMounted(t, rootfs)
@@ -347,7 +349,7 @@ func TestMountRootfsOverlay(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(lower, "hello"), []byte("lower"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	bundle, rootfs := testBundle(t)
+	b, rootfs := testBundle(t)
 	mounts := []Mount{{
 		Type:    "overlay",
 		Source:  "overlay",
@@ -369,7 +371,7 @@ func TestMountRootfsOverlay(t *testing.T) {
 	if data, err := os.ReadFile(filepath.Join(upper, "new")); err != nil || string(data) != "up" {
 		t.Fatalf("the write did not reach upperdir: %q, %v", data, err)
 	}
-	if err := UnmountRootfs(bundle); err != nil {
+	if err := UnmountRootfs(b); err != nil {
 		t.Fatalf("UnmountRootfs: %v", err)
 	}
 	requireNothingMounted(t, rootfs)
@@ -378,7 +380,7 @@ func TestMountRootfsOverlay(t *testing.T) {
 func TestMountRootfsStacked(t *testing.T) {
 	testutil.CheckLeaks(t)
 	src := sourceDir(t)
-	bundle, rootfs := testBundle(t)
+	b, rootfs := testBundle(t)
 	mounts := []Mount{
 		{Type: "tmpfs", Source: "first", Options: []string{"size=1m"}},
 		{Type: "bind", Source: src, Options: []string{"rbind", "ro"}},
@@ -394,7 +396,7 @@ func TestMountRootfsStacked(t *testing.T) {
 	if m[0].source != "first" || m[2].source != "third" || !m[1].has("ro") || !m[2].has("nodev") {
 		t.Fatalf("mounts are not stacked in order: %+v", m)
 	}
-	if err := UnmountRootfs(bundle); err != nil {
+	if err := UnmountRootfs(b); err != nil {
 		t.Fatalf("UnmountRootfs: %v", err)
 	}
 	requireNothingMounted(t, rootfs)
@@ -444,27 +446,27 @@ func TestMountRootfsNoMounts(t *testing.T) {
 func TestUnmountRootfsNothingMounted(t *testing.T) {
 	testutil.CheckLeaks(t)
 	t.Run("rootfs directory", func(t *testing.T) {
-		bundle, rootfs := testBundle(t)
+		b, rootfs := testBundle(t)
 		if err := os.Mkdir(rootfs, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := UnmountRootfs(bundle); err != nil {
+		if err := UnmountRootfs(b); err != nil {
 			t.Fatalf("UnmountRootfs = %v, want nil", err)
 		}
 	})
 	t.Run("no rootfs directory", func(t *testing.T) {
-		bundle, _ := testBundle(t)
-		if err := UnmountRootfs(bundle); err != nil {
+		b, _ := testBundle(t)
+		if err := UnmountRootfs(b); err != nil {
 			t.Fatalf("UnmountRootfs = %v, want nil", err)
 		}
 	})
 	t.Run("twice", func(t *testing.T) {
-		bundle, rootfs := testBundle(t)
+		b, rootfs := testBundle(t)
 		if err := mountRootfs(rootfs, []Mount{{Type: "tmpfs", Source: "tmpfs"}}); err != nil {
 			t.Fatal(err)
 		}
 		for i := range 2 {
-			if err := UnmountRootfs(bundle); err != nil {
+			if err := UnmountRootfs(b); err != nil {
 				t.Fatalf("UnmountRootfs #%d = %v, want nil", i+1, err)
 			}
 		}

@@ -2,6 +2,7 @@ package container
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/containerd/errdefs"
 )
@@ -10,11 +11,33 @@ import (
 type State int
 
 // The states of a process. A container's state is its init process's state.
+// Starting, StartFailed, Exiting and Deleting are the shim's own: containerd
+// sees them as created, created, stopped and (see Process.Status) the state
+// the delete began from.
 const (
+	// Created: the runtime created the process (or, for an exec, the
+	// shim recorded it); it has not been started.
 	Created State = iota
+	// Starting: a Start is in the runtime; a second Start and a Delete
+	// are refused until it ends.
+	Starting
+	// StartFailed: the one Start a process gets failed; it can only be
+	// killed, exit and be deleted.
+	StartFailed
+	// Running: started and not exited.
 	Running
+	// Paused: the init of a frozen container.
 	Paused
+	// Exiting: the exit is recorded and its TaskExit not yet handed on
+	// (the output drains, the init waits for its execs). An exec may still
+	// be added to the init, not started.
+	Exiting
+	// Stopped: TaskExit is handed on.
 	Stopped
+	// Deleting: a Delete is in progress; it ends in Deleted, or goes back
+	// to the state it began from when it fails.
+	Deleting
+	// Deleted: gone; every operation is refused as NotFound.
 	Deleted
 )
 
@@ -23,12 +46,20 @@ func (s State) String() string {
 	switch s {
 	case Created:
 		return "created"
+	case Starting:
+		return "starting"
+	case StartFailed:
+		return "start failed"
 	case Running:
 		return "running"
 	case Paused:
 		return "paused"
+	case Exiting:
+		return "exiting"
 	case Stopped:
 		return "stopped"
+	case Deleting:
+		return "deleting"
 	case Deleted:
 		return "deleted"
 	}
@@ -38,15 +69,28 @@ func (s State) String() string {
 // Op is something that can happen to a process.
 type Op int
 
-// The operations of the lifecycle.
+// The operations of the lifecycle. Start and Delete have a beginning
+// (OpStart, OpDelete), taken before the runtime call, and an end (OpStarted
+// or OpStartFailed, OpDeleted), applied after it; the others are checked
+// before the runtime call and, where they change the state, applied after
+// it.
 const (
 	OpStart Op = iota
+	OpStarted
+	OpStartFailed
 	OpPause
 	OpResume
 	OpKill
+	// OpExec adds an exec process to the init's container.
 	OpExec
+	// OpExecStart starts an exec process in the init's container.
+	OpExecStart
+	// OpExit: the exit is collected and recorded.
 	OpExit
+	// OpExited: TaskExit is handed on.
+	OpExited
 	OpDelete
+	OpDeleted
 	OpUpdate
 	OpCheckpoint
 )
@@ -56,6 +100,10 @@ func (o Op) String() string {
 	switch o {
 	case OpStart:
 		return "start"
+	case OpStarted:
+		return "finish starting"
+	case OpStartFailed:
+		return "fail starting"
 	case OpPause:
 		return "pause"
 	case OpResume:
@@ -64,10 +112,16 @@ func (o Op) String() string {
 		return "kill"
 	case OpExec:
 		return "exec"
+	case OpExecStart:
+		return "start an exec in"
 	case OpExit:
 		return "exit"
+	case OpExited:
+		return "publish the exit of"
 	case OpDelete:
 		return "delete"
+	case OpDeleted:
+		return "finish deleting"
 	case OpUpdate:
 		return "update"
 	case OpCheckpoint:
@@ -76,30 +130,59 @@ func (o Op) String() string {
 	return fmt.Sprintf("op(%d)", int(o))
 }
 
-// transitions is the lifecycle: for each state, the operations allowed in it
-// and the state each one leads to. An operation missing from a state's row is
-// refused with a *TransitionError. The table is read-only.
-var transitions = map[State]map[Op]State{
-	Created: {OpStart: Running, OpKill: Created, OpExit: Stopped, OpDelete: Deleted, OpUpdate: Created},
-	Running: {OpPause: Paused, OpKill: Running, OpExec: Running, OpExit: Stopped, OpUpdate: Running, OpCheckpoint: Running},
-	Paused:  {OpResume: Running, OpKill: Paused, OpExit: Stopped, OpUpdate: Paused, OpCheckpoint: Paused},
-	Stopped: {OpDelete: Deleted},
-	Deleted: {},
+// lifecycle is a transition table: for each state, the operations allowed
+// in it and the state each one leads to. An operation missing from a
+// state's row is refused with a *TransitionError. Tables are read-only.
+type lifecycle map[State]map[Op]State
+
+// initLifecycle is the lifecycle of a container's init process, and so of
+// the container.
+var initLifecycle = lifecycle{
+	Created: {OpStart: Starting, OpKill: Created, OpExit: Exiting, OpDelete: Deleting, OpUpdate: Created},
+	// The runtime's start is under way: the init may already run and
+	// exit, and it can be killed and updated as a created one.
+	Starting:    {OpStarted: Running, OpStartFailed: StartFailed, OpKill: Starting, OpExit: Exiting, OpUpdate: Starting},
+	StartFailed: {OpKill: StartFailed, OpExit: Exiting, OpDelete: Deleting, OpUpdate: StartFailed},
+	Running:     {OpPause: Paused, OpKill: Running, OpExec: Running, OpExecStart: Running, OpExit: Exiting, OpUpdate: Running, OpCheckpoint: Running},
+	Paused:      {OpResume: Running, OpKill: Paused, OpExit: Exiting, OpUpdate: Paused, OpCheckpoint: Paused},
+	// As with containerd's shim, an exec added while the exit is pending
+	// is accepted and its start refused.
+	Exiting: {OpExec: Exiting, OpExited: Stopped, OpDelete: Deleting},
+	Stopped: {OpDelete: Deleting},
+	// The forced delete of a created container kills its init, whose
+	// exit comes while it is deleted; a kill meanwhile goes to the
+	// runtime, which answers for a container being deleted.
+	Deleting: {OpKill: Deleting, OpExit: Deleting, OpExited: Deleting, OpDeleted: Deleted},
+	Deleted:  {},
 }
 
-// Next returns the state that op leads to from s, or a *TransitionError when
-// the lifecycle does not allow op in s.
-func Next(s State, op Op) (State, error) {
-	if to, ok := transitions[s][op]; ok {
+// execLifecycle is the lifecycle of an exec process. It has no process
+// before Running, so it cannot be killed before then, and it is deleted in
+// one step (the runtime has nothing of it to delete).
+var execLifecycle = lifecycle{
+	Created:     {OpStart: Starting, OpDelete: Deleted},
+	Starting:    {OpStarted: Running, OpStartFailed: StartFailed, OpExit: Exiting},
+	StartFailed: {OpDelete: Deleted},
+	Running:     {OpKill: Running, OpExit: Exiting},
+	Exiting:     {OpExited: Stopped, OpDelete: Deleted},
+	Stopped:     {OpDelete: Deleted},
+	Deleted:     {},
+}
+
+// next returns the state that op leads to from s, or a *TransitionError
+// when the lifecycle does not allow op in s.
+func (l lifecycle) next(s State, op Op) (State, error) {
+	if to, ok := l[s][op]; ok {
 		return to, nil
 	}
 	return s, &TransitionError{From: s, Op: op}
 }
 
 // TransitionError is an operation the lifecycle refuses. It unwraps to
-// errdefs.ErrNotFound when the process is gone (killing a stopped process,
+// errdefs.ErrNotFound when the process is gone (killing one that exited,
 // anything on a deleted one), as containerd expects, and to
-// errdefs.ErrFailedPrecondition otherwise.
+// errdefs.ErrFailedPrecondition otherwise: a Start racing a Delete, or an
+// exec's start racing the init's exit, is refused with it.
 type TransitionError struct {
 	From State
 	Op   Op
@@ -110,11 +193,15 @@ func (e *TransitionError) Error() string {
 	if e.gone() {
 		return fmt.Sprintf("cannot %s: process already finished", e.Op)
 	}
-	return fmt.Sprintf("cannot %s a %s process", e.Op, e.From)
+	article := "a"
+	if strings.ContainsRune("aeiou", rune(e.From.String()[0])) {
+		article = "an"
+	}
+	return fmt.Sprintf("cannot %s %s %s process", e.Op, article, e.From)
 }
 
 func (e *TransitionError) gone() bool {
-	return e.From == Deleted || (e.From == Stopped && e.Op == OpKill)
+	return e.From == Deleted || (e.Op == OpKill && (e.From == Exiting || e.From == Stopped))
 }
 
 // Unwrap returns the errdefs class of the refusal.

@@ -61,7 +61,7 @@ func TestRuntimeArguments(t *testing.T) {
 	}
 	var registered int
 	pid, err := rt.Restore(ctx, "c1", "/bundle", CheckpointOpts{ImagePath: "/img", WorkPath: "/work"},
-		CreateOpts{PidFile: filepath.Join(dir, "init.pid"), NoPivot: true},
+		CreateOpts{PidFile: filepath.Join(dir, "create.pid"), NoPivot: true},
 		func(pid int) error { registered = pid; return nil })
 	if err != nil || pid == 0 || registered != pid {
 		t.Fatalf("restore = %d, %v (registered %d)", pid, err, registered)
@@ -72,7 +72,7 @@ func TestRuntimeArguments(t *testing.T) {
 		global + " update --resources=- c1",
 		global + " checkpoint --image-path /img --work-path /work --tcp-established --ext-unix-sk --shell-job --file-locks --manage-cgroups-mode soft --empty-ns network --leave-running c1",
 		global + " checkpoint --image-path /img c1",
-		global + " restore --image-path /img --work-path /work --detach --pid-file " + filepath.Join(dir, "init.pid") + " --no-pivot --bundle /bundle c1",
+		global + " restore --image-path /img --work-path /work --detach --pid-file " + filepath.Join(dir, "create.pid") + " --no-pivot --bundle /bundle c1",
 	}
 	got := read()
 	if len(got) != len(want) {

@@ -23,6 +23,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/testutil"
 )
 
@@ -124,8 +125,8 @@ func busyboxBundle(t *testing.T, args ...string) string {
 	t.Helper()
 	requireBinary(t, busyboxBinary)
 	requireBinary(t, runcBinary)
-	bundle := t.TempDir()
-	bin := filepath.Join(bundle, "rootfs", "bin")
+	dir := t.TempDir()
+	bin := filepath.Join(bundle.New(dir).Rootfs(), "bin")
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -149,10 +150,10 @@ func busyboxBundle(t *testing.T, args ...string) string {
 			t.Fatal(err)
 		}
 	}
-	if out, err := exec.Command(runcBinary, "spec", "--bundle", bundle).CombinedOutput(); err != nil {
+	if out, err := exec.Command(runcBinary, "spec", "--bundle", dir).CombinedOutput(); err != nil {
 		t.Fatalf("runc spec: %v: %s", err, out)
 	}
-	path := filepath.Join(bundle, "config.json")
+	path := bundle.New(dir).Config()
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -173,7 +174,7 @@ func busyboxBundle(t *testing.T, args ...string) string {
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return bundle
+	return dir
 }
 
 // becomeSubreaper makes the test process the child subreaper, so that the
@@ -361,7 +362,7 @@ func TestLiveLifecycle(t *testing.T) {
 			id := uniqueID(lr.name)
 
 			// Create, registering the pid while the Hold is active.
-			pidFile := filepath.Join(state, "init.pid")
+			pidFile := filepath.Join(state, "create.pid")
 			registered := 0
 			activeInRegister := -1
 			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: testNullIO(t), PidFile: pidFile}, func(pid int) error {
@@ -505,7 +506,7 @@ func TestLiveRegisterFailure(t *testing.T) {
 			rt := New(Config{Binary: lr.binary, Root: filepath.Join(state, "root"), Log: filepath.Join(state, "log.json")}, h)
 			id := uniqueID(lr.name + "-reg")
 			boom := errors.New("watch failed")
-			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: testNullIO(t), PidFile: filepath.Join(state, "init.pid")},
+			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: testNullIO(t), PidFile: filepath.Join(state, "create.pid")},
 				func(int) error { return boom })
 			h.check(t, 1)
 			if pid > 0 {
@@ -545,7 +546,7 @@ func TestLiveExec(t *testing.T) {
 			h := &countingHolder{}
 			rt := New(Config{Binary: lr.binary, Root: filepath.Join(state, "root"), Log: filepath.Join(state, "log.json")}, h)
 			id := uniqueID(lr.name + "-exec")
-			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: testNullIO(t), PidFile: filepath.Join(state, "init.pid")},
+			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: testNullIO(t), PidFile: filepath.Join(state, "create.pid")},
 				func(int) error { return nil })
 			if err != nil {
 				t.Fatalf("Create: %v", err)
@@ -682,7 +683,7 @@ func TestRegressionNilIOWaitsForProcessExit(t *testing.T) {
 			cfg := Config{Binary: lr.binary, Root: filepath.Join(state, "root"), Log: filepath.Join(state, "log.json")}
 			rt := New(cfg, &countingHolder{})
 			id := uniqueID(lr.name + "-nilio")
-			pidFile := filepath.Join(state, "init.pid")
+			pidFile := filepath.Join(state, "create.pid")
 			pid, err := launchBounded(t, "Create",
 				func() (int, error) {
 					return rt.Create(ctx, id, bundle, CreateOpts{PidFile: pidFile}, func(int) error { return nil })
@@ -714,7 +715,7 @@ func TestRegressionNilIOWaitsForProcessExit(t *testing.T) {
 			cfg := Config{Binary: lr.binary, Root: filepath.Join(state, "root"), Log: filepath.Join(state, "log.json")}
 			rt := New(cfg, &countingHolder{})
 			id := uniqueID(lr.name + "-nilio-exec")
-			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: testNullIO(t), PidFile: filepath.Join(state, "init.pid")}, func(int) error { return nil })
+			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: testNullIO(t), PidFile: filepath.Join(state, "create.pid")}, func(int) error { return nil })
 			if err != nil {
 				t.Fatalf("Create: %v", err)
 			}

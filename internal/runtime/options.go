@@ -132,36 +132,36 @@ func cleanAbs(p string) bool { return filepath.IsAbs(p) && filepath.Clean(p) == 
 // namespace ns; Tether uses the same, so that tools find the containers.
 func DefaultRoot(ns string) string { return filepath.Join("/run/containerd/runc", ns) }
 
-// stateFile is where Create records, in the bundle, which runtime and root
-// a container uses, so that `delete` after a dead shim runs the same ones.
-const stateFile = "tether-runtime.json"
-
-// savedConfig is the content of stateFile.
+// savedConfig is the content of the file Save writes (the bundle's
+// RuntimeConfig).
 type savedConfig struct {
 	Binary        string `json:"binary"`
 	Root          string `json:"root"`
 	SystemdCgroup bool   `json:"systemd_cgroup,omitempty"`
 }
 
-// Save records the binary, root and cgroup driver of cfg in the bundle.
-func (c Config) Save(bundle string) error {
+// Save records the binary, root and cgroup driver of cfg in the file path
+// (the bundle's RuntimeConfig), so that `delete` after a dead server runs
+// the same ones.
+func (c Config) Save(path string) error {
 	data, err := json.Marshal(savedConfig{c.Binary, c.Root, c.SystemdCgroup})
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(bundle, stateFile), data, 0o600); err != nil {
+	if err := os.WriteFile(path, data, 0o600); err != nil {
 		return fmt.Errorf("save runtime config: %w", err)
 	}
 	return nil
 }
 
-// LoadConfig reads what Save recorded in the bundle (a file without a
-// systemd_cgroup, as older shims wrote it, means cgroupfs). A missing file gives
-// runc with the default root of namespace ns; so does a file that cannot be
-// read or holds values validation refuses, together with the error.
-func LoadConfig(bundle, ns string) (Config, error) {
-	cfg := Config{Binary: "runc", Root: DefaultRoot(ns)}
-	data, err := os.ReadFile(filepath.Join(bundle, stateFile))
+// LoadConfig reads what Save recorded in path (a file without a
+// systemd_cgroup, as older shims wrote it, means cgroupfs). A missing file
+// gives the default binary with the default root of namespace ns; so does a
+// file that cannot be read or holds values validation refuses, together
+// with the error.
+func LoadConfig(path, ns string) (Config, error) {
+	cfg := Config{Binary: DefaultBinary, Root: DefaultRoot(ns)}
+	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return cfg, nil
 	}

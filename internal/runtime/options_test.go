@@ -10,6 +10,8 @@ import (
 	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/tether-shim/tether/internal/bundle"
 )
 
 func optionsAny(t *testing.T, typeURL string, o *runcoptions.Options) *anypb.Any {
@@ -111,22 +113,22 @@ func TestConfigSaveLoadRoundTrip(t *testing.T) {
 	}
 	for _, cfg := range tests {
 		t.Run(cfg.Binary, func(t *testing.T) {
-			bundle := t.TempDir()
+			path := bundle.New(t.TempDir()).RuntimeConfig()
 			// Log and flags are not part of what Save records.
 			saved := cfg
 			saved.Log = "/somewhere/log.json"
 			saved.Debug = true
-			if err := saved.Save(bundle); err != nil {
+			if err := saved.Save(path); err != nil {
 				t.Fatalf("Save: %v", err)
 			}
-			st, err := os.Stat(filepath.Join(bundle, stateFile))
+			st, err := os.Stat(path)
 			if err != nil {
 				t.Fatalf("state file: %v", err)
 			}
 			if st.Mode().Perm() != 0o600 {
 				t.Errorf("state file mode = %v, want 0600", st.Mode().Perm())
 			}
-			got, err := LoadConfig(bundle, "other-namespace")
+			got, err := LoadConfig(path, "other-namespace")
 			if err != nil {
 				t.Fatalf("LoadConfig: %v", err)
 			}
@@ -138,7 +140,7 @@ func TestConfigSaveLoadRoundTrip(t *testing.T) {
 }
 
 func TestLoadConfigMissingFileDefaults(t *testing.T) {
-	got, err := LoadConfig(t.TempDir(), "k8s.io")
+	got, err := LoadConfig(bundle.New(t.TempDir()).RuntimeConfig(), "k8s.io")
 	if err != nil {
 		t.Fatalf("LoadConfig: %v", err)
 	}
@@ -164,11 +166,11 @@ func TestLoadConfigErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			bundle := t.TempDir()
-			if err := os.WriteFile(filepath.Join(bundle, stateFile), []byte(tt.content), 0o600); err != nil {
+			path := bundle.New(t.TempDir()).RuntimeConfig()
+			if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			_, err := LoadConfig(bundle, "default")
+			_, err := LoadConfig(path, "default")
 			if err == nil {
 				t.Fatal("LoadConfig succeeded")
 			}
@@ -180,11 +182,11 @@ func TestLoadConfigErrors(t *testing.T) {
 }
 
 func TestLoadConfigPartialFileKeepsDefaults(t *testing.T) {
-	bundle := t.TempDir()
-	if err := os.WriteFile(filepath.Join(bundle, stateFile), []byte(`{"binary":"crun"}`), 0o600); err != nil {
+	path := bundle.New(t.TempDir()).RuntimeConfig()
+	if err := os.WriteFile(path, []byte(`{"binary":"crun"}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	got, err := LoadConfig(bundle, "ns1")
+	got, err := LoadConfig(path, "ns1")
 	if err != nil {
 		t.Fatalf("LoadConfig: %v", err)
 	}
@@ -194,7 +196,7 @@ func TestLoadConfigPartialFileKeepsDefaults(t *testing.T) {
 }
 
 func TestSaveIntoMissingBundleFails(t *testing.T) {
-	err := Config{Binary: "runc", Root: "/run/x"}.Save(filepath.Join(t.TempDir(), "missing"))
+	err := Config{Binary: "runc", Root: "/run/x"}.Save(bundle.New(filepath.Join(t.TempDir(), "missing")).RuntimeConfig())
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("Save into a missing bundle = %v, want ErrNotExist", err)
 	}

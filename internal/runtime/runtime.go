@@ -8,8 +8,11 @@
 //   - Create and Exec hand the new process's pid to a register callback while
 //     the Hold is still active: the pid cannot be reaped, and so not reused,
 //     before the caller watches it.
-//   - This is the only package that reads runtime output as text. Failures are
-//     *Error values that unwrap to an errdefs class (see Classify).
+//   - This is the only package that reads runtime output as text (error
+//     messages, the JSON log, `features`). A failed runtime command is an
+//     *Error that unwraps to an errdefs class (see Classify); failures around
+//     it (the pid file, /dev/null, the register callback) are plain errors
+//     wrapped with %w, and register's error is returned as it is.
 //   - Runtime commands never inherit the caller's cancellation: a containerd
 //     RPC that times out must not kill `runc create` halfway. Each command has
 //     its own deadline instead. A control command (kill, delete, ps, pause,
@@ -52,9 +55,13 @@ type Holder interface {
 	Hold() (release func())
 }
 
+// DefaultBinary is the runtime binary of a container whose options name
+// none, as with containerd's runc shim. It is set here only.
+const DefaultBinary = "runc"
+
 // Config selects and configures the runtime binary for one container.
 type Config struct {
-	// Binary is the runtime's name or path; empty means "runc".
+	// Binary is the runtime's name or path; empty means DefaultBinary.
 	Binary string
 	// Root is the runtime's state directory (--root).
 	Root string
@@ -81,7 +88,7 @@ type Runtime struct {
 // New returns a Runtime for cfg. hold must not be nil.
 func New(cfg Config, hold Holder) *Runtime {
 	if cfg.Binary == "" {
-		cfg.Binary = "runc"
+		cfg.Binary = DefaultBinary
 	}
 	rc := &runc.Runc{
 		Command:       cfg.Binary,

@@ -102,7 +102,7 @@ func TestReadPidFile(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "init.pid")
+			path := filepath.Join(t.TempDir(), "create.pid")
 			if tt.content != "-" {
 				if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
 					t.Fatal(err)

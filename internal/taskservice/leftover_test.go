@@ -37,7 +37,7 @@ func TestSharedPidNSLeftoversKilledBeforeOutputDrain(t *testing.T) {
 	}
 	defer reader.Close()
 	// No pid namespace in the spec: the container shares its parent's.
-	files := map[string]string{"config.json": `{"linux":{}}`, "exit-code": "0", "stub-leftover": ""}
+	files := map[string]string{configKey: `{"linux":{}}`, "exit-code": "0", "stub-leftover": ""}
 	if _, err := h.create(ctx, "shared", files, fifoPath); err != nil {
 		t.Fatal(err)
 	}

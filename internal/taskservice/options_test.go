@@ -21,7 +21,7 @@ import (
 func createArgs(t *testing.T, h *harness, id, spec string, options *anypb.Any) []string {
 	t.Helper()
 	ctx := ctxT(t)
-	bundle := h.bundle(id, map[string]string{"config.json": spec, "exit-code": "0"})
+	bundle := h.bundle(id, map[string]string{configKey: spec, "exit-code": "0"})
 	if _, err := h.svc.Create(ctx, &taskv2.CreateTaskRequest{ID: id, Bundle: bundle, Options: options}); err != nil {
 		t.Fatalf("create %s: %v", id, err)
 	}

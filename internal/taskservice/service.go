@@ -1,7 +1,7 @@
 // Package taskservice is the ttrpc boundary of the shim: it serves
 // containerd.task.v2.Task and containerd.task.v3.Task, validates every
-// request, finds the container it is about and delegates to package
-// container.
+// request, finds the container and the process it is about once, and calls
+// the operation on them (package container).
 //
 // It is the only place where errors become ttrpc status codes (see method in
 // register.go). Handlers hold Service.mu only to read or change the container
@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/cgroups"
 	"github.com/tether-shim/tether/internal/container"
 	"github.com/tether-shim/tether/internal/runtime"
@@ -48,13 +49,18 @@ type Config struct {
 	Deps container.Deps
 	// Holder suspends the orphan sweep around runtime commands.
 	Holder runtime.Holder
-	// Logger logs requests at Debug and failures at Warn.
+	// Logger logs each Create at Debug, and failed Create, Start and
+	// Delete requests at Warn.
 	Logger *slog.Logger
 	// Shutdown is called once, on a Shutdown request that finds no
 	// container left. It must not block: the server stops after the reply.
 	Shutdown func()
 	// Version is reported by Connect.
 	Version string
+	// MoveShim moves the shim into the cgroup at path, the options'
+	// ShimCgroup (nil: cgroups.AddProcess of the shim's pid). Tests
+	// replace it so as not to move the test process.
+	MoveShim func(path string) error
 	// SystemdRunning reports whether systemd runs the host (nil:
 	// runtime.SystemdRunning). Only then does a cgroupsPath in systemd's
 	// form, without the option, get the systemd cgroup driver.
@@ -109,16 +115,13 @@ func (s *Service) get(id string) (*container.Container, error) {
 	return c, nil
 }
 
-// process returns the process execID of container id, or ErrNotFound.
+// process returns the process that execID names in container id (its
+// init for ""), or ErrNotFound. Every request about a process finds it here,
+// once, and then calls the operation on it.
 func (s *Service) process(id, execID string) (*container.Container, *container.Process, error) {
 	c, err := s.get(id)
 	if err != nil {
 		return nil, nil, err
-	}
-	if execID != "" {
-		if err := container.ValidateID("exec", execID); err != nil {
-			return nil, nil, err
-		}
 	}
 	p, err := c.Process(execID)
 	if err != nil {
@@ -151,65 +154,81 @@ func (s *Service) settle(id string, c *container.Container) {
 	}
 }
 
-// Create creates a container from its bundle.
+// Create creates a container from its bundle, in two halves: the service
+// decodes and validates the request into a container.Config and reserves
+// the id (parseCreate, reserve); only then does it move the shim into the
+// options' ShimCgroup, so that a duplicate or invalid Create moves nothing,
+// and container.Create owns everything after that, including the cleanup
+// of every file it wrote when it fails.
 func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*taskapi.CreateTaskResponse, error) {
 	s.cfg.Logger.Debug("create", "id", r.GetID(), "bundle", r.GetBundle())
-	if err := container.ValidateID("container", r.GetID()); err != nil {
-		return nil, err
-	}
-	if err := container.ValidateBundle(r.GetID(), r.GetBundle(), s.cfg.BundleParent); err != nil {
-		return nil, err
-	}
-	spec, err := container.LoadSpec(r.GetBundle())
+	cfg, shimCgroup, err := s.parseCreate(r)
 	if err != nil {
 		return nil, err
+	}
+	if err := s.reserve(cfg.ID); err != nil {
+		return nil, err
+	}
+	var created *container.Container
+	defer func() { s.settle(cfg.ID, created) }()
+	if shimCgroup != "" {
+		if err := s.moveShim(shimCgroup); err != nil {
+			return nil, fmt.Errorf("move the shim to cgroup %s: %w", shimCgroup, err)
+		}
+	}
+	c, err := container.Create(ctx, cfg, s.cfg.Deps)
+	if err != nil {
+		s.cfg.Logger.Warn("create failed", "id", cfg.ID, "error", err)
+		return nil, err
+	}
+	created = c
+	return &taskapi.CreateTaskResponse{Pid: uint32(c.Init().Pid())}, nil
+}
+
+// moveShim moves the shim process into the cgroup at path.
+func (s *Service) moveShim(path string) error {
+	if s.cfg.MoveShim != nil {
+		return s.cfg.MoveShim(path)
+	}
+	return cgroups.AddProcess(path, os.Getpid())
+}
+
+// parseCreate decodes and validates a CreateTaskRequest: the id, the
+// bundle and its spec, the runtime options, the stdio, the rootfs and the
+// checkpoint. It changes nothing. It returns the container's Config and
+// the ShimCgroup of the options.
+func (s *Service) parseCreate(r *taskapi.CreateTaskRequest) (container.Config, string, error) {
+	if err := container.ValidateID("container", r.GetID()); err != nil {
+		return container.Config{}, "", err
+	}
+	if err := container.ValidateBundle(r.GetID(), r.GetBundle(), s.cfg.BundleParent); err != nil {
+		return container.Config{}, "", err
+	}
+	b := bundle.New(r.GetBundle())
+	spec, err := b.Spec()
+	if err != nil {
+		return container.Config{}, "", err
 	}
 	opts, err := runtime.ParseOptions(r.GetOptions())
 	if err != nil {
-		return nil, err
-	}
-	if opts.ShimCgroup != "" {
-		if err := cgroups.AddProcess(opts.ShimCgroup, os.Getpid()); err != nil {
-			return nil, fmt.Errorf("move the shim to cgroup %s: %w", opts.ShimCgroup, err)
-		}
+		return container.Config{}, "", err
 	}
 	var restore *runtime.CheckpointOpts
 	if cp := r.GetCheckpoint(); cp != "" {
 		if !filepath.IsAbs(cp) || filepath.Clean(cp) != cp {
-			return nil, fmt.Errorf("checkpoint path %q must be absolute and clean: %w", cp, errdefs.ErrInvalidArgument)
+			return container.Config{}, "", fmt.Errorf("checkpoint path %q must be absolute and clean: %w", cp, errdefs.ErrInvalidArgument)
 		}
 		restore = &runtime.CheckpointOpts{ImagePath: cp, WorkPath: opts.CriuWorkPath}
 	}
-	if err := s.reserve(r.GetID()); err != nil {
-		return nil, err
-	}
-	var created *container.Container
-	defer func() { s.settle(r.GetID(), created) }()
-
 	// As with containerd's shim, the runtime's state is under
 	// <Root>/<namespace>, where tools and clients look for it.
 	root := runtime.DefaultRoot(s.cfg.Namespace)
 	if opts.Root != "" {
 		root = filepath.Join(opts.Root, s.cfg.Namespace)
 	}
-	rtCfg := runtime.Config{
-		Binary: opts.BinaryName,
-		Root:   root,
-		Log:    filepath.Join(r.GetBundle(), "log.json"),
-		// The options may not say it (Docker never does), but on a
-		// systemd host a cgroupsPath in systemd's form only works with its
-		// driver. Without systemd the driver cannot work at all, and such
-		// a path (containerd 1.6's CRI writes one for any ".slice" parent)
-		// is a cgroupfs directory name to runc, as with containerd's shim.
-		SystemdCgroup: opts.SystemdCgroup || (runtime.IsSystemdCgroupsPath(spec.CgroupsPath) && s.systemdRunning()),
-	}
-	if err := rtCfg.Save(r.GetBundle()); err != nil {
-		return nil, err
-	}
-	rt := runtime.New(rtCfg, s.cfg.Holder)
-	c, err := container.Create(ctx, container.Config{
+	cfg := container.Config{
 		ID:     r.GetID(),
-		Bundle: r.GetBundle(),
+		Bundle: b,
 		Spec:   spec,
 		Rootfs: container.MountsFromAPI(r.GetRootfs()),
 		Stdio: stdio.Config{
@@ -218,28 +237,38 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 			Stderr:   r.GetStderr(),
 			Terminal: r.GetTerminal(),
 		},
-		Runtime:      rt,
+		Runtime: runtime.Config{
+			Binary: opts.BinaryName,
+			Root:   root,
+			Log:    b.RuntimeLog(),
+			// The options may not say it (Docker never does), but on a
+			// systemd host a cgroupsPath in systemd's form only works
+			// with its driver. Without systemd the driver cannot work at
+			// all, and such a path (containerd 1.6's CRI writes one for
+			// any ".slice" parent) is a cgroupfs directory name to runc,
+			// as with containerd's shim.
+			SystemdCgroup: opts.SystemdCgroup || (runtime.IsSystemdCgroupsPath(spec.CgroupsPath) && s.systemdRunning()),
+		},
+		Holder:       s.cfg.Holder,
 		NoPivot:      opts.NoPivotRoot,
 		NoNewKeyring: opts.NoNewKeyring,
 		IoUID:        int(opts.IoUID),
 		IoGID:        int(opts.IoGID),
 		Restore:      restore,
-	}, s.cfg.Deps)
-	if err != nil {
-		s.cfg.Logger.Warn("create failed", "id", r.GetID(), "error", err)
-		return nil, err
 	}
-	created = c
-	return &taskapi.CreateTaskResponse{Pid: uint32(c.Init().Pid())}, nil
+	if err := cfg.Validate(); err != nil {
+		return container.Config{}, "", err
+	}
+	return cfg, opts.ShimCgroup, nil
 }
 
 // Start starts the init process, or the exec process ExecID names.
 func (s *Service) Start(ctx context.Context, r *taskapi.StartRequest) (*taskapi.StartResponse, error) {
-	c, _, err := s.process(r.GetID(), r.GetExecID())
+	_, p, err := s.process(r.GetID(), r.GetExecID())
 	if err != nil {
 		return nil, err
 	}
-	pid, err := c.Start(ctx, r.GetExecID())
+	pid, err := p.Start(ctx)
 	if err != nil {
 		s.cfg.Logger.Warn("start failed", "id", r.GetID(), "error", err)
 		return nil, err
@@ -271,13 +300,13 @@ func (s *Service) State(ctx context.Context, r *taskapi.StateRequest) (*taskapi.
 
 func taskStatus(s container.State) tasktypes.Status {
 	switch s {
-	case container.Created:
+	case container.Created, container.Starting, container.StartFailed:
 		return tasktypes.Status_CREATED
 	case container.Running:
 		return tasktypes.Status_RUNNING
 	case container.Paused:
 		return tasktypes.Status_PAUSED
-	case container.Stopped:
+	case container.Exiting, container.Stopped:
 		return tasktypes.Status_STOPPED
 	}
 	return tasktypes.Status_UNKNOWN
@@ -299,11 +328,11 @@ func (s *Service) Wait(ctx context.Context, r *taskapi.WaitRequest) (*taskapi.Wa
 // Kill signals the init process, the exec process ExecID names, or (All)
 // every process of the container.
 func (s *Service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Empty, error) {
-	c, _, err := s.process(r.GetID(), r.GetExecID())
+	_, p, err := s.process(r.GetID(), r.GetExecID())
 	if err != nil {
 		return nil, err
 	}
-	if err := c.Kill(ctx, r.GetExecID(), r.GetSignal(), r.GetAll()); err != nil {
+	if err := p.Kill(ctx, r.GetSignal(), r.GetAll()); err != nil {
 		return nil, err
 	}
 	return &emptypb.Empty{}, nil
@@ -311,16 +340,16 @@ func (s *Service) Kill(ctx context.Context, r *taskapi.KillRequest) (*emptypb.Em
 
 // Delete deletes a created or stopped container and forgets it.
 func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskapi.DeleteResponse, error) {
-	c, _, err := s.process(r.GetID(), r.GetExecID())
+	_, p, err := s.process(r.GetID(), r.GetExecID())
 	if err != nil {
 		return nil, err
 	}
-	st, err := c.Delete(ctx, r.GetExecID())
+	st, err := p.Delete(ctx)
 	if err != nil {
 		s.cfg.Logger.Warn("delete failed", "id", r.GetID(), "exec", r.GetExecID(), "error", err)
 		return nil, err
 	}
-	if r.GetExecID() == "" {
+	if p.IsInit() {
 		s.mu.Lock()
 		delete(s.containers, r.GetID())
 		s.mu.Unlock()
@@ -502,11 +531,11 @@ func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emp
 
 // ResizePty sets the size of a process's terminal.
 func (s *Service) ResizePty(ctx context.Context, r *taskapi.ResizePtyRequest) (*emptypb.Empty, error) {
-	c, _, err := s.process(r.GetID(), r.GetExecID())
+	_, p, err := s.process(r.GetID(), r.GetExecID())
 	if err != nil {
 		return nil, err
 	}
-	if err := c.ResizePty(r.GetExecID(), r.GetWidth(), r.GetHeight()); err != nil {
+	if err := p.Resize(r.GetWidth(), r.GetHeight()); err != nil {
 		return nil, err
 	}
 	return &emptypb.Empty{}, nil

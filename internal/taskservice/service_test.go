@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/container"
 	"github.com/tether-shim/tether/internal/events"
 	"github.com/tether-shim/tether/internal/events/eventstest"
@@ -100,6 +101,10 @@ func newHarness(t *testing.T) *harness {
 // runRoot is where the stub runtime keeps its state: <Root>/<namespace>.
 func (h *harness) runRoot() string { return filepath.Join(h.root, "test") }
 
+// configKey is the key of a bundle's config.json in the files given to
+// harness.bundle.
+var configKey = filepath.Base(bundle.New("/").Config())
+
 // bundle makes a bundle for id with the given stub control files.
 func (h *harness) bundle(id string, files map[string]string) string {
 	h.t.Helper()
@@ -107,8 +112,8 @@ func (h *harness) bundle(id string, files map[string]string) string {
 	if err := os.MkdirAll(b, 0o755); err != nil {
 		h.t.Fatal(err)
 	}
-	if _, ok := files["config.json"]; !ok {
-		files["config.json"] = "{}"
+	if _, ok := files[configKey]; !ok {
+		files[configKey] = "{}"
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(b, name), []byte(content), 0o644); err != nil {
@@ -215,17 +220,17 @@ func TestLifecycleEventsInOrder(t *testing.T) {
 func TestRegressionFailedCreatePublishedExit(t *testing.T) {
 	h := newHarness(t)
 	ctx := ctxT(t)
-	bundle := h.bundle("badcon", map[string]string{"stub-bad-console": ""})
+	bundleDir := h.bundle("badcon", map[string]string{"stub-bad-console": ""})
 	_, err := h.svc.Create(ctx, &taskv2.CreateTaskRequest{
 		ID:       "badcon",
-		Bundle:   bundle,
+		Bundle:   bundleDir,
 		Terminal: true,
 		Options:  h.options,
 	})
 	if err == nil {
 		t.Fatal("Create without a terminal from the runtime succeeded")
 	}
-	data, err := os.ReadFile(filepath.Join(bundle, "init.pid"))
+	data, err := os.ReadFile(bundle.New(bundleDir).InitPid())
 	if err != nil {
 		t.Fatalf("the stub wrote no init.pid: %v", err)
 	}
@@ -626,8 +631,8 @@ func TestDeleteMarksBundle(t *testing.T) {
 		if _, err := h.create(ctx, "m1", map[string]string{"exit-code": "0"}, ""); err != nil {
 			t.Fatalf("round %d: create: %v", round, err)
 		}
-		bundle := filepath.Join(h.bundles, "m1")
-		if container.WasDeleted(bundle) {
+		b := bundle.New(filepath.Join(h.bundles, "m1"))
+		if b.WasDeleted() {
 			t.Fatalf("round %d: a created container's bundle is marked deleted", round)
 		}
 		if _, err := h.svc.Start(ctx, &taskv2.StartRequest{ID: "m1"}); err != nil {
@@ -636,13 +641,13 @@ func TestDeleteMarksBundle(t *testing.T) {
 		if _, err := h.svc.Wait(ctx, &taskv2.WaitRequest{ID: "m1"}); err != nil {
 			t.Fatalf("round %d: wait: %v", round, err)
 		}
-		if container.WasDeleted(bundle) {
+		if b.WasDeleted() {
 			t.Fatalf("round %d: a stopped container's bundle is marked deleted", round)
 		}
 		if _, err := h.svc.Delete(ctx, &taskv2.DeleteRequest{ID: "m1"}); err != nil {
 			t.Fatalf("round %d: delete: %v", round, err)
 		}
-		if !container.WasDeleted(bundle) {
+		if !b.WasDeleted() {
 			t.Fatalf("round %d: the bundle is not marked deleted after Delete", round)
 		}
 	}

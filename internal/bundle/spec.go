@@ -1,4 +1,4 @@
-package container
+package bundle
 
 import (
 	"encoding/json"
@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"syscall"
 
 	"github.com/containerd/errdefs"
@@ -28,34 +27,61 @@ type Spec struct {
 	SharesPidNamespace bool
 }
 
-// LoadSpec reads the spec of bundle. A missing config.json is
-// errdefs.ErrNotFound; one that is not a regular file, is larger than
-// 16 MiB or is not JSON is errdefs.ErrInvalidArgument.
-func LoadSpec(bundle string) (Spec, error) {
-	path := filepath.Join(bundle, "config.json")
+// Spec reads the bundle's OCI config. A missing config.json is
+// errdefs.ErrNotFound (and os.ErrNotExist); one that is not a regular file,
+// is larger than 16 MiB or is not JSON is errdefs.ErrInvalidArgument.
+func (b Bundle) Spec() (Spec, error) {
+	data, err := b.readConfig()
+	if err != nil {
+		return Spec{}, err
+	}
+	return parseSpec(data, b.Config())
+}
+
+// Annotations returns the annotations of the bundle's OCI config. Errors are
+// those of Spec, and an annotation that is not a string is
+// errdefs.ErrInvalidArgument.
+func (b Bundle) Annotations() (map[string]string, error) {
+	data, err := b.readConfig()
+	if err != nil {
+		return nil, err
+	}
+	var raw struct {
+		Annotations map[string]string `json:"annotations"`
+	}
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("parse %s: %v: %w", b.Config(), err, errdefs.ErrInvalidArgument)
+	}
+	return raw.Annotations, nil
+}
+
+// readConfig reads config.json, refusing what is not a regular file or is
+// larger than maxSpecSize.
+func (b Bundle) readConfig() ([]byte, error) {
+	path := b.Config()
 	// Non-blocking, so that a fifo planted as config.json is refused
 	// rather than waited on.
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return Spec{}, fmt.Errorf("bundle %s has no config.json: %w", bundle, errdefs.ErrNotFound)
+			return nil, fmt.Errorf("bundle %s has no %s: %w: %w", b.dir, configFile, errdefs.ErrNotFound, err)
 		}
-		return Spec{}, fmt.Errorf("open %s: %w", path, err)
+		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	defer f.Close()
 	if st, err := f.Stat(); err != nil {
-		return Spec{}, fmt.Errorf("stat %s: %w", path, err)
+		return nil, fmt.Errorf("stat %s: %w", path, err)
 	} else if !st.Mode().IsRegular() {
-		return Spec{}, fmt.Errorf("%s is not a regular file (%s): %w", path, st.Mode().Type(), errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("%s is not a regular file (%s): %w", path, st.Mode().Type(), errdefs.ErrInvalidArgument)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxSpecSize+1))
 	if err != nil {
-		return Spec{}, fmt.Errorf("read %s: %w", path, err)
+		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	if len(data) > maxSpecSize {
-		return Spec{}, fmt.Errorf("%s is larger than %d bytes: %w", path, maxSpecSize, errdefs.ErrInvalidArgument)
+		return nil, fmt.Errorf("%s is larger than %d bytes: %w", path, maxSpecSize, errdefs.ErrInvalidArgument)
 	}
-	return parseSpec(data, path)
+	return data, nil
 }
 
 // parseSpec decodes the fields of Spec from a config.json; path names it

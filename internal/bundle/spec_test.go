@@ -1,9 +1,8 @@
-package container
+package bundle
 
 import (
 	"errors"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -24,32 +23,32 @@ func TestParseSpec(t *testing.T) {
 			Spec{CgroupsPath: "system.slice:docker:c1", SharesPidNamespace: true}},
 	}
 	for _, tt := range tests {
-		got, err := parseSpec([]byte(tt.json), "config.json")
+		got, err := parseSpec([]byte(tt.json), "spec")
 		if err != nil || got != tt.want {
 			t.Errorf("%s: parseSpec = %+v, %v; want %+v", tt.name, got, err, tt.want)
 		}
 	}
-	if _, err := parseSpec([]byte(`{"linux":`), "config.json"); !errors.Is(err, errdefs.ErrInvalidArgument) {
+	if _, err := parseSpec([]byte(`{"linux":`), "spec"); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("truncated JSON: %v, want InvalidArgument", err)
 	}
 }
 
-func TestLoadSpecRefusals(t *testing.T) {
-	if _, err := LoadSpec(t.TempDir()); !errors.Is(err, errdefs.ErrNotFound) {
-		t.Errorf("no config.json: %v, want NotFound", err)
+func TestSpecRefusals(t *testing.T) {
+	if _, err := New(t.TempDir()).Spec(); !errors.Is(err, errdefs.ErrNotFound) || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("no config.json: %v, want NotFound and ErrNotExist", err)
 	}
 	fifo := t.TempDir()
-	if err := unix.Mkfifo(filepath.Join(fifo, "config.json"), 0o600); err != nil {
+	if err := unix.Mkfifo(New(fifo).Config(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadSpec(fifo); !errors.Is(err, errdefs.ErrInvalidArgument) {
+	if _, err := New(fifo).Spec(); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("config.json a fifo: %v, want InvalidArgument", err)
 	}
 	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, "config.json"), 0o700); err != nil {
+	if err := os.Mkdir(New(dir).Config(), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadSpec(dir); !errors.Is(err, errdefs.ErrInvalidArgument) {
+	if _, err := New(dir).Spec(); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("config.json a directory: %v, want InvalidArgument", err)
 	}
 }
@@ -59,7 +58,7 @@ func FuzzParseSpec(f *testing.F) {
 	f.Add([]byte(`{"linux":{"cgroupsPath":"a.slice:b:c","namespaces":[{"type":"pid"}]}}`))
 	f.Add([]byte(`{"linux":null}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if _, err := parseSpec(data, "config.json"); err != nil && !errors.Is(err, errdefs.ErrInvalidArgument) {
+		if _, err := parseSpec(data, "spec"); err != nil && !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Fatalf("parseSpec(%q) = %v, not InvalidArgument", data, err)
 		}
 	})
