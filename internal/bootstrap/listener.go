@@ -171,20 +171,17 @@ func (c *frameConn) ended(err error) error {
 
 // fill reads the next whole frame into pending.
 func (c *frameConn) fill() error {
-	var first [1]byte
 	// Between frames: no deadline, containerd's connections idle; a live
 	// upgrade holds the reader here.
-	if err := c.gate.ReadFirst(func() error {
-		_, err := io.ReadFull(c.UnixConn, first[:])
-		return err
-	}); err != nil {
+	first, err := c.gate.ReadFirst(c.UnixConn)
+	if err != nil {
 		return err
 	}
 	if err := c.SetReadDeadline(time.Now().Add(c.timeout)); err != nil {
 		return err
 	}
 	var header [frameHeader]byte
-	header[0] = first[0]
+	header[0] = first
 	if _, err := io.ReadFull(c.UnixConn, header[1:]); err != nil {
 		return fmt.Errorf("ttrpc frame header: %w", err)
 	}

@@ -93,7 +93,7 @@ func (b *Binary) Close() error { return b.f.Close() }
 
 // Probe opens the binary at path and asks it, by a dry run, whether it
 // takes over StateVersion from this build (version). It refuses (ErrRefused)
-// a binary that is missing, not a regular executable file, not a Tether
+// a binary that is missing, not a regular executable ELF file, not a Tether
 // shim, or that cannot read the state version; the caller must Close the
 // returned Binary.
 func Probe(ctx context.Context, path, version string) (*Binary, error) {
@@ -109,6 +109,14 @@ func Probe(ctx context.Context, path, version string) (*Binary, error) {
 	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
 		f.Close()
 		return nil, fmt.Errorf("%w: new binary %s is not an executable file (mode %v)", ErrRefused, path, fi.Mode())
+	}
+	// execve through /proc/self/fd of a close-on-exec descriptor works for
+	// an ELF binary only: an interpreter could not open a script's path,
+	// and the shim would be gone.
+	var magic [4]byte
+	if _, err := f.ReadAt(magic[:], 0); err != nil || string(magic[:]) != "\x7fELF" {
+		f.Close()
+		return nil, fmt.Errorf("%w: new binary %s is not an ELF executable (a script cannot be re-executed in place)", ErrRefused, path)
 	}
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()

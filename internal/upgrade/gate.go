@@ -5,10 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ttrpc's frame header: length (4), stream id (4), type (1), flags (1).
@@ -105,46 +108,88 @@ func (q *Quiescer) Add(conn *net.UnixConn, peerPID int) *Gate {
 	return g
 }
 
-// ReadFirst runs read, which reads the first byte of the next frame, unless
-// the server is paused: then it parks until Resume. A read interrupted by
-// Pause is retried (after Resume) and never seen by the caller, so that
-// Pause never cuts a frame: a byte read is a frame begun, which the caller
-// reads in full. Any other error of read ends the gate and is returned.
-func (g *Gate) ReadFirst(read func() error) error {
+// ReadFirst reads the first byte of the next frame from the connection,
+// unless the server is paused: then it parks until Resume. Whether the
+// server is paused is checked, and the byte read, under the Quiescer's lock,
+// by a non-blocking read when the socket is readable: so a byte is read
+// only if it was read before Pause returned, and a frame begun is one the
+// caller reads in full and the server answers before the hand-over. (A read
+// deadline alone cannot promise that: a read woken by a deadline in the
+// past still returns data that arrived before the reader ran.) Any error
+// but Pause's interruption ends the gate and is returned; a clean end is
+// io.EOF. On a nil Gate it reads conn plainly.
+func (g *Gate) ReadFirst(conn *net.UnixConn) (byte, error) {
+	var b [1]byte
 	if g == nil {
-		return read()
+		_, err := io.ReadFull(conn, b[:])
+		return b[0], err
+	}
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return 0, err
 	}
 	q := g.q
-	q.mu.Lock()
-	defer q.mu.Unlock()
 	for {
+		q.mu.Lock()
 		for q.paused {
 			g.setLocked(stateParked)
 			q.cond.Wait()
 		}
 		if g.interrupted {
 			g.interrupted = false
-			if err := g.conn.SetReadDeadline(time.Time{}); err != nil {
+			if err := conn.SetReadDeadline(time.Time{}); err != nil {
 				g.setLocked(stateEnded)
-				return err
+				q.mu.Unlock()
+				return 0, err
 			}
 		}
 		g.setLocked(stateWaiting)
 		q.mu.Unlock()
-		err := read()
+
+		var got bool
+		var rerr error
+		err := rc.Read(func(fd uintptr) bool {
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			if q.paused {
+				return true // read nothing; park
+			}
+			for {
+				n, err := unix.Read(int(fd), b[:])
+				switch {
+				case err == unix.EINTR:
+					continue
+				case err == unix.EAGAIN:
+					return false // wait until readable
+				case err != nil:
+					rerr = err
+				case n == 0:
+					rerr = io.EOF
+				default:
+					got = true
+					g.setLocked(stateBusy)
+				}
+				return true
+			}
+		})
+		if got {
+			// The caller sets the frame's own deadline next, which replaces
+			// one Pause may have set meanwhile.
+			q.mu.Lock()
+			g.interrupted = false
+			q.mu.Unlock()
+			return b[0], nil
+		}
+		if rerr == nil && (err == nil || errors.Is(err, os.ErrDeadlineExceeded)) {
+			continue // paused: park at the top
+		}
+		if rerr == nil {
+			rerr = err
+		}
 		q.mu.Lock()
-		if err != nil && g.interrupted && errors.Is(err, os.ErrDeadlineExceeded) {
-			continue
-		}
-		if err != nil {
-			g.setLocked(stateEnded)
-			return err
-		}
-		// The caller sets the frame's own deadline next, which replaces one
-		// Pause may have set since the byte came.
-		g.interrupted = false
-		g.setLocked(stateBusy)
-		return nil
+		g.setLocked(stateEnded)
+		q.mu.Unlock()
+		return 0, rerr
 	}
 }
 

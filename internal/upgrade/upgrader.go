@@ -116,12 +116,13 @@ func (u *Upgrader) Upgrade(ctx context.Context, r Request) (Accepted, error) {
 func (u *Upgrader) HandOver(ctx context.Context, bin *Binary) error {
 	err := u.handOver(ctx, bin)
 	bin.Close()
-	u.cfg.Quiescer.Resume()
+	u.cfg.Logger.Error("upgrade failed; serving on", "to", bin.Answer.Version, "error", err)
+	// Before the readers go on: the first request they read may ask.
 	u.mu.Lock()
 	u.busy = false
 	u.lastErr = err.Error()
 	u.mu.Unlock()
-	u.cfg.Logger.Error("upgrade failed; serving on", "to", bin.Answer.Version, "error", err)
+	u.cfg.Quiescer.Resume()
 	return err
 }
 
