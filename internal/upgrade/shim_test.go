@@ -3,6 +3,7 @@ package upgrade
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -121,6 +122,8 @@ type testShim struct {
 	cmd  *exec.Cmd
 	sock string
 	log  *lockedBuffer
+	// dir holds the shim's bundle; a container's bundle goes next to it.
+	dir string
 }
 
 // startShim runs exe as a server with a listening socket on fd 3 and a log
@@ -128,7 +131,8 @@ type testShim struct {
 func startShim(t *testing.T, exe string) *testShim {
 	t.Helper()
 	dir := t.TempDir()
-	bundle := filepath.Join(dir, "bundle")
+	// Named after the shim's id: containers' bundles are its siblings.
+	bundle := filepath.Join(dir, "c1")
 	if err := os.Mkdir(bundle, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +145,7 @@ func startShim(t *testing.T, exe string) *testShim {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &testShim{sock: filepath.Join(dir, "s"), log: &lockedBuffer{}}
+	s := &testShim{sock: filepath.Join(dir, "s"), log: &lockedBuffer{}, dir: dir}
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)
@@ -430,5 +434,94 @@ func TestShimLiveUpgrade(t *testing.T) {
 	}
 	if err := shim.cmd.Wait(); err != nil {
 		t.Fatalf("shim exit: %v", err)
+	}
+}
+
+// busyboxBundle writes a bundle for id next to the shim's: busybox as the
+// rootfs and the config.json of `runc spec` running args.
+func busyboxBundle(t *testing.T, shim *testShim, id string, args ...string) string {
+	t.Helper()
+	bundle := filepath.Join(shim.dir, id)
+	bin := filepath.Join(bundle, "rootfs", "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	install(t, "/bin/busybox", filepath.Join(bin, "busybox"), 0o755)
+	for _, applet := range []string{"sh", "sleep"} {
+		if err := os.Symlink("busybox", filepath.Join(bin, applet)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := exec.Command("runc", "spec", "--bundle", bundle).CombinedOutput(); err != nil {
+		t.Fatalf("runc spec: %v: %s", err, out)
+	}
+	path := filepath.Join(bundle, "config.json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec map[string]any
+	if err := json.Unmarshal(data, &spec); err != nil {
+		t.Fatal(err)
+	}
+	process := spec["process"].(map[string]any)
+	process["terminal"] = false
+	process["args"] = args
+	if data, err = json.Marshal(spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return bundle
+}
+
+// TestShimWithContainerRefuses: state version 1 carries no container, so a
+// shim that holds one refuses, names why, and keeps the container.
+func TestShimWithContainerRefuses(t *testing.T) {
+	binA := buildShim(t, "upgrade-test-a")
+	exe := filepath.Join(t.TempDir(), "containerd-shim-tether-v2")
+	install(t, binA, exe, 0o755)
+	shim := startShim(t, exe)
+	pid := shim.cmd.Process.Pid
+	client, _ := dial(t, shim.sock)
+	up := NewClient(client)
+	tasks := taskapi.NewTTRPCTaskClient(client)
+
+	id := fmt.Sprintf("upgrade-held-%d", os.Getpid())
+	bundle := busyboxBundle(t, shim, id, "sleep", "1000")
+	created, err := tasks.Create(callCtx(t), &taskapi.CreateTaskRequest{ID: id, Bundle: bundle})
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		_, _ = tasks.Kill(ctx, &taskapi.KillRequest{ID: id, Signal: uint32(syscall.SIGKILL), All: true})
+		if _, err := tasks.Delete(ctx, &taskapi.DeleteRequest{ID: id}); err != nil {
+			t.Errorf("Delete: %v", err)
+		}
+	})
+
+	_, err = up.Upgrade(callCtx(t), Request{})
+	if err == nil || !strings.Contains(err.Error(), "upgrade refused: the shim holds 1 containers") ||
+		!strings.Contains(err.Error(), "state version 1 carries none") {
+		t.Fatalf("Upgrade with a container = %v, want a refusal naming the container", err)
+	}
+	st, err := up.Status(callCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Pid != pid || st.Generation != 0 || st.LastError != "" {
+		t.Errorf("status after the refusal: %+v", st)
+	}
+	state, err := tasks.State(callCtx(t), &taskapi.StateRequest{ID: id})
+	if err != nil {
+		t.Fatalf("State after the refusal: %v", err)
+	}
+	if state.Pid != created.Pid || state.Pid == 0 {
+		t.Errorf("container pid %d after the refusal, created as %d", state.Pid, created.Pid)
+	}
+	if err := syscall.Kill(int(created.Pid), 0); err != nil {
+		t.Errorf("the container's process %d: %v", created.Pid, err)
 	}
 }
