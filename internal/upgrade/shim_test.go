@@ -428,6 +428,29 @@ func TestShimLiveUpgrade(t *testing.T) {
 	}
 	counted.check(t)
 
+	// `tether upgrade PID`, back to the first build.
+	tether := filepath.Join(t.TempDir(), "tether")
+	if b, err := exec.Command("go", "build", "-o", tether, "github.com/tether-shim/tether/cmd/tether").CombinedOutput(); err != nil {
+		t.Fatalf("go build tether: %v\n%s", err, b)
+	}
+	install(t, binA, exe, 0o755)
+	out, err := exec.Command(tether, "upgrade", "--expect", "upgrade-test-a", fmt.Sprint(pid)).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), fmt.Sprintf("shim %d: upgraded upgrade-test-b -> upgrade-test-a", pid)) {
+		t.Fatalf("tether upgrade: %v\n%s", err, out)
+	}
+	final, err := up.Status(callCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if final.Pid != pid || final.Version != "upgrade-test-a" || final.Generation != 3 {
+		t.Fatalf("status after tether upgrade: %+v", final)
+	}
+	out, err = exec.Command(tether, "upgrade", "--expect", "upgrade-test-b", fmt.Sprint(pid)).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "upgrade refused") {
+		t.Fatalf("tether upgrade to an unexpected build: %v\n%s", err, out)
+	}
+	counted.check(t)
+
 	// The shim still stops as containerd stops it.
 	if _, err := tasks.Shutdown(callCtx(t), &taskapi.ShutdownRequest{ID: "c1"}); err != nil && !errors.Is(err, ttrpc.ErrClosed) {
 		t.Fatalf("Shutdown: %v", err)
