@@ -57,6 +57,7 @@ func newUpgrader(logger *slog.Logger, version string, inherited *upgrade.State, 
 		Env:        func() []string { return serverEnv(os.Environ()) },
 		Listener:   ln,
 		Quiescer:   q,
+		Hold:       reaper.Hold,
 		Busy: func() error {
 			if n := svc.Held(); n > 0 {
 				return fmt.Errorf("the shim holds %d containers, and handing containers over is not built yet (state version %d carries none): %w", n, upgrade.StateVersion, upgrade.ErrNotHandedOver)

@@ -38,6 +38,9 @@ type Config struct {
 	// Busy returns why the server holds state this version cannot hand
 	// over (containers, children, queued events), or nil.
 	Busy func() error
+	// Hold, if set, keeps the server's reaper from reaping the dry run's
+	// process before os/exec waits for it (exits.Reaper.Hold).
+	Hold func() (release func())
 	// BeforeExec runs just before execve; AfterFailedExec undoes it if
 	// execve failed.
 	BeforeExec      func() error
@@ -93,7 +96,12 @@ func (u *Upgrader) Upgrade(ctx context.Context, r Request) (Accepted, error) {
 	if err := u.cfg.Busy(); err != nil {
 		return Accepted{}, fmt.Errorf("%w: %w", ErrRefused, err)
 	}
+	release := func() {}
+	if u.cfg.Hold != nil {
+		release = u.cfg.Hold()
+	}
 	bin, err := Probe(ctx, u.cfg.Exe, u.cfg.Version)
+	release()
 	if err != nil {
 		return Accepted{}, err
 	}
