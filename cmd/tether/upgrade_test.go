@@ -44,10 +44,10 @@ func TestListeningSocketOfAProcess(t *testing.T) {
 func TestShimPids(t *testing.T) {
 	proc := t.TempDir()
 	procs := map[string]string{
-		"10": "/usr/local/bin/containerd-shim-tether-v2\x00-namespace\x00default\x00-id\x00c1\x00serve\x00",
-		"11": "/usr/local/bin/containerd-shim-tether-v2\x00-namespace\x00default\x00-id\x00c1\x00start\x00",
-		"12": "/usr/bin/containerd-shim-runc-v2\x00-namespace\x00default\x00serve\x00",
-		"13": "",
+		"10":   "/usr/local/bin/containerd-shim-tether-v2\x00-namespace\x00default\x00-id\x00c1\x00serve\x00",
+		"11":   "/usr/local/bin/containerd-shim-tether-v2\x00-namespace\x00default\x00-id\x00c1\x00start\x00",
+		"12":   "/usr/bin/containerd-shim-runc-v2\x00-namespace\x00default\x00serve\x00",
+		"13":   "",
 		"self": "/usr/local/bin/containerd-shim-tether-v2\x00serve\x00",
 	}
 	for pid, cmdline := range procs {

@@ -3,7 +3,6 @@ package upgrade
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +19,8 @@ import (
 	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/tether-shim/tether/internal/testutil"
 )
 
 // The shim tests run the real shim binary, built twice with different
@@ -287,19 +288,36 @@ func exeIs(t *testing.T, pid int, fi os.FileInfo) bool {
 	return os.SameFile(got, fi)
 }
 
+// installedShim is a shim server started from a path of its own, where
+// the test installs builds, with a connection to it.
+type installedShim struct {
+	*testShim
+	exe     string
+	pid     int
+	counted *countingConn
+	up      *Client
+	tasks   taskapi.TTRPCTaskService
+}
+
+// startInstalled installs bin and starts it.
+func startInstalled(t *testing.T, bin string) *installedShim {
+	t.Helper()
+	s := &installedShim{exe: filepath.Join(t.TempDir(), "containerd-shim-tether-v2")}
+	install(t, bin, s.exe, 0o755)
+	s.testShim = startShim(t, s.exe)
+	s.pid = s.cmd.Process.Pid
+	client, counted := dial(t, s.sock)
+	s.counted, s.up, s.tasks = counted, NewClient(client), taskapi.NewTTRPCTaskClient(client)
+	return s
+}
+
 func TestShimLiveUpgrade(t *testing.T) {
 	binA := buildShim(t, "upgrade-test-a")
 	binB := buildShim(t, "upgrade-test-b")
-	exe := filepath.Join(t.TempDir(), "containerd-shim-tether-v2")
-	install(t, binA, exe, 0o755)
-	shim := startShim(t, exe)
-	pid := shim.cmd.Process.Pid
-
-	// The connection containerd would hold: tasks and status requests flow
-	// on it from several goroutines across the upgrade.
-	client, counted := dial(t, shim.sock)
-	up := NewClient(client)
-	tasks := taskapi.NewTTRPCTaskClient(client)
+	// Its connection is the one containerd would hold: tasks and status
+	// requests flow on it from several goroutines across the upgrade.
+	shim := startInstalled(t, binA)
+	exe, pid, counted, up, tasks := shim.exe, shim.pid, shim.counted, shim.up, shim.tasks
 	before, err := up.Status(callCtx(t))
 	if err != nil {
 		t.Fatal(err)
@@ -460,59 +478,15 @@ func TestShimLiveUpgrade(t *testing.T) {
 	}
 }
 
-// busyboxBundle writes a bundle for id next to the shim's: busybox as the
-// rootfs and the config.json of `runc spec` running args.
-func busyboxBundle(t *testing.T, shim *testShim, id string, args ...string) string {
-	t.Helper()
-	bundle := filepath.Join(shim.dir, id)
-	bin := filepath.Join(bundle, "rootfs", "bin")
-	if err := os.MkdirAll(bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	install(t, "/bin/busybox", filepath.Join(bin, "busybox"), 0o755)
-	for _, applet := range []string{"sh", "sleep"} {
-		if err := os.Symlink("busybox", filepath.Join(bin, applet)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if out, err := exec.Command("runc", "spec", "--bundle", bundle).CombinedOutput(); err != nil {
-		t.Fatalf("runc spec: %v: %s", err, out)
-	}
-	path := filepath.Join(bundle, "config.json")
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var spec map[string]any
-	if err := json.Unmarshal(data, &spec); err != nil {
-		t.Fatal(err)
-	}
-	process := spec["process"].(map[string]any)
-	process["terminal"] = false
-	process["args"] = args
-	if data, err = json.Marshal(spec); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return bundle
-}
-
 // TestShimWithContainerRefuses: state version 1 carries no container, so a
 // shim that holds one refuses, names why, and keeps the container.
 func TestShimWithContainerRefuses(t *testing.T) {
-	binA := buildShim(t, "upgrade-test-a")
-	exe := filepath.Join(t.TempDir(), "containerd-shim-tether-v2")
-	install(t, binA, exe, 0o755)
-	shim := startShim(t, exe)
-	pid := shim.cmd.Process.Pid
-	client, _ := dial(t, shim.sock)
-	up := NewClient(client)
-	tasks := taskapi.NewTTRPCTaskClient(client)
+	shim := startInstalled(t, buildShim(t, "upgrade-test-a"))
+	pid, up, tasks := shim.pid, shim.up, shim.tasks
 
 	id := fmt.Sprintf("upgrade-held-%d", os.Getpid())
-	bundle := busyboxBundle(t, shim, id, "sleep", "1000")
+	bundle := filepath.Join(shim.dir, id)
+	testutil.BusyboxBundle(t, bundle, "/usr/sbin/runc", "sleep", "1000")
 	created, err := tasks.Create(callCtx(t), &taskapi.CreateTaskRequest{ID: id, Bundle: bundle})
 	if err != nil {
 		t.Fatalf("Create: %v", err)
