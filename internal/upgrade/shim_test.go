@@ -215,26 +215,25 @@ func newCountingConn(c net.Conn) *countingConn {
 
 func (c *countingConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
-	c.mu.Lock()
-	c.out.scan(p[:n], func(id uint32, typ, _ byte) {
-		if typ == typeRequest {
-			c.requests[id]++
-		}
-	})
-	c.mu.Unlock()
+	c.count(&c.out, p[:n], typeRequest, c.requests)
 	return n, err
 }
 
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
+	c.count(&c.in, p[:n], typeResp, c.responses)
+	return n, err
+}
+
+// count follows p through s, counting the frames of type typ per stream.
+func (c *countingConn) count(s *frameScanner, p []byte, typ byte, counts map[uint32]int) {
 	c.mu.Lock()
-	c.in.scan(p[:n], func(id uint32, typ, _ byte) {
-		if typ == typeResp {
-			c.responses[id]++
+	defer c.mu.Unlock()
+	s.scan(p, func(id uint32, t, _ byte) {
+		if t == typ {
+			counts[id]++
 		}
 	})
-	c.mu.Unlock()
-	return n, err
 }
 
 // check fails t unless every request was answered exactly once.
