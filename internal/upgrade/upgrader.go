@@ -89,12 +89,34 @@ func (u *Upgrader) Status(context.Context) Status {
 // the new image's, and queues the hand-over.
 func (u *Upgrader) Upgrade(ctx context.Context, r Request) (Accepted, error) {
 	u.mu.Lock()
-	defer u.mu.Unlock()
 	if u.busy {
+		u.mu.Unlock()
 		return Accepted{}, fmt.Errorf("%w: an upgrade is already under way", ErrRefused)
 	}
+	// Claimed while the checks run (the dry run may take seconds), without
+	// holding mu, so that Status answers meanwhile.
+	u.busy = true
+	u.mu.Unlock()
+	bin, err := u.check(ctx, r)
+	if err != nil {
+		u.mu.Lock()
+		u.busy = false
+		u.mu.Unlock()
+		return Accepted{}, err
+	}
+	u.mu.Lock()
+	u.lastErr = ""
+	u.mu.Unlock()
+	u.cfg.Quiescer.Pause()
+	u.pending <- bin
+	u.cfg.Logger.Info("upgrade accepted", "from", u.cfg.Version, "to", bin.Answer.Version, "exe", bin.Path)
+	return Accepted{From: u.cfg.Version, To: bin.Answer.Version, StateVersion: StateVersion, Exe: bin.Path}, nil
+}
+
+// check runs the checks of Upgrade and returns the binary to execute.
+func (u *Upgrader) check(ctx context.Context, r Request) (*Binary, error) {
 	if err := u.cfg.Busy(); err != nil {
-		return Accepted{}, fmt.Errorf("%w: %w", ErrRefused, err)
+		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
 	}
 	release := func() {}
 	if u.cfg.Hold != nil {
@@ -103,18 +125,13 @@ func (u *Upgrader) Upgrade(ctx context.Context, r Request) (Accepted, error) {
 	bin, err := Probe(ctx, u.cfg.Exe, u.cfg.Version)
 	release()
 	if err != nil {
-		return Accepted{}, err
+		return nil, err
 	}
 	if r.ExpectVersion != "" && bin.Answer.Version != r.ExpectVersion {
 		bin.Close()
-		return Accepted{}, fmt.Errorf("%w: new binary %s is build %q, not the expected %q", ErrRefused, bin.Path, bin.Answer.Version, r.ExpectVersion)
+		return nil, fmt.Errorf("%w: new binary %s is build %q, not the expected %q", ErrRefused, bin.Path, bin.Answer.Version, r.ExpectVersion)
 	}
-	u.busy = true
-	u.lastErr = ""
-	u.cfg.Quiescer.Pause()
-	u.pending <- bin
-	u.cfg.Logger.Info("upgrade accepted", "from", u.cfg.Version, "to", bin.Answer.Version, "exe", bin.Path)
-	return Accepted{From: u.cfg.Version, To: bin.Answer.Version, StateVersion: StateVersion, Exe: bin.Path}, nil
+	return bin, nil
 }
 
 // HandOver completes an accepted upgrade: it waits for the server to be
