@@ -146,6 +146,7 @@ type limited struct {
 	n int
 }
 
+// Write keeps what fits and reports all of p written.
 func (l *limited) Write(p []byte) (int, error) {
 	if l.n > 0 {
 		k := min(l.n, len(p))

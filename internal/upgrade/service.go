@@ -29,18 +29,25 @@ type Request struct {
 // sent after this answer is answered by the new image (or, if the hand-over
 // fails after all, by the old one, whose Status then tells why).
 type Accepted struct {
-	From         string `json:"from"`
-	To           string `json:"to"`
-	StateVersion int    `json:"state_version"`
-	Exe          string `json:"exe"`
+	// From and To are the builds of the running image and of the binary.
+	From string `json:"from"`
+	To   string `json:"to"`
+	// StateVersion is the version of the state document handed over.
+	StateVersion int `json:"state_version"`
+	// Exe is the path of the binary.
+	Exe string `json:"exe"`
 }
 
 // Status describes a running shim server.
 type Status struct {
-	Pid          int    `json:"pid"`
-	Version      string `json:"version"`
-	Exe          string `json:"exe"`
-	StateVersion int    `json:"state_version"`
+	// Pid is the server's pid, which upgrades keep.
+	Pid int `json:"pid"`
+	// Version is the running image's build.
+	Version string `json:"version"`
+	// Exe is the path upgrades re-execute.
+	Exe string `json:"exe"`
+	// StateVersion is the version of the state document it writes.
+	StateVersion int `json:"state_version"`
 	// Generation counts the upgrades the server went through.
 	Generation int `json:"generation"`
 	// LastError is why the last accepted upgrade failed after it was
