@@ -128,7 +128,9 @@ func startGatedServer(t *testing.T) *gatedServer {
 		},
 	}})
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(context.Background(), &gatedListener{UnixListener: ln, q: s.q, gate: s.q.Listener(ln)}) }()
+	go func() {
+		served <- srv.Serve(context.Background(), &gatedListener{UnixListener: ln, q: s.q, gate: s.q.Listener(ln)})
+	}()
 	t.Cleanup(func() {
 		srv.Close()
 		<-served
