@@ -521,3 +521,64 @@ func TestShimWithContainerRefuses(t *testing.T) {
 		t.Errorf("the container's process %d: %v", created.Pid, err)
 	}
 }
+
+// Twenty upgrades in a row, alternating two builds, while requests flow on
+// one connection from several goroutines: every request is answered once,
+// by whichever image reads it, and the shim keeps its pid.
+func TestShimUpgradesInARow(t *testing.T) {
+	builds := map[string]string{"upgrade-test-a": buildShim(t, "upgrade-test-a"), "upgrade-test-b": buildShim(t, "upgrade-test-b")}
+	shim := startInstalled(t, builds["upgrade-test-a"])
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	calls := make([]int, 4)
+	for w := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				_, err := shim.tasks.Connect(ctx, &taskapi.ConnectRequest{ID: fmt.Sprintf("none-%d-%d", w, i)})
+				cancel()
+				if status.Code(err) != codes.NotFound {
+					errs <- fmt.Errorf("worker %d, call %d: Connect of no container: %v, want NotFound", w, i, err)
+					return
+				}
+				calls[w]++
+			}
+		}()
+	}
+	cli, cliCounted := dial(t, shim.sock)
+	up := NewClient(cli)
+	for gen := 1; gen <= 20; gen++ {
+		to := "upgrade-test-a"
+		if gen%2 == 1 {
+			to = "upgrade-test-b"
+		}
+		install(t, builds[to], shim.exe, 0o755)
+		if _, err := up.Upgrade(callCtx(t), Request{ExpectVersion: to}); err != nil {
+			t.Fatalf("upgrade %d: %v", gen, err)
+		}
+		st, err := up.Status(callCtx(t))
+		if err != nil {
+			t.Fatalf("status after upgrade %d: %v", gen, err)
+		}
+		if st.Pid != shim.pid || st.Version != to || st.Generation != gen || st.LastError != "" {
+			t.Fatalf("status after upgrade %d: %+v", gen, st)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("requests per worker across 20 upgrades: %v", calls)
+	shim.counted.check(t)
+	cliCounted.check(t)
+}
