@@ -201,6 +201,14 @@ func TestHandOverFailsWhileARequestHangs(t *testing.T) {
 		}
 		after <- st
 	}()
+	// A client that connects during the pause is answered once the server
+	// resumes (or, had it handed over, by the new image).
+	_, late := gatedClient(t, s.sock)
+	lateStatus := make(chan error, 1)
+	go func() {
+		_, err := late.Status(context.Background())
+		lateStatus <- err
+	}()
 	bin := <-s.up.Pending()
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -211,6 +219,9 @@ func TestHandOverFailsWhileARequestHangs(t *testing.T) {
 	st := <-after
 	if st.Generation != 0 || !strings.Contains(st.LastError, "1 requests unanswered") {
 		t.Fatalf("Status after the failed hand-over: %+v", st)
+	}
+	if err := <-lateStatus; err != nil {
+		t.Fatalf("Status of a client that connected during the pause: %v", err)
 	}
 	close(s.release)
 	if err := <-blocked; err != nil {
