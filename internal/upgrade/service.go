@@ -9,13 +9,17 @@ import (
 	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/wrapperspb"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // ServiceName is the ttrpc service of live upgrade on the shim's socket.
-// Its messages are JSON objects (Request, Accepted, Status) in a
-// google.protobuf.StringValue, so that it needs no generated code.
+// Its messages are JSON objects (Request, Accepted, Status) in the value of
+// a google.protobuf.Any of type jsonType, so that it needs no generated code
+// (and no message type the shim does not link already).
 const ServiceName = "tether.upgrade.v1.Upgrade"
+
+// jsonType is the type URL of the service's messages.
+const jsonType = "tether.upgrade.v1/json"
 
 // Request asks a shim to upgrade.
 type Request struct {
@@ -90,25 +94,28 @@ func Register(srv *ttrpc.Server, b Backend) {
 }
 
 func decodeMsg(unmarshal func(any) error, v any) error {
-	var m wrapperspb.StringValue
+	var m anypb.Any
 	if err := unmarshal(&m); err != nil {
 		return err
 	}
-	if m.Value == "" {
+	if len(m.GetValue()) == 0 {
 		return nil
 	}
-	if err := json.Unmarshal([]byte(m.Value), v); err != nil {
+	if m.GetTypeUrl() != jsonType {
+		return status.Errorf(codes.InvalidArgument, "%s: message of type %q, want %q", ServiceName, m.GetTypeUrl(), jsonType)
+	}
+	if err := json.Unmarshal(m.GetValue(), v); err != nil {
 		return status.Errorf(codes.InvalidArgument, "%s: %v", ServiceName, err)
 	}
 	return nil
 }
 
-func encodeMsg(v any) (*wrapperspb.StringValue, error) {
+func encodeMsg(v any) (*anypb.Any, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
 	}
-	return wrapperspb.String(string(b)), nil
+	return &anypb.Any{TypeUrl: jsonType, Value: b}, nil
 }
 
 // Client calls the service over a ttrpc client.
@@ -136,14 +143,17 @@ func (c *Client) call(ctx context.Context, method string, req, resp any) error {
 	if err != nil {
 		return err
 	}
-	var out wrapperspb.StringValue
+	var out anypb.Any
 	if err := c.c.Call(ctx, ServiceName, method, in, &out); err != nil {
 		if st, ok := status.FromError(err); ok {
 			return fmt.Errorf("%s", st.Message())
 		}
 		return err
 	}
-	if err := json.Unmarshal([]byte(out.Value), resp); err != nil {
+	if out.GetTypeUrl() != jsonType {
+		return fmt.Errorf("%s.%s answer of type %q, want %q", ServiceName, method, out.GetTypeUrl(), jsonType)
+	}
+	if err := json.Unmarshal(out.GetValue(), resp); err != nil {
 		return fmt.Errorf("%s.%s answer: %w", ServiceName, method, err)
 	}
 	return nil
