@@ -310,6 +310,22 @@ func startInstalled(t *testing.T, bin string) *installedShim {
 	return s
 }
 
+// procStatus is the value of a field of /proc/PID/status.
+func procStatus(t *testing.T, pid int, field string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return ""
+}
+
 func TestShimLiveUpgrade(t *testing.T) {
 	binA := buildShim(t, "upgrade-test-a")
 	binB := buildShim(t, "upgrade-test-b")
@@ -388,6 +404,11 @@ func TestShimLiveUpgrade(t *testing.T) {
 	}
 	if !exeIs(t, pid, installed) {
 		t.Errorf("/proc/%d/exe is not the binary installed at %s", pid, exe)
+	}
+	// PR_SET_THP_DISABLE, set for the new runtime's start, is cleared again:
+	// children started later must get the host's huge page setting.
+	if got := procStatus(t, pid, "THP_enabled"); got != "1" {
+		t.Errorf("THP_enabled of the upgraded shim: %q, want 1", got)
 	}
 	if !strings.Contains(shim.log.String(), "resumed by live upgrade") {
 		t.Errorf("the new image did not log its resumption")
