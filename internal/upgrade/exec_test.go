@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -107,6 +108,9 @@ func report(a attrs) {
 // helperBefore sets the attributes, starts a child that exits at once and
 // leaves it a zombie, and execs the binary at its own path as an upgrade.
 func helperBefore() int {
+	// PR_SET_PDEATHSIG and PR_SET_NO_NEW_PRIVS are attributes of a thread:
+	// set them on the thread that will call execve.
+	runtime.LockOSThread()
 	fail := func(err error) int {
 		report(attrs{Image: "before", Error: err.Error()})
 		return 1
