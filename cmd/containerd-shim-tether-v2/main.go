@@ -10,6 +10,7 @@ import (
 
 	"github.com/tether-shim/tether/internal/bootstrap"
 	"github.com/tether-shim/tether/internal/runtime"
+	"github.com/tether-shim/tether/internal/upgrade"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -20,6 +21,11 @@ func main() {
 }
 
 func run() int {
+	// The dry run of live upgrade: can this binary take over a running
+	// shim's state? See docs/design.md, "Live upgrade".
+	if len(os.Args) > 1 && os.Args[1] == upgrade.CheckFlag {
+		return upgrade.RunCheck(os.Args[2:], version, os.Stdout)
+	}
 	f, err := bootstrap.ParseFlags(os.Args[1:], os.Stderr)
 	if err != nil {
 		return 2

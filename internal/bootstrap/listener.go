@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/internal/upgrade"
 )
 
 // Limits of what one connection to the server's socket can make it hold.
@@ -43,6 +45,13 @@ type guardedListener struct {
 	activity func()
 	// frameTimeout is frameTimeout; tests shorten it.
 	frameTimeout time.Duration
+	// quiescer, if set, quiesces the connections for live upgrade, and
+	// gate the listener. inherited are the connections a live upgrade
+	// handed over, which Accept returns first; only ttrpc's accepting
+	// goroutine touches it.
+	quiescer  *upgrade.Quiescer
+	gate      *upgrade.ListenerGate
+	inherited []upgrade.Handed
 }
 
 // newGuardedListener wraps ln; activity must not block.
@@ -50,10 +59,16 @@ func newGuardedListener(ln *net.UnixListener, logger *slog.Logger, activity func
 	return &guardedListener{UnixListener: ln, uid: os.Getuid(), logger: logger, activity: activity, frameTimeout: frameTimeout}
 }
 
-// Accept returns the next connection of a peer of the server's uid.
+// Accept returns the next connection of a peer of the server's uid, the
+// inherited ones first.
 func (l *guardedListener) Accept() (net.Conn, error) {
+	if len(l.inherited) > 0 {
+		h := l.inherited[0]
+		l.inherited = l.inherited[1:]
+		return l.wrap(h.Conn, h.PeerPID), nil
+	}
 	for {
-		c, err := l.AcceptUnix()
+		c, err := l.gate.Accept(l.AcceptUnix)
 		if err != nil {
 			return nil, err
 		}
@@ -64,8 +79,13 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			c.Close()
 			continue
 		}
-		return &frameConn{UnixConn: c, activity: l.activity, timeout: l.frameTimeout, logger: l.logger, peerPID: pid}, nil
+		return l.wrap(c, pid), nil
 	}
+}
+
+// wrap makes c a frameConn, registered with the quiescer.
+func (l *guardedListener) wrap(c *net.UnixConn, pid int) *frameConn {
+	return &frameConn{UnixConn: c, activity: l.activity, timeout: l.frameTimeout, logger: l.logger, peerPID: pid, gate: l.quiescer.Add(c, pid)}
 }
 
 // peerCred is the uid and pid of the process at the other end of c.
@@ -115,6 +135,9 @@ type frameConn struct {
 	timeout  time.Duration // from a frame's first byte to its last
 	logger   *slog.Logger
 	peerPID  int // for the log
+	// gate quiesces the connection for live upgrade (nil: never): it
+	// holds the reader between frames and counts requests and answers.
+	gate *upgrade.Gate
 	// pending is the rest of the frame being handed to ttrpc.
 	pending []byte
 }
@@ -148,16 +171,17 @@ func (c *frameConn) ended(err error) error {
 
 // fill reads the next whole frame into pending.
 func (c *frameConn) fill() error {
-	var first [1]byte
-	// Between frames: no deadline, containerd's connections idle.
-	if _, err := io.ReadFull(c.UnixConn, first[:]); err != nil {
+	// Between frames: no deadline, containerd's connections idle; a live
+	// upgrade holds the reader here.
+	first, err := c.gate.ReadFirst(c.UnixConn)
+	if err != nil {
 		return err
 	}
 	if err := c.SetReadDeadline(time.Now().Add(c.timeout)); err != nil {
 		return err
 	}
 	var header [frameHeader]byte
-	header[0] = first[0]
+	header[0] = first
 	if _, err := io.ReadFull(c.UnixConn, header[1:]); err != nil {
 		return fmt.Errorf("ttrpc frame header: %w", err)
 	}
@@ -183,13 +207,23 @@ func (c *frameConn) fill() error {
 	if err := c.SetReadDeadline(time.Time{}); err != nil {
 		return err
 	}
+	c.gate.Received(buf[:frameHeader])
 	c.pending = buf
 	return nil
+}
+
+// Write writes ttrpc's bytes, which the gate follows to know when every
+// request read is answered.
+func (c *frameConn) Write(p []byte) (int, error) {
+	n, err := c.UnixConn.Write(p)
+	c.gate.Sent(p[:n])
+	return n, err
 }
 
 // Close closes the connection and tells of the activity.
 func (c *frameConn) Close() error {
 	err := c.UnixConn.Close()
+	c.gate.Closed()
 	c.activity()
 	return err
 }

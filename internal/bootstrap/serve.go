@@ -22,6 +22,7 @@ import (
 	"github.com/tether-shim/tether/internal/events"
 	"github.com/tether-shim/tether/internal/exits"
 	"github.com/tether-shim/tether/internal/taskservice"
+	"github.com/tether-shim/tether/internal/upgrade"
 )
 
 // listenFD is the descriptor `start` hands the listening socket on.
@@ -91,16 +92,20 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		runtime.MemProfileRate = 4096
 	}
 
-	sock := os.NewFile(listenFD, "socket")
-	fl, err := net.FileListener(sock)
-	sock.Close()
+	// An image a live upgrade started inherits the listener and the
+	// connections (docs/design.md, "Live upgrade").
+	inherited, resumed, err := upgrade.Inherited()
 	if err != nil {
-		return fmt.Errorf("listening socket on fd %d: %w", listenFD, err)
+		return fmt.Errorf("live upgrade: %w", err)
 	}
-	ln, ok := fl.(*net.UnixListener)
-	if !ok {
-		fl.Close()
-		return fmt.Errorf("fd %d is not a unix socket", listenFD)
+	var from *upgrade.State
+	if resumed {
+		from = &inherited
+		logger.Info("resumed by live upgrade", "from", inherited.From, "generation", inherited.Generation, "connections", len(inherited.Conns))
+	}
+	ln, conns, err := serverListener(from)
+	if err != nil {
+		return err
 	}
 	socketPath := ln.Addr().String()
 
@@ -134,6 +139,13 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		return err
 	}
 	svc.Register(server)
+	quiescer := upgrade.NewQuiescer()
+	up, err := newUpgrader(logger, version, from, ln, quiescer, svc, reaper, publisher)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	upgrade.Register(server, up)
 
 	// SIGTERM and SIGINT are ignored while containers run: the shim is what
 	// keeps them, and containerd asks it to leave through Shutdown.
@@ -143,6 +155,7 @@ func Serve(ctx context.Context, f Flags, version string) error {
 
 	served := make(chan error, 1)
 	guarded := newGuardedListener(ln, logger, trim.Poke)
+	guarded.quiescer, guarded.gate, guarded.inherited = quiescer, quiescer.Listener(ln), conns
 	go func() { served <- serveTTRPC(ctx, server, guarded, logger) }()
 	go trim.run(ctx)
 	if f.Debug {
@@ -173,9 +186,13 @@ wait:
 			break wait
 		case sig := <-signals:
 			logger.Debug("signal ignored", "signal", sig)
+		case bin := <-up.Pending():
+			// Returns only if the upgrade failed; the server serves on.
+			_ = up.HandOver(ctx, bin)
 		}
 	}
 
+	up.Cancel()
 	// Unlink first, under the directory lock, so that a concurrent `start`
 	// either finds no socket and launches a new server, or found this one
 	// before it began to go away.

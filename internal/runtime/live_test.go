@@ -3,12 +3,9 @@ package runtime
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -23,7 +20,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
-	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/testutil"
 )
 
@@ -126,54 +122,7 @@ func busyboxBundle(t *testing.T, args ...string) string {
 	requireBinary(t, busyboxBinary)
 	requireBinary(t, runcBinary)
 	dir := t.TempDir()
-	bin := filepath.Join(bundle.New(dir).Rootfs(), "bin")
-	if err := os.MkdirAll(bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	src, err := os.Open(busyboxBinary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	dst, err := os.OpenFile(filepath.Join(bin, "busybox"), os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(dst, src); err != nil {
-		t.Fatal(err)
-	}
-	if err := dst.Close(); err != nil {
-		t.Fatal(err)
-	}
-	for _, applet := range []string{"sh", "sleep", "true"} {
-		if err := os.Symlink("busybox", filepath.Join(bin, applet)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if out, err := exec.Command(runcBinary, "spec", "--bundle", dir).CombinedOutput(); err != nil {
-		t.Fatalf("runc spec: %v: %s", err, out)
-	}
-	path := bundle.New(dir).Config()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var spec map[string]any
-	if err := json.Unmarshal(data, &spec); err != nil {
-		t.Fatal(err)
-	}
-	process, ok := spec["process"].(map[string]any)
-	if !ok {
-		t.Fatalf("runc spec wrote no process: %s", data)
-	}
-	process["terminal"] = false
-	process["args"] = args
-	if data, err = json.MarshalIndent(spec, "", "\t"); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	testutil.BusyboxBundle(t, dir, runcBinary, args...)
 	return dir
 }
 

@@ -299,10 +299,16 @@ func startBundle(t *testing.T) string {
 // returns its stdout, failing the test on a non-zero exit or any stderr.
 func runStart(t *testing.T, bundle, ns, id, publish string, stdin []byte) []byte {
 	t.Helper()
+	return runStartOf(t, shimBin, bundle, ns, id, publish, stdin)
+}
+
+// runStartOf is runStart of the shim binary bin.
+func runStartOf(t *testing.T, bin, bundle, ns, id, publish string, stdin []byte) []byte {
+	t.Helper()
 	addr := startAddress(id)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, shimBin, "-namespace", ns, "-id", id, "-address", addr, "-publish-binary", publish, "start")
+	cmd := exec.CommandContext(ctx, bin, "-namespace", ns, "-id", id, "-address", addr, "-publish-binary", publish, "start")
 	cmd.Dir = bundle
 	cmd.Env = append(testkit.FilterEnv(os.Environ(), "TTRPC_ADDRESS", "GRPC_ADDRESS", "NAMESPACE", "MAX_SHIM_VERSION", "GOMAXPROCS"),
 		"TTRPC_ADDRESS="+addr+".ttrpc", "GRPC_ADDRESS="+addr, "NAMESPACE="+ns, "MAX_SHIM_VERSION=2", "GOMAXPROCS=2")

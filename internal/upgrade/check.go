@@ -1,0 +1,157 @@
+package upgrade
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// CheckFlag is the first argument of the dry run: `<binary> -upgrade-check
+// <state version> <build of the asking image>`.
+const CheckFlag = "-upgrade-check"
+
+// checkTimeout bounds the dry run.
+const checkTimeout = 10 * time.Second
+
+// maxAnswer bounds what the dry run may print.
+const maxAnswer = 64 << 10
+
+// Answer is what a binary prints, as one JSON object, to the dry run.
+type Answer struct {
+	// Shim is "containerd-shim-tether-v2": the binary is a Tether shim.
+	Shim string `json:"shim"`
+	// Version is its build.
+	Version string `json:"version"`
+	// Reads lists the state versions it can take over.
+	Reads []int `json:"reads"`
+	// OK tells whether it takes over the version asked.
+	OK bool `json:"ok"`
+	// Reason says why not, when OK is false.
+	Reason string `json:"reason,omitempty"`
+}
+
+// shimName is Answer.Shim of a Tether shim.
+const shimName = "containerd-shim-tether-v2"
+
+// RunCheck implements the dry run in the new binary: args are what follows
+// CheckFlag. It writes the Answer to out and returns the exit code: 0 if this
+// build takes the state version over, 1 if not, 2 on bad arguments.
+func RunCheck(args []string, version string, out io.Writer) int {
+	a := Answer{Shim: shimName, Version: version, Reads: []int{StateVersion}}
+	if len(args) != 2 {
+		a.Reason = fmt.Sprintf("want %s <state version> <build>, got %d arguments", CheckFlag, len(args))
+		_ = json.NewEncoder(out).Encode(a)
+		return 2
+	}
+	v, err := strconv.Atoi(args[0])
+	switch {
+	case err != nil:
+		a.Reason = fmt.Sprintf("state version %q is not a number", args[0])
+	default:
+		if err := CanTake(v); err != nil {
+			a.Reason = err.Error()
+		} else {
+			a.OK = true
+		}
+	}
+	_ = json.NewEncoder(out).Encode(a)
+	if !a.OK {
+		return 1
+	}
+	return 0
+}
+
+// ErrRefused is wrapped by every error of an upgrade that was refused before
+// anything changed.
+var ErrRefused = errors.New("upgrade refused")
+
+// Binary is the new binary, opened: the dry run and execve both go through
+// its descriptor, so the binary that answered is the one executed even if
+// the path changes in between.
+type Binary struct {
+	// Path is where it was opened.
+	Path string
+	// Answer is its answer to the dry run.
+	Answer Answer
+	f      *os.File
+}
+
+// FD is the descriptor to execute (through /proc/self/fd).
+func (b *Binary) FD() int { return int(b.f.Fd()) }
+
+// Close closes the descriptor.
+func (b *Binary) Close() error { return b.f.Close() }
+
+// Probe opens the binary at path and asks it, by a dry run, whether it
+// takes over StateVersion from this build (version). It refuses (ErrRefused)
+// a binary that is missing, not a regular executable ELF file, not a Tether
+// shim, or that cannot read the state version; the caller must Close the
+// returned Binary.
+func Probe(ctx context.Context, path, version string) (*Binary, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%w: new binary: %w", ErrRefused, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w: new binary: %w", ErrRefused, err)
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		f.Close()
+		return nil, fmt.Errorf("%w: new binary %s is not an executable file (mode %v)", ErrRefused, path, fi.Mode())
+	}
+	// execve through /proc/self/fd of a close-on-exec descriptor works for
+	// an ELF binary only: an interpreter could not open a script's path,
+	// and the shim would be gone.
+	var magic [4]byte
+	if _, err := f.ReadAt(magic[:], 0); err != nil || string(magic[:]) != "\x7fELF" {
+		f.Close()
+		return nil, fmt.Errorf("%w: new binary %s is not an ELF executable (a script cannot be re-executed in place)", ErrRefused, path)
+	}
+	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, fmt.Sprintf("/proc/self/fd/%d", f.Fd()), CheckFlag, strconv.Itoa(StateVersion), version)
+	cmd.Stdout = &limited{w: &stdout, n: maxAnswer}
+	cmd.Stderr = &limited{w: &stderr, n: maxAnswer}
+	cmd.Env = []string{"GOMAXPROCS=1"}
+	runErr := cmd.Run()
+	var a Answer
+	if err := json.Unmarshal(stdout.Bytes(), &a); err != nil || a.Shim != shimName {
+		f.Close()
+		return nil, fmt.Errorf("%w: new binary %s gave no answer to %s (not a Tether shim with live upgrade?): %v: %q",
+			ErrRefused, path, CheckFlag, runErr, bytes.TrimSpace(stderr.Bytes()))
+	}
+	if !a.OK || runErr != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w: new binary %s (version %s, reads state versions %v) cannot take over state version %d: %s",
+			ErrRefused, path, a.Version, a.Reads, StateVersion, a.Reason)
+	}
+	return &Binary{Path: path, Answer: a, f: f}, nil
+}
+
+// limited is a writer that keeps the first n bytes.
+type limited struct {
+	w io.Writer
+	n int
+}
+
+// Write keeps what fits and reports all of p written.
+func (l *limited) Write(p []byte) (int, error) {
+	if l.n > 0 {
+		k := min(l.n, len(p))
+		l.n -= k
+		_, _ = l.w.Write(p[:k])
+	}
+	return len(p), nil
+}

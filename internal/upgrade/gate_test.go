@@ -1,0 +1,242 @@
+package upgrade
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/tether-shim/tether/internal/testutil"
+)
+
+// gatedListener and gatedConn quiesce an in-process ttrpc server the way
+// bootstrap's guardedListener and frameConn quiesce the shim's.
+type gatedListener struct {
+	*net.UnixListener
+	q    *Quiescer
+	gate *ListenerGate
+}
+
+func (l *gatedListener) Accept() (net.Conn, error) {
+	c, err := l.gate.Accept(l.AcceptUnix)
+	if err != nil {
+		return nil, err
+	}
+	return &gatedConn{UnixConn: c, g: l.q.Add(c, 0)}, nil
+}
+
+type gatedConn struct {
+	*net.UnixConn
+	g       *Gate
+	pending []byte
+}
+
+func (c *gatedConn) Read(p []byte) (int, error) {
+	if len(c.pending) == 0 {
+		first, err := c.g.ReadFirst(c.UnixConn)
+		if err != nil {
+			return 0, err
+		}
+		frame := make([]byte, frameHeader)
+		frame[0] = first
+		if _, err := io.ReadFull(c.UnixConn, frame[1:]); err != nil {
+			return 0, io.ErrUnexpectedEOF
+		}
+		frame = append(frame, make([]byte, binary.BigEndian.Uint32(frame[:4]))...)
+		if _, err := io.ReadFull(c.UnixConn, frame[frameHeader:]); err != nil {
+			return 0, io.ErrUnexpectedEOF
+		}
+		c.g.Received(frame)
+		c.pending = frame
+	}
+	n := copy(p, c.pending)
+	c.pending = c.pending[n:]
+	return n, nil
+}
+
+func (c *gatedConn) Write(p []byte) (int, error) {
+	n, err := c.UnixConn.Write(p)
+	c.g.Sent(p[:n])
+	return n, err
+}
+
+func (c *gatedConn) Close() error {
+	c.g.Closed()
+	return c.UnixConn.Close()
+}
+
+// gatedServer serves, on a quiesced listener, the upgrade service of an
+// Upgrader whose binary is this test binary (TestMain answers its dry run)
+// and which never execs, plus a method that blocks until released.
+type gatedServer struct {
+	up      *Upgrader
+	q       *Quiescer
+	sock    string
+	busy    error // what Busy returns; guarded by mu
+	mu      sync.Mutex
+	release chan struct{}
+	entered chan struct{}
+}
+
+func startGatedServer(t *testing.T) *gatedServer {
+	t.Helper()
+	testutil.CheckLeaks(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &gatedServer{q: NewQuiescer(), sock: filepath.Join(t.TempDir(), "s"), release: make(chan struct{}), entered: make(chan struct{}, 1)}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: s.sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, logger := testutil.NewLog(t)
+	s.up = New(Config{
+		Logger: logger, Version: "test", Exe: self, Argv: []string{self}, Env: os.Environ,
+		Listener: ln, Quiescer: s.q,
+		Busy: func() error {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return s.busy
+		},
+		BeforeExec: func() error { return errors.New("this test never execs") },
+	})
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	Register(srv, s.up)
+	srv.RegisterService("test.Block", &ttrpc.ServiceDesc{Methods: map[string]ttrpc.Method{
+		"Block": func(ctx context.Context, unmarshal func(any) error) (any, error) {
+			var in wrapperspb.StringValue
+			if err := unmarshal(&in); err != nil {
+				return nil, err
+			}
+			s.entered <- struct{}{}
+			<-s.release
+			return &in, nil
+		},
+	}})
+	served := make(chan error, 1)
+	go func() {
+		served <- srv.Serve(context.Background(), &gatedListener{UnixListener: ln, q: s.q, gate: s.q.Listener(ln)})
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-served
+	})
+	return s
+}
+
+func gatedClient(t *testing.T, sock string) (*ttrpc.Client, *Client) {
+	t.Helper()
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := ttrpc.NewClient(conn)
+	t.Cleanup(func() { c.Close() })
+	return c, NewClient(c)
+}
+
+func TestUpgradeRefusedWhileBusyChangesNothing(t *testing.T) {
+	s := startGatedServer(t)
+	_, up := gatedClient(t, s.sock)
+	s.mu.Lock()
+	s.busy = errors.New("the shim holds 1 containers")
+	s.mu.Unlock()
+	_, err := up.Upgrade(context.Background(), Request{})
+	if err == nil || !strings.Contains(err.Error(), "upgrade refused: the shim holds 1 containers") {
+		t.Fatalf("Upgrade while busy = %v", err)
+	}
+	select {
+	case <-s.up.Pending():
+		t.Fatal("a refused upgrade was queued")
+	default:
+	}
+	// Not paused: the next request is served.
+	st, err := up.Status(context.Background())
+	if err != nil || st.Generation != 0 || st.LastError != "" {
+		t.Fatalf("Status after the refusal = %+v, %v", st, err)
+	}
+}
+
+// A request that is not answered keeps the server from being quiescent: the
+// hand-over fails within its bound, and the server serves on, the request
+// sent after the accepting answer included.
+func TestHandOverFailsWhileARequestHangs(t *testing.T) {
+	s := startGatedServer(t)
+	blockClient, _ := gatedClient(t, s.sock)
+	blocked := make(chan error, 1)
+	go func() {
+		var out wrapperspb.StringValue
+		blocked <- blockClient.Call(context.Background(), "test.Block", "Block", wrapperspb.String("held"), &out)
+	}()
+	<-s.entered
+
+	_, up := gatedClient(t, s.sock)
+	acc, err := up.Upgrade(context.Background(), Request{})
+	if err != nil {
+		t.Fatalf("Upgrade: %v", err)
+	}
+	if acc.To != "helper" || acc.From != "test" {
+		t.Fatalf("accepted %+v", acc)
+	}
+	// Sent after the accepting answer: read only once the server resumes.
+	after := make(chan Status, 1)
+	go func() {
+		st, err := up.Status(context.Background())
+		if err != nil {
+			t.Errorf("Status after the failed hand-over: %v", err)
+		}
+		after <- st
+	}()
+	// A client that connects during the pause is answered once the server
+	// resumes (or, had it handed over, by the new image).
+	_, late := gatedClient(t, s.sock)
+	lateStatus := make(chan error, 1)
+	go func() {
+		_, err := late.Status(context.Background())
+		lateStatus <- err
+	}()
+	bin := <-s.up.Pending()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	err = s.up.HandOver(ctx, bin)
+	if err == nil || !strings.Contains(err.Error(), "1 requests unanswered") {
+		t.Fatalf("HandOver = %v, want the quiesce to fail on the hung request", err)
+	}
+	st := <-after
+	if st.Generation != 0 || !strings.Contains(st.LastError, "1 requests unanswered") {
+		t.Fatalf("Status after the failed hand-over: %+v", st)
+	}
+	if err := <-lateStatus; err != nil {
+		t.Fatalf("Status of a client that connected during the pause: %v", err)
+	}
+	close(s.release)
+	if err := <-blocked; err != nil {
+		t.Fatalf("the held request: %v", err)
+	}
+	// Another upgrade may be asked for.
+	if _, err := up.Upgrade(context.Background(), Request{}); err != nil {
+		t.Fatalf("Upgrade after a failed one: %v", err)
+	}
+	bin = <-s.up.Pending()
+	err = s.up.HandOver(context.Background(), bin)
+	if err == nil || !strings.Contains(err.Error(), "this test never execs") {
+		t.Fatalf("HandOver of a quiescent server = %v, want it to reach BeforeExec", err)
+	}
+	if _, err := up.Status(context.Background()); err != nil {
+		t.Fatalf("Status after the second failed hand-over: %v", err)
+	}
+}

@@ -1,0 +1,231 @@
+// Package upgrade is the hand-over of live upgrade: a running shim server
+// re-executes itself, under the same pid, into the binary now installed at
+// the path it was started from, and the new image resumes serving the
+// connections the old one had open (docs/design.md, "Live upgrade").
+//
+// The package holds the mechanism only: the versioned state document that
+// crosses execve (State), the dry run that asks a binary whether it can take
+// a state version over (Check, Answer), the quiescing of the server's
+// connections at a request boundary (Quiescer), the execve itself with the
+// descriptors to pass (Exec), and the ttrpc service that triggers it
+// (Service). Package bootstrap wires it into the server.
+//
+// Invariant: an upgrade either completes, the new image serving every
+// connection the old one had, or is refused and leaves the shim as it was.
+// What cannot be handed over (StateVersion 1 hands over no container, no
+// process and no queued event) makes the upgrade refused, never lost.
+package upgrade
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// StateVersion is the version of the state document this build writes and
+// the only one it reads. Version 1 carries the listening socket and the
+// server's connections; it has no place for a container, a process or an
+// event, so a shim that holds any refuses to upgrade.
+const StateVersion = 1
+
+// EnvState names the environment variable through which the old image tells
+// the new one the descriptor of the state document. The new image unsets it
+// before it starts any child.
+const EnvState = "TETHER_UPGRADE_STATE"
+
+// maxState bounds the state document a new image reads.
+const maxState = 1 << 20
+
+// ErrVersion is returned (wrapped) by Decode for a document of a version
+// this build cannot read.
+var ErrVersion = errors.New("unsupported upgrade state version")
+
+// ErrNotHandedOver is returned (wrapped) when the shim holds something the
+// state document of this version cannot carry.
+var ErrNotHandedOver = errors.New("state that this version of the hand-over cannot carry")
+
+// State is the document the old image writes for the new one. Descriptor
+// numbers are valid in the process across execve: the old image clears
+// their close-on-exec flag just before execve.
+type State struct {
+	// Version is StateVersion of the writer.
+	Version int `json:"version"`
+	// Generation counts the upgrades this server went through: 1 after its
+	// first.
+	Generation int `json:"generation"`
+	// From is the build (version string) of the image that wrote the
+	// document.
+	From string `json:"from"`
+	// Exe is the path the server was first started from, which every later
+	// upgrade re-executes.
+	Exe string `json:"exe"`
+	// ListenerFD is the server's listening socket.
+	ListenerFD int `json:"listener_fd"`
+	// Conns are the server's accepted connections, each quiesced at a
+	// request boundary: every request read was answered, no byte of a
+	// later one was read.
+	Conns []Conn `json:"conns"`
+	// Containers and Events are the place of the containers, processes and
+	// undelivered events of a later version; version 1 has them empty, and
+	// Decode refuses a document of version 1 that has any.
+	Containers []json.RawMessage `json:"containers,omitempty"`
+	Events     []json.RawMessage `json:"events,omitempty"`
+}
+
+// Conn is one connection handed over.
+type Conn struct {
+	// FD is its descriptor.
+	FD int `json:"fd"`
+	// PeerPID is the pid of the peer when it connected, for the log.
+	PeerPID int `json:"peer_pid"`
+}
+
+// Encode returns the document of s, which must be valid (as Decode checks).
+func Encode(s State) ([]byte, error) {
+	if err := s.validate(); err != nil {
+		return nil, err
+	}
+	return json.Marshal(s)
+}
+
+// Decode parses a document. It refuses a version other than StateVersion
+// (ErrVersion), unknown fields, and descriptors that cannot be right.
+func Decode(data []byte) (State, error) {
+	if len(data) > maxState {
+		return State{}, fmt.Errorf("upgrade state of %d bytes, more than %d", len(data), maxState)
+	}
+	var head struct {
+		Version json.RawMessage `json:"version"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		return State{}, fmt.Errorf("upgrade state: %w", err)
+	}
+	v, err := strconv.Atoi(string(head.Version))
+	if err != nil {
+		return State{}, fmt.Errorf("upgrade state: version %q is not a number", head.Version)
+	}
+	if err := CanTake(v); err != nil {
+		return State{}, err
+	}
+	var s State
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return State{}, fmt.Errorf("upgrade state: %w", err)
+	}
+	if dec.More() {
+		return State{}, errors.New("upgrade state: data after the document")
+	}
+	if err := s.validate(); err != nil {
+		return State{}, err
+	}
+	return s, nil
+}
+
+// CanTake reports whether this build can take over a state document of
+// version v: nil, or an error wrapping ErrVersion.
+func CanTake(v int) error {
+	if v != StateVersion {
+		return fmt.Errorf("%w: %d (this build reads version %d)", ErrVersion, v, StateVersion)
+	}
+	return nil
+}
+
+// validate checks what the document promises: its version, a generation,
+// descriptors above stdio and distinct, nothing this version cannot carry.
+func (s State) validate() error {
+	if err := CanTake(s.Version); err != nil {
+		return err
+	}
+	if s.Generation < 1 {
+		return fmt.Errorf("upgrade state: generation %d, want 1 or more", s.Generation)
+	}
+	if s.Exe == "" || s.Exe[0] != '/' {
+		return fmt.Errorf("upgrade state: exe %q is not an absolute path", s.Exe)
+	}
+	if len(s.Containers) > 0 || len(s.Events) > 0 {
+		return fmt.Errorf("upgrade state: %d containers and %d events: %w", len(s.Containers), len(s.Events), ErrNotHandedOver)
+	}
+	seen := make(map[int]bool, len(s.Conns)+1)
+	check := func(what string, fd int) error {
+		if fd < 3 || fd > 1<<20 {
+			return fmt.Errorf("upgrade state: %s descriptor %d out of range", what, fd)
+		}
+		if seen[fd] {
+			return fmt.Errorf("upgrade state: descriptor %d given twice", fd)
+		}
+		seen[fd] = true
+		return nil
+	}
+	if err := check("listener", s.ListenerFD); err != nil {
+		return err
+	}
+	for _, c := range s.Conns {
+		if err := check("connection", c.FD); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Descriptors lists every descriptor the document names: the listener
+// first, then the connections in order.
+func (s State) Descriptors() []int {
+	fds := []int{s.ListenerFD}
+	for _, c := range s.Conns {
+		fds = append(fds, c.FD)
+	}
+	return fds
+}
+
+// writeMemfd puts data in a new sealed memfd, close-on-exec (Exec clears
+// that), and returns it.
+func writeMemfd(data []byte) (*os.File, error) {
+	fd, err := unix.MemfdCreate("tether-upgrade-state", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "tether-upgrade-state")
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("write upgrade state: %w", err)
+	}
+	if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_SEAL|unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_WRITE); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("seal upgrade state: %w", err)
+	}
+	return f, nil
+}
+
+// Inherited reads the state document an upgrade left to this image, if
+// any: it looks up EnvState, unsets it (no child must see it), reads and
+// closes the descriptor it names, and decodes the document. ok is false when
+// this image was not started by an upgrade.
+func Inherited() (s State, ok bool, err error) {
+	v, found := os.LookupEnv(EnvState)
+	if !found {
+		return State{}, false, nil
+	}
+	if err := os.Unsetenv(EnvState); err != nil {
+		return State{}, true, err
+	}
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return State{}, true, fmt.Errorf("%s=%q is not a descriptor", EnvState, v)
+	}
+	unix.CloseOnExec(fd)
+	f := os.NewFile(uintptr(fd), "tether-upgrade-state")
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(io.NewSectionReader(f, 0, maxState+1), maxState+1))
+	if err != nil {
+		return State{}, true, fmt.Errorf("read upgrade state: %w", err)
+	}
+	s, err = Decode(data)
+	return s, true, err
+}

@@ -1,0 +1,160 @@
+package upgrade
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func validState() State {
+	return State{Version: StateVersion, Generation: 1, From: "a", Exe: "/usr/bin/containerd-shim-tether-v2", ListenerFD: 7,
+		Conns: []Conn{{FD: 8, PeerPID: 100}, {FD: 9, PeerPID: 101}}}
+}
+
+func TestStateRoundTrip(t *testing.T) {
+	s := validState()
+	data, err := Encode(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Version != s.Version || got.Generation != s.Generation || got.From != s.From || got.Exe != s.Exe ||
+		got.ListenerFD != s.ListenerFD || len(got.Conns) != 2 || got.Conns[1] != s.Conns[1] {
+		t.Fatalf("Decode(Encode(%+v)) = %+v", s, got)
+	}
+	if d := got.Descriptors(); len(d) != 3 || d[0] != 7 || d[1] != 8 || d[2] != 9 {
+		t.Fatalf("Descriptors() = %v, want [7 8 9]", d)
+	}
+}
+
+func TestDecodeRefusesOtherVersions(t *testing.T) {
+	for _, v := range []string{"0", "2", "-1", "1000"} {
+		doc := `{"version":` + v + `,"generation":1,"exe":"/x","listener_fd":3}`
+		_, err := Decode([]byte(doc))
+		if !errors.Is(err, ErrVersion) {
+			t.Fatalf("Decode(version %s) = %v, want ErrVersion", v, err)
+		}
+	}
+	if err := CanTake(StateVersion); err != nil {
+		t.Fatalf("CanTake(%d) = %v", StateVersion, err)
+	}
+}
+
+func TestDecodeRefusesWhatVersion1CannotCarry(t *testing.T) {
+	s := validState()
+	s.Containers = []json.RawMessage{json.RawMessage(`{"id":"c1"}`)}
+	if _, err := Encode(s); !errors.Is(err, ErrNotHandedOver) {
+		t.Fatalf("Encode with a container = %v, want ErrNotHandedOver", err)
+	}
+	doc := `{"version":1,"generation":1,"exe":"/x","listener_fd":3,"events":[{"topic":"/tasks/exit"}]}`
+	if _, err := Decode([]byte(doc)); !errors.Is(err, ErrNotHandedOver) {
+		t.Fatalf("Decode with an event = %v, want ErrNotHandedOver", err)
+	}
+}
+
+func TestDecodeRefusesBadDocuments(t *testing.T) {
+	tests := map[string]string{
+		"not json":         `nope`,
+		"no version":       `{"generation":1}`,
+		"version string":   `{"version":"1"}`,
+		"unknown field":    `{"version":1,"generation":1,"exe":"/x","listener_fd":3,"pidfds":[4]}`,
+		"stdio descriptor": `{"version":1,"generation":1,"exe":"/x","listener_fd":2}`,
+		"descriptor twice": `{"version":1,"generation":1,"exe":"/x","listener_fd":3,"conns":[{"fd":3}]}`,
+		"relative exe":     `{"version":1,"generation":1,"exe":"x","listener_fd":3}`,
+		"generation 0":     `{"version":1,"generation":0,"exe":"/x","listener_fd":3}`,
+		"trailing data":    `{"version":1,"generation":1,"exe":"/x","listener_fd":3} {}`,
+		"too large":        `{"version":1,"from":"` + strings.Repeat("a", maxState) + `"}`,
+	}
+	for name, doc := range tests {
+		if _, err := Decode([]byte(doc)); err == nil {
+			t.Errorf("%s: Decode(%.60q) succeeded", name, doc)
+		}
+	}
+}
+
+func TestRunCheck(t *testing.T) {
+	tests := []struct {
+		args   []string
+		code   int
+		ok     bool
+		reason string
+	}{
+		{[]string{"1", "old"}, 0, true, ""},
+		{[]string{"2", "old"}, 1, false, "unsupported upgrade state version"},
+		{[]string{"x", "old"}, 1, false, "not a number"},
+		{[]string{"1"}, 2, false, "arguments"},
+	}
+	for _, tt := range tests {
+		var out bytes.Buffer
+		code := RunCheck(tt.args, "v9", &out)
+		var a Answer
+		if err := json.Unmarshal(out.Bytes(), &a); err != nil {
+			t.Fatalf("RunCheck(%v) printed %q: %v", tt.args, out.String(), err)
+		}
+		if code != tt.code || a.OK != tt.ok || a.Shim != shimName || a.Version != "v9" || !strings.Contains(a.Reason, tt.reason) {
+			t.Errorf("RunCheck(%v) = %d, %+v; want %d, ok %v, reason containing %q", tt.args, code, a, tt.code, tt.ok, tt.reason)
+		}
+	}
+}
+
+func TestFrameScanner(t *testing.T) {
+	// Two frames, a response on stream 3 (5 payload bytes) and a data frame
+	// closing stream 5, fed a byte at a time and then at once.
+	frame := func(id uint32, typ, flags byte, payload string) []byte {
+		b := []byte{0, 0, 0, byte(len(payload)), 0, 0, 0, byte(id), typ, flags}
+		return append(b, payload...)
+	}
+	stream := append(frame(3, typeResp, 0, "hello"), frame(5, typeData, flagRemoteClosed, "")...)
+	for _, step := range []int{1, len(stream)} {
+		var s frameScanner
+		var seen []uint32
+		for i := 0; i < len(stream); i += step {
+			s.scan(stream[i:min(i+step, len(stream))], func(id uint32, typ, flags byte) { seen = append(seen, id) })
+			fed := min(i+step, len(stream))
+			if want := fed == 15 || fed == len(stream); s.atBoundary() != want {
+				t.Fatalf("step %d: at a boundary after %d bytes: %v, want %v", step, fed, s.atBoundary(), want)
+			}
+		}
+		if !s.atBoundary() || len(seen) != 2 || seen[0] != 3 || seen[1] != 5 {
+			t.Fatalf("step %d: boundary %v, frames %v", step, s.atBoundary(), seen)
+		}
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	good, _ := Encode(validState())
+	f.Add(good)
+	f.Add([]byte(`{"version":2}`))
+	f.Add([]byte(`{"version":1,"generation":1,"exe":"/x","listener_fd":3,"conns":[{"fd":4,"peer_pid":1}]}`))
+	f.Add([]byte(`{"version":1e3}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := Decode(data)
+		if err != nil {
+			return
+		}
+		// What Decode accepts, Encode writes and Decode reads back the same.
+		again, err := Encode(s)
+		if err != nil {
+			t.Fatalf("Encode of a decoded state: %v", err)
+		}
+		s2, err := Decode(again)
+		if err != nil {
+			t.Fatalf("Decode of a re-encoded state: %v", err)
+		}
+		if len(s2.Descriptors()) != len(s.Descriptors()) || s2.Exe != s.Exe || s2.Generation != s.Generation {
+			t.Fatalf("round trip changed %+v into %+v", s, s2)
+		}
+		seen := map[int]bool{}
+		for _, fd := range s.Descriptors() {
+			if fd < 3 || seen[fd] {
+				t.Fatalf("Decode accepted descriptor %d in %+v", fd, s)
+			}
+			seen[fd] = true
+		}
+	})
+}
