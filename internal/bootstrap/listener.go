@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/tether-shim/tether/internal/introspect"
 )
 
 // Limits of what one connection to the server's socket can make it hold.
@@ -43,6 +43,8 @@ type guardedListener struct {
 	activity func()
 	// frameTimeout is frameTimeout; tests shorten it.
 	frameTimeout time.Duration
+	// conns tracks the open connections, for `tether inspect`.
+	conns connTable
 }
 
 // newGuardedListener wraps ln; activity must not block.
@@ -58,33 +60,17 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		l.activity()
-		uid, pid, err := peerCred(c)
+		uid, pid, err := introspect.PeerCred(c)
 		if err != nil || uid != l.uid {
 			l.logger.Warn("refusing a connection to the shim's socket", "peer_uid", uid, "peer_pid", pid, "want_uid", l.uid, "error", err)
 			c.Close()
+			l.conns.refused.Add(1)
 			continue
 		}
-		return &frameConn{UnixConn: c, activity: l.activity, timeout: l.frameTimeout, logger: l.logger, peerPID: pid}, nil
+		fc := &frameConn{UnixConn: c, activity: l.activity, timeout: l.frameTimeout, logger: l.logger, peerPID: pid, table: &l.conns}
+		l.conns.add(fc, introspect.Peer{Pid: pid, UID: uid})
+		return fc, nil
 	}
-}
-
-// peerCred is the uid and pid of the process at the other end of c.
-func peerCred(c *net.UnixConn) (uid, pid int, err error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return -1, 0, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return -1, 0, err
-	}
-	if cerr != nil {
-		return -1, 0, cerr
-	}
-	return int(cred.Uid), int(cred.Pid), nil
 }
 
 // errFrameTooLarge ends a connection whose peer declared a frame above
@@ -115,6 +101,8 @@ type frameConn struct {
 	timeout  time.Duration // from a frame's first byte to its last
 	logger   *slog.Logger
 	peerPID  int // for the log
+	// table is the listener's, which Close removes the connection from.
+	table *connTable
 	// pending is the rest of the frame being handed to ttrpc.
 	pending []byte
 }
@@ -190,6 +178,9 @@ func (c *frameConn) fill() error {
 // Close closes the connection and tells of the activity.
 func (c *frameConn) Close() error {
 	err := c.UnixConn.Close()
+	if c.table != nil {
+		c.table.remove(c)
+	}
 	c.activity()
 	return err
 }

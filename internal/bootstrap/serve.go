@@ -20,6 +20,7 @@ import (
 	"github.com/tether-shim/tether/internal/container"
 	"github.com/tether-shim/tether/internal/events"
 	"github.com/tether-shim/tether/internal/exits"
+	"github.com/tether-shim/tether/internal/introspect"
 	"github.com/tether-shim/tether/internal/taskservice"
 )
 
@@ -38,6 +39,7 @@ const (
 // left. It logs to the bundle's log fifo, which containerd copies into its
 // own log.
 func Serve(ctx context.Context, f Flags, version string) error {
+	started := time.Now()
 	if err := f.validate(); err != nil {
 		return err
 	}
@@ -108,6 +110,7 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		return err
 	}
 	publisher := events.NewPublisher(os.Getenv("TTRPC_ADDRESS"), f.Namespace, logger)
+	counting := introspect.NewCountingSink(publisher)
 
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -116,7 +119,7 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		BundleParent: filepath.Dir(bundle),
 		Deps: container.Deps{
 			Watcher:   reaper,
-			Events:    publisher,
+			Events:    counting,
 			Logger:    logger,
 			Namespace: f.Namespace,
 		},
@@ -126,12 +129,18 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		Version:  version,
 	})
 	trim := newTrimmer()
-	server, err := newTTRPCServer(logger, trim, f.Debug)
+	rpcStats := &introspect.RPCStats{}
+	server, err := newTTRPCServer(logger, trim, f.Debug, ttrpc.WithChainUnaryServerInterceptor(rpcStats.Interceptor()))
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	svc.Register(server)
+	guarded := newGuardedListener(ln, logger, trim.Poke)
+	registerIntrospection(server, introspectionOf{
+		flags: f, version: version, bundle: bundle, socket: socketPath, started: started,
+		svc: svc, counting: counting, publisher: publisher, listener: guarded, rpc: rpcStats,
+	})
 
 	// SIGTERM and SIGINT are ignored while containers run: the shim is what
 	// keeps them, and containerd asks it to leave through Shutdown.
@@ -140,7 +149,6 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	defer signal.Stop(signals)
 
 	served := make(chan error, 1)
-	guarded := newGuardedListener(ln, logger, trim.Poke)
 	go func() { served <- serveTTRPC(ctx, server, guarded, logger) }()
 	go trim.run(ctx)
 	if f.Debug {
@@ -203,10 +211,11 @@ wait:
 }
 
 // newTTRPCServer returns the shim's ttrpc server: every request holds off
-// the trimmer (and is logged with its duration when debug is set). It
+// the trimmer (and is logged with its duration when debug is set), then
+// goes through the interceptors of opts. It
 // serves a guardedListener, which admits only peers of the server's uid.
-func newTTRPCServer(logger *slog.Logger, trim *trimmer, debug bool) (*ttrpc.Server, error) {
-	return ttrpc.NewServer(
+func newTTRPCServer(logger *slog.Logger, trim *trimmer, debug bool, opts ...ttrpc.ServerOpt) (*ttrpc.Server, error) {
+	return ttrpc.NewServer(append([]ttrpc.ServerOpt{
 		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
 			defer trim.Begin()()
 			if !debug {
@@ -217,7 +226,7 @@ func newTTRPCServer(logger *slog.Logger, trim *trimmer, debug bool) (*ttrpc.Serv
 			logger.Debug("rpc", "method", info.FullMethod, "duration", time.Since(start), "error", err)
 			return resp, err
 		}),
-	)
+	}, opts...)...)
 }
 
 // serveTTRPC serves server on ln until it is shut down. ttrpc logs its own
