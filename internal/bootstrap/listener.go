@@ -62,9 +62,9 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		l.activity()
 		uid, pid, err := introspect.PeerCred(c)
 		if err != nil || uid != l.uid {
+			l.conns.refused.Add(1)
 			l.logger.Warn("refusing a connection to the shim's socket", "peer_uid", uid, "peer_pid", pid, "want_uid", l.uid, "error", err)
 			c.Close()
-			l.conns.refused.Add(1)
 			continue
 		}
 		fc := &frameConn{UnixConn: c, activity: l.activity, timeout: l.frameTimeout, logger: l.logger, peerPID: pid, table: &l.conns}
