@@ -292,6 +292,9 @@ func dial(ctx context.Context, s shim) (*introspect.Client, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	c, err := introspect.Dial(ctx, s.Socket)
+	if errors.Is(err, os.ErrNotExist) && s.Pid != 0 {
+		return nil, fmt.Errorf("shim %d: its socket %s was removed while it listens on it: nothing can connect to it any more", s.Pid, s.Socket)
+	}
 	if err != nil {
 		return nil, explain(s, err)
 	}

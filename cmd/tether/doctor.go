@@ -68,6 +68,7 @@ func runDoctor(ctx context.Context, e *env, args []string) error {
 	fix := fs.Bool("fix", false, "remove what is provably dead")
 	out := outputFlag(fs)
 	grace := fs.Duration("grace", defaultGrace, "a bundle younger than this may be one containerd is creating: not reported")
+	namespace := fs.String("namespace", "", "look only at this containerd namespace (sockets, which have none, are always checked)")
 	rest, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -83,6 +84,9 @@ func runDoctor(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	findings := n.diagnose(*grace, time.Now())
+	if *namespace != "" {
+		findings = slices.DeleteFunc(findings, func(f finding) bool { return f.Kind != kindDeadSocket && f.Namespace != *namespace })
+	}
 	if *fix {
 		for i := range findings {
 			f := &findings[i]

@@ -8,7 +8,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -118,12 +120,14 @@ func (m *metricSet) family(name, help string, typ dto.MetricType) *dto.MetricFam
 	return f
 }
 
-// labels makes label pairs of alternating names and values.
+// labels makes label pairs of alternating names and values, sorted by
+// name as Prometheus's own clients write them.
 func labels(kv ...string) []*dto.LabelPair {
 	out := make([]*dto.LabelPair, 0, len(kv)/2)
 	for i := 0; i+1 < len(kv); i += 2 {
 		out = append(out, &dto.LabelPair{Name: proto.String(kv[i]), Value: proto.String(kv[i+1])})
 	}
+	slices.SortFunc(out, func(a, b *dto.LabelPair) int { return strings.Compare(a.GetName(), b.GetName()) })
 	return out
 }
 

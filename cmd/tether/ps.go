@@ -156,7 +156,7 @@ func writePsTable(w io.Writer, rows []psRow) error {
 	}
 	for _, r := range rows {
 		if r.Error != "" {
-			fmt.Fprintf(w, "shim %d: %s\n", r.Pid, r.Error)
+			fmt.Fprintln(w, r.Error)
 		}
 	}
 	return nil
