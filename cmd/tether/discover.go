@@ -298,6 +298,10 @@ func dial(ctx context.Context, s shim) (*introspect.Client, error) {
 	if err != nil {
 		return nil, explain(s, err)
 	}
+	if s.Pid != 0 && c.Pid != s.Pid {
+		c.Close()
+		return nil, fmt.Errorf("shim %d: its socket %s was replaced; shim %d listens there now", s.Pid, s.Socket, c.Pid)
+	}
 	return c, nil
 }
 
@@ -325,7 +329,7 @@ func explain(s shim, err error) error {
 	}
 	switch {
 	case errors.Is(err, introspect.ErrNotServed):
-		return fmt.Errorf("%s (%s) is a Tether older than this tool and cannot be inspected; `tether upgrade %d` brings it up to date: %w", who, s.Exe, s.Pid, err)
+		return fmt.Errorf("%s (%s) runs a Tether older than this tool, which does not serve %s; `tether upgrade %d` brings it up to date: %w", who, s.Exe, introspect.ServiceName, s.Pid, introspect.ErrNotServed)
 	case errors.Is(err, introspect.ErrOtherUID):
 		return fmt.Errorf("%s: run tether as the shim's uid: %w", who, err)
 	case errors.Is(err, introspect.ErrNoServer):
