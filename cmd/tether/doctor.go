@@ -377,29 +377,39 @@ type runtimeContainer struct {
 func (n *node) runtimeContainers(ctx context.Context) []runtimeContainer {
 	var out []runtimeContainer
 	for _, root := range n.runtimeRoots {
-		nss, _ := os.ReadDir(root)
-		for _, ns := range nss {
-			if !ns.IsDir() {
-				continue
+		eachNamespaced(root, func(ns, id string) {
+			dir := filepath.Join(root, ns, id)
+			rc := runtimeContainer{root: filepath.Join(root, ns), ns: ns, id: id}
+			switch {
+			case exists(filepath.Join(dir, "state.json")):
+				rc.binary = "runc"
+			case exists(filepath.Join(dir, "status")):
+				rc.binary = "crun"
+			default:
+				return
 			}
-			ids, _ := os.ReadDir(filepath.Join(root, ns.Name()))
-			for _, id := range ids {
-				dir := filepath.Join(root, ns.Name(), id.Name())
-				rc := runtimeContainer{root: filepath.Join(root, ns.Name()), ns: ns.Name(), id: id.Name()}
-				switch {
-				case exists(filepath.Join(dir, "state.json")):
-					rc.binary = "runc"
-				case exists(filepath.Join(dir, "status")):
-					rc.binary = "crun"
-				default:
-					continue
-				}
-				rc.status, rc.statusErr = runtimeStatus(ctx, rc)
-				out = append(out, rc)
+			rc.status, rc.statusErr = runtimeStatus(ctx, rc)
+			out = append(out, rc)
+		})
+	}
+	return out
+}
+
+// eachNamespaced calls f for every directory <dir>/<namespace>/<id>, in
+// name order; unreadable directories are skipped.
+func eachNamespaced(dir string, f func(ns, id string)) {
+	nss, _ := os.ReadDir(dir)
+	for _, ns := range nss {
+		if !ns.IsDir() {
+			continue
+		}
+		ids, _ := os.ReadDir(filepath.Join(dir, ns.Name()))
+		for _, id := range ids {
+			if id.IsDir() {
+				f(ns.Name(), id.Name())
 			}
 		}
 	}
-	return out
 }
 
 // runtimeStatus asks the runtime for the container's status (`state`):
@@ -518,28 +528,21 @@ func (n *node) staleMounts() []finding {
 func (n *node) staleBundles(grace time.Duration, now time.Time) []finding {
 	var out []finding
 	for _, sd := range n.stateDirs {
-		nss, _ := os.ReadDir(sd)
-		for _, ns := range nss {
-			if !ns.IsDir() {
-				continue
+		eachNamespaced(sd, func(ns, id string) {
+			if n.hasShim(ns, id) || n.liveRuntime(ns, id) {
+				return
 			}
-			ids, _ := os.ReadDir(filepath.Join(sd, ns.Name()))
-			for _, id := range ids {
-				if !id.IsDir() || n.hasShim(ns.Name(), id.Name()) || n.liveRuntime(ns.Name(), id.Name()) {
-					continue
-				}
-				dir := filepath.Join(sd, ns.Name(), id.Name())
-				info, err := id.Info()
-				if err != nil || now.Sub(info.ModTime()) < grace {
-					continue
-				}
-				out = append(out, finding{
-					Kind: kindStaleBundle, Path: dir, Namespace: ns.Name(), ID: id.Name(), Fixable: true,
-					Why: "no shim serves it (no process works in it, no socket it names answers) and no runtime runs it",
-					fix: func(context.Context) error { return removeBundle(dir) },
-				})
+			dir := filepath.Join(sd, ns, id)
+			info, err := os.Lstat(dir)
+			if err != nil || now.Sub(info.ModTime()) < grace {
+				return
 			}
-		}
+			out = append(out, finding{
+				Kind: kindStaleBundle, Path: dir, Namespace: ns, ID: id, Fixable: true,
+				Why: "no shim serves it (no process works in it, no socket it names answers) and no runtime runs it",
+				fix: func(context.Context) error { return removeBundle(dir) },
+			})
+		})
 	}
 	return out
 }

@@ -18,7 +18,20 @@ func runStacks(ctx context.Context, e *env, args []string) error {
 	if len(rest) != 1 {
 		return usageError("stacks takes one SHIM")
 	}
-	s, err := resolveShim(rest[0])
+	return withShim(ctx, rest[0], callTimeout, func(ctx context.Context, s shim, c *introspect.Client) error {
+		out, err := c.Stacks(ctx)
+		if err != nil {
+			return explain(s, err)
+		}
+		_, err = e.stdout.Write(out)
+		return err
+	})
+}
+
+// withShim resolves the SHIM argument arg, connects to it and calls f with
+// a context bounded by timeout.
+func withShim(ctx context.Context, arg string, timeout time.Duration, f func(context.Context, shim, *introspect.Client) error) error {
+	s, err := resolveShim(arg)
 	if err != nil {
 		return err
 	}
@@ -27,14 +40,9 @@ func runStacks(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	out, err := c.Stacks(ctx)
-	if err != nil {
-		return explain(s, err)
-	}
-	_, err = e.stdout.Write(out)
-	return err
+	return f(ctx, s, c)
 }
 
 func runPprof(ctx context.Context, e *env, args []string) error {
@@ -59,29 +67,20 @@ func runPprof(ctx context.Context, e *env, args []string) error {
 	default:
 		return usageError("profile %q: want heap or cpu", rest[1])
 	}
-	s, err := resolveShim(rest[0])
-	if err != nil {
-		return err
-	}
-	c, err := dial(ctx, s)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(ctx, callTimeout+time.Duration(req.Seconds)*time.Second)
-	defer cancel()
-	if req.Kind == introspect.ProfileHeap {
-		if snap, err := c.Snapshot(ctx); err == nil && !snap.Shim.Debug {
-			fmt.Fprintf(e.stderr, "tether pprof: shim %d was started without -debug and does not sample its heap (docs/design.md): the profile has no allocation sites\n", s.Pid)
+	return withShim(ctx, rest[0], callTimeout+time.Duration(req.Seconds)*time.Second, func(ctx context.Context, s shim, c *introspect.Client) error {
+		if req.Kind == introspect.ProfileHeap {
+			if snap, err := c.Snapshot(ctx); err == nil && !snap.Shim.Debug {
+				fmt.Fprintf(e.stderr, "tether pprof: shim %d was started without -debug and does not sample its heap (docs/design.md): the profile has no allocation sites\n", s.Pid)
+			}
 		}
-	}
-	prof, err := c.Profile(ctx, req)
-	if err != nil {
-		return explain(s, err)
-	}
-	if *outFile == "" {
-		_, err = e.stdout.Write(prof)
-		return err
-	}
-	return os.WriteFile(*outFile, prof, 0o600)
+		prof, err := c.Profile(ctx, req)
+		if err != nil {
+			return explain(s, err)
+		}
+		if *outFile == "" {
+			_, err = e.stdout.Write(prof)
+			return err
+		}
+		return os.WriteFile(*outFile, prof, 0o600)
+	})
 }

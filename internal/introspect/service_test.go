@@ -80,10 +80,12 @@ func TestServiceRoundTrip(t *testing.T) {
 	counting.Publish("/tasks/exit", exitEvent("b"))
 	started := time.Now().Add(-time.Minute)
 	svc := NewService(Config{
-		Shim:        Shim{Version: "v-test", Namespace: "ns", Group: "g", StartedAt: started},
-		Source:      fakeSource{{ID: "b", Processes: []Process{{ID: "b"}}}, {ID: "a", Processes: []Process{{ID: "a"}}}},
-		Counters:    counting,
-		Events:      func() Events { return Events{Queued: 2, Pending: []string{"/tasks/exit", "/tasks/delete"}, Published: 7} },
+		Shim:     Shim{Version: "v-test", Namespace: "ns", Group: "g", StartedAt: started},
+		Source:   fakeSource{{ID: "b", Processes: []Process{{ID: "b"}}}, {ID: "a", Processes: []Process{{ID: "a"}}}},
+		Counters: counting,
+		Events: func() Events {
+			return Events{Queued: 2, Pending: []string{"/tasks/exit", "/tasks/delete"}, Published: 7}
+		},
 		Connections: func() Connections { return Connections{Open: 1, Peers: []Peer{{Pid: 42}}, Accepted: 3} },
 		RPC:         rpc,
 	})
