@@ -5,12 +5,15 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -424,5 +427,65 @@ func TestRemoveBundleRefusesMounts(t *testing.T) {
 	}
 	if !exists(keep) {
 		t.Error("the mount's content was removed")
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and one reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestMetricsListen: `metrics --listen` serves the text format on
+// /metrics, with its content type, until its context ends.
+func TestMetricsListen(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var stderr syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"metrics", "--listen", "127.0.0.1:0"}, &bytes.Buffer{}, &stderr) }()
+	var url string
+	for deadline := time.Now().Add(30 * time.Second); url == ""; {
+		if _, rest, ok := strings.Cut(stderr.String(), "serving "); ok {
+			url = strings.TrimSpace(rest)
+			break
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("metrics --listen did not say where it serves: %q", stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain; version=0.0.4") {
+		t.Errorf("GET %s: %s, content type %q", url, resp.Status, resp.Header.Get("Content-Type"))
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	if _, err := parser.TextToMetricFamilies(bytes.NewReader(body)); err != nil {
+		t.Errorf("GET %s: %v\n%s", url, err, body)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Errorf("metrics --listen exited %d after its context ended: %s", code, stderr.String())
 	}
 }
