@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/signal"
 	"slices"
-	"strings"
 	"syscall"
 )
 
@@ -145,7 +144,7 @@ func outputFlag(fs *flag.FlagSet) *string {
 
 // checkOutput validates the value of -o.
 func checkOutput(o string) error {
-	switch strings.ToLower(o) {
+	switch o {
 	case "text", "json":
 		return nil
 	}
