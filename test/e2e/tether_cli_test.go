@@ -508,8 +508,18 @@ func plantOrphanRunc(t *testing.T, work, root string) string {
 	if err := os.WriteFile(cfgPath, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if r := run(ctx, "runc", "--root", root, "create", "--bundle", bundle, id); r.code != 0 {
-		t.Fatalf("runc create: %s", r)
+	// The container's init inherits runc's stdio: a file, not a pipe
+	// that a wait for runc would wait on.
+	errFile, err := os.Create(filepath.Join(work, "orphan-create.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer errFile.Close()
+	create := exec.CommandContext(ctx, "runc", "--root", root, "create", "--bundle", bundle, id)
+	create.Stdout, create.Stderr = errFile, errFile
+	if err := create.Run(); err != nil {
+		out, _ := os.ReadFile(errFile.Name())
+		t.Fatalf("runc create: %v: %s", err, out)
 	}
 	t.Cleanup(func() {
 		c, cancel := context.WithTimeout(context.Background(), time.Minute)
