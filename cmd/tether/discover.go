@@ -19,9 +19,6 @@ import (
 	"github.com/tether-shim/tether/internal/procfs"
 )
 
-// shimBinaryName is the name the shim binary is installed under.
-const shimBinaryName = "containerd-shim-tether-v2"
-
 // callTimeout bounds one request to a shim (a CPU profile adds its length).
 const callTimeout = 10 * time.Second
 
@@ -99,10 +96,12 @@ func (s shim) bundle() string {
 	return cwd
 }
 
-// isShimServer reports whether argv is a Tether shim server's: the shim
-// binary run with the serve action.
+// isShimServer reports whether argv is a Tether shim server's: a shim
+// binary (containerd-shim-*: Tether also runs installed as
+// containerd-shim-runc-v2, as a drop-in) run with the serve action, which
+// only Tether has (containerd's shims run their server without one).
 func isShimServer(argv []string) (bootstrap.Flags, bool) {
-	if len(argv) < 2 || filepath.Base(argv[0]) != shimBinaryName || argv[len(argv)-1] != bootstrap.ActionServe {
+	if len(argv) < 2 || !strings.HasPrefix(filepath.Base(argv[0]), "containerd-shim-") || argv[len(argv)-1] != bootstrap.ActionServe {
 		return bootstrap.Flags{}, false
 	}
 	f, err := bootstrap.ParseFlags(argv[1:], io.Discard)

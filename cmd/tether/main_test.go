@@ -69,7 +69,11 @@ func TestIsShimServer(t *testing.T) {
 		// The short-lived start and delete are not servers.
 		{[]string{"/usr/bin/containerd-shim-tether-v2", "-namespace", "default", "-id", "x", "start"}, false, ""},
 		{[]string{"/usr/bin/containerd-shim-tether-v2", "-namespace", "default", "-id", "x", "delete"}, false, ""},
-		{[]string{"/usr/bin/containerd-shim-runc-v2", "-namespace", "default", "-id", "x", "serve"}, false, ""},
+		// Tether installed as containerd-shim-runc-v2, a drop-in.
+		{[]string{"/usr/bin/containerd-shim-runc-v2", "-namespace", "default", "-id", "x", "serve"}, true, "default"},
+		// containerd's own runc shim runs its server without an action.
+		{[]string{"/usr/bin/containerd-shim-runc-v2", "-namespace", "default", "-id", "x", "-address", "/run/c.sock"}, false, ""},
+		{[]string{"/usr/bin/sleep", "-namespace", "default", "serve"}, false, ""},
 		{[]string{"/usr/bin/containerd-shim-tether-v2", "-bogus", "serve"}, false, ""},
 		{[]string{"/usr/bin/containerd-shim-tether-v2"}, false, ""},
 		{nil, false, ""},
