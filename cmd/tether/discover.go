@@ -283,40 +283,43 @@ func resolve(ctx context.Context, arg string) (target, error) {
 	return target{}, fmt.Errorf("container %q is in several namespaces (%s): name it NAMESPACE/ID", arg, strings.Join(where, ", "))
 }
 
-// dial connects to s's socket, bounded by callTimeout.
-func dial(ctx context.Context, s shim) (*introspect.Client, error) {
+// dial connects to s's socket, bounded by callTimeout, and returns its
+// snapshot too: the snapshot's pid is how the tool knows the server on the
+// socket is s (SO_PEERCRED names the process that made the socket, the
+// shim's `start`). A shim older than the service answers no snapshot; its
+// error is returned with the client, which then serves nothing else either.
+func dial(ctx context.Context, s shim) (*introspect.Client, *introspect.Snapshot, error) {
 	if s.Socket == "" {
-		return nil, fmt.Errorf("shim %d listens on no socket", s.Pid)
+		return nil, nil, fmt.Errorf("shim %d listens on no socket", s.Pid)
 	}
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	c, err := introspect.Dial(ctx, s.Socket)
 	if errors.Is(err, os.ErrNotExist) && s.Pid != 0 {
-		return nil, fmt.Errorf("shim %d: its socket %s was removed while it listens on it: nothing can connect to it any more", s.Pid, s.Socket)
+		return nil, nil, fmt.Errorf("shim %d: its socket %s was removed while it listens on it: nothing can connect to it any more", s.Pid, s.Socket)
 	}
 	if err != nil {
-		return nil, explain(s, err)
+		return nil, nil, explain(s, err)
 	}
-	if s.Pid != 0 && c.Pid != s.Pid {
+	snap, err := c.Snapshot(ctx)
+	if err != nil {
 		c.Close()
-		return nil, fmt.Errorf("shim %d: its socket %s was replaced; shim %d listens there now", s.Pid, s.Socket, c.Pid)
+		return nil, nil, explain(s, err)
 	}
-	return c, nil
+	if s.Pid != 0 && snap.Shim.Pid != s.Pid {
+		c.Close()
+		return nil, nil, fmt.Errorf("shim %d: its socket %s was replaced; shim %d listens there now", s.Pid, s.Socket, snap.Shim.Pid)
+	}
+	return c, snap, nil
 }
 
 // snapshotOf asks s for its snapshot.
 func snapshotOf(ctx context.Context, s shim) (*introspect.Snapshot, error) {
-	c, err := dial(ctx, s)
+	c, snap, err := dial(ctx, s)
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(ctx, callTimeout)
-	defer cancel()
-	snap, err := c.Snapshot(ctx)
-	if err != nil {
-		return nil, explain(s, err)
-	}
+	c.Close()
 	return snap, nil
 }
 

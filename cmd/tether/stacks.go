@@ -18,7 +18,7 @@ func runStacks(ctx context.Context, e *env, args []string) error {
 	if len(rest) != 1 {
 		return usageError("stacks takes one SHIM")
 	}
-	return withShim(ctx, rest[0], callTimeout, func(ctx context.Context, s shim, c *introspect.Client) error {
+	return withShim(ctx, rest[0], callTimeout, func(ctx context.Context, s shim, _ *introspect.Snapshot, c *introspect.Client) error {
 		out, err := c.Stacks(ctx)
 		if err != nil {
 			return explain(s, err)
@@ -29,20 +29,20 @@ func runStacks(ctx context.Context, e *env, args []string) error {
 }
 
 // withShim resolves the SHIM argument arg, connects to it and calls f with
-// a context bounded by timeout.
-func withShim(ctx context.Context, arg string, timeout time.Duration, f func(context.Context, shim, *introspect.Client) error) error {
+// its snapshot and a context bounded by timeout.
+func withShim(ctx context.Context, arg string, timeout time.Duration, f func(context.Context, shim, *introspect.Snapshot, *introspect.Client) error) error {
 	s, err := resolveShim(arg)
 	if err != nil {
 		return err
 	}
-	c, err := dial(ctx, s)
+	c, snap, err := dial(ctx, s)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return f(ctx, s, c)
+	return f(ctx, s, snap, c)
 }
 
 func runPprof(ctx context.Context, e *env, args []string) error {
@@ -67,9 +67,9 @@ func runPprof(ctx context.Context, e *env, args []string) error {
 	default:
 		return usageError("profile %q: want heap or cpu", rest[1])
 	}
-	return withShim(ctx, rest[0], callTimeout+time.Duration(req.Seconds)*time.Second, func(ctx context.Context, s shim, c *introspect.Client) error {
+	return withShim(ctx, rest[0], callTimeout+time.Duration(req.Seconds)*time.Second, func(ctx context.Context, s shim, snap *introspect.Snapshot, c *introspect.Client) error {
 		if req.Kind == introspect.ProfileHeap {
-			if snap, err := c.Snapshot(ctx); err == nil && !snap.Shim.Debug {
+			if !snap.Shim.Debug {
 				fmt.Fprintf(e.stderr, "tether pprof: shim %d was started without -debug and does not sample its heap (docs/design.md): the profile has no allocation sites\n", s.Pid)
 			}
 		}

@@ -32,7 +32,10 @@ var (
 type Client struct {
 	conn net.Conn
 	c    *ttrpc.Client
-	// Pid is the shim's pid (SO_PEERCRED of the connection).
+	// Pid is the pid SO_PEERCRED gives for the connection: the process
+	// that made the listening socket, which for a Tether shim is its
+	// `start`, long gone, not the server it handed the socket to. The
+	// server's pid is in its Snapshot.
 	Pid int
 }
 
@@ -71,7 +74,7 @@ func Dial(ctx context.Context, path string) (*Client, error) {
 	}
 	if uid != me {
 		conn.Close()
-		return nil, fmt.Errorf("the shim on %s (pid %d) runs as uid %d, this is uid %d: %w", path, pid, uid, me, ErrOtherUID)
+		return nil, fmt.Errorf("the socket %s was made by uid %d, this is uid %d: %w", path, uid, me, ErrOtherUID)
 	}
 	return &Client{conn: conn, c: ttrpc.NewClient(conn), Pid: pid}, nil
 }
@@ -104,9 +107,9 @@ func (c *Client) call(ctx context.Context, method string, req []byte) ([]byte, e
 	var resp wrapperspb.BytesValue
 	if err := c.c.Call(ctx, ServiceName, method, wrapperspb.Bytes(req), &resp); err != nil {
 		if s, ok := status.FromError(err); ok && s.Code() == codes.Unimplemented {
-			return nil, fmt.Errorf("shim pid %d: %w (%s)", c.Pid, ErrNotServed, s.Message())
+			return nil, fmt.Errorf("%w (%s)", ErrNotServed, s.Message())
 		}
-		return nil, fmt.Errorf("shim pid %d: %s: %w", c.Pid, method, err)
+		return nil, fmt.Errorf("%s: %w", method, err)
 	}
 	return resp.GetValue(), nil
 }
