@@ -273,6 +273,23 @@ func TestRunErrors(t *testing.T) {
 	if err := os.WriteFile(notSocket, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A socket of another uid, and one nobody listens on any more.
+	other := filepath.Join(dir, "other")
+	ol, err := net.Listen("unix", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ol.Close()
+	if err := os.Lchown(other, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	dead := filepath.Join(dir, "dead")
+	dl, err := net.ListenUnix("unix", &net.UnixAddr{Name: dead, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dl.SetUnlinkOnClose(false)
+	dl.Close()
 	for _, tc := range []struct {
 		args []string
 		code int
@@ -286,6 +303,8 @@ func TestRunErrors(t *testing.T) {
 		{[]string{"inspect", fmt.Sprint(os.Getpid())}, 1, "is not a Tether shim server"},
 		{[]string{"stacks", notSocket}, 1, "is not a socket"},
 		{[]string{"stacks", filepath.Join(dir, "none")}, 1, "no such file"},
+		{[]string{"stacks", other}, 1, "run tether as the shim's uid: socket " + other + " belongs to uid 65534"},
+		{[]string{"inspect", dead}, 1, "no server listens on the socket (a leftover: see `tether doctor`)"},
 		{[]string{"pprof", "1", "mem"}, exitUsage, `profile "mem": want heap or cpu`},
 		{[]string{"pprof", "1", "cpu", "-seconds", "0"}, exitUsage, "-seconds 0"},
 		{[]string{"ps", "extra"}, exitUsage, "ps takes no arguments"},
