@@ -24,6 +24,7 @@ import (
 
 	"github.com/tether-shim/tether/internal/bootstrap"
 	"github.com/tether-shim/tether/internal/introspect"
+	"github.com/tether-shim/tether/internal/testutil"
 )
 
 func TestParseInterspersed(t *testing.T) {
@@ -274,22 +275,9 @@ func TestRunErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A socket of another uid, and one nobody listens on any more.
-	other := filepath.Join(dir, "other")
-	ol, err := net.Listen("unix", other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ol.Close()
-	if err := os.Lchown(other, 65534, 65534); err != nil {
-		t.Fatal(err)
-	}
-	dead := filepath.Join(dir, "dead")
-	dl, err := net.ListenUnix("unix", &net.UnixAddr{Name: dead, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dl.SetUnlinkOnClose(false)
-	dl.Close()
+	other, dead := filepath.Join(dir, "other"), filepath.Join(dir, "dead")
+	testutil.ForeignSocket(t, other)
+	testutil.DeadSocket(t, dead)
 	for _, tc := range []struct {
 		args []string
 		code int
@@ -336,12 +324,7 @@ func TestDoctorTree(t *testing.T) {
 		}
 	}
 	dead := filepath.Join(socketDir, "dead")
-	dl, err := net.ListenUnix("unix", &net.UnixAddr{Name: dead, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dl.SetUnlinkOnClose(false)
-	dl.Close()
+	testutil.DeadSocket(t, dead)
 	live := filepath.Join(socketDir, "live")
 	ll, err := net.Listen("unix", live)
 	if err != nil {

@@ -14,6 +14,8 @@ import (
 	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/tether-shim/tether/internal/testutil"
 )
 
 // fakeSource is a Source with fixed containers.
@@ -174,25 +176,13 @@ func TestDialErrors(t *testing.T) {
 	ctx := ctxT(t)
 
 	other := filepath.Join(dir, "other")
-	ln, err := net.Listen("unix", other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	if err := os.Lchown(other, 65534, 65534); err != nil {
-		t.Fatal(err)
-	}
+	testutil.ForeignSocket(t, other)
 	if _, err := Dial(ctx, other); !errors.Is(err, ErrOtherUID) {
 		t.Errorf("socket of uid 65534: %v, want ErrOtherUID", err)
 	}
 
 	dead := filepath.Join(dir, "dead")
-	dl, err := net.ListenUnix("unix", &net.UnixAddr{Name: dead, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dl.SetUnlinkOnClose(false)
-	dl.Close()
+	testutil.DeadSocket(t, dead)
 	if _, err := Dial(ctx, dead); !errors.Is(err, ErrNoServer) {
 		t.Errorf("socket without a server: %v, want ErrNoServer", err)
 	}

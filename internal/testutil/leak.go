@@ -1,6 +1,7 @@
 // Package testutil holds checks shared by the unit tests: goroutine and
-// file-descriptor leak detection, and a logger that records what it is
-// given. It is imported only from _test.go files.
+// file-descriptor leak detection, a logger that records what it is
+// given, and sockets in the states a test needs. It is imported only from
+// _test.go files.
 package testutil
 
 import (
