@@ -83,6 +83,13 @@ func psRowOf(ctx context.Context, s shim) psRow {
 	if st, err := procfs.Stats(s.Pid); err == nil {
 		r.RSSBytes, r.PSSBytes = st.RSSBytes, st.PSSBytes
 	}
+	if me := os.Geteuid(); s.UID != me {
+		// Not asked, and its binary never run: a process of another uid
+		// that looks like a shim is not one this tool may trust.
+		r.Error = fmt.Sprintf("shim %d runs as uid %d, this is uid %d: run tether as the shim's uid", s.Pid, s.UID, me)
+		r.Version = "?"
+		return r
+	}
 	snap, err := snapshotOf(ctx, s)
 	if err != nil {
 		r.Error = err.Error()
@@ -125,7 +132,7 @@ func compareStat(running, disk syscall.Stat_t) string {
 }
 
 // runningVersion asks the image pid runs for its version (`-v`), for a
-// shim that cannot tell it over its socket; "?" if that fails.
+// shim of this uid that cannot tell it over its socket; "?" if that fails.
 func runningVersion(ctx context.Context, pid int) string {
 	ctx, cancel := context.WithTimeout(ctx, versionTimeout)
 	defer cancel()
