@@ -495,3 +495,16 @@ func TestMetricsListen(t *testing.T) {
 		t.Errorf("metrics --listen exited %d after its context ended: %s", code, stderr.String())
 	}
 }
+
+// TestPsOtherUID: a shim-like process of another uid is listed with why it
+// was not asked; its binary is not run.
+func TestPsOtherUID(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := psRowOf(context.Background(), shim{Pid: os.Getpid(), UID: 65534, Exe: self, Flags: bootstrap.Flags{Namespace: "ns", ID: "g"}})
+	if r.Version != "?" || r.Tasks != nil || !strings.Contains(r.Error, "runs as uid 65534") || r.RSSBytes == 0 || r.OnDisk != diskSame {
+		t.Errorf("row %+v", r)
+	}
+}
