@@ -36,6 +36,11 @@ const (
 	kindUnanswered    = "shim-not-inspected"
 )
 
+// taskStateDirName is the name of containerd's task state directory,
+// <containerd state>/io.containerd.runtime.v2.task, which holds the
+// bundles as <namespace>/<id>.
+const taskStateDirName = "io.containerd.runtime.v2.task"
+
 // Bounds of doctor's probes.
 const (
 	probeTimeout   = time.Second
@@ -195,8 +200,10 @@ func survey(ctx context.Context, p paths) (*node, error) {
 	n.stateDirs = slices.Clone(p.stateDirs)
 	n.runtimeRoots = slices.Clone(p.runtimeRoots)
 	for _, s := range n.shims {
-		if b := s.bundle(); b != "" {
-			n.stateDirs = appendNew(n.stateDirs, filepath.Dir(filepath.Dir(b)))
+		// Only a directory containerd names so is taken for a task state
+		// directory: whatever is two levels below it may be removed.
+		if sd := filepath.Dir(filepath.Dir(s.bundle())); filepath.Base(sd) == taskStateDirName {
+			n.stateDirs = appendNew(n.stateDirs, sd)
 		}
 		snap, err := snapshotOf(ctx, s)
 		if err != nil {
@@ -534,7 +541,7 @@ func (n *node) staleBundles(grace time.Duration, now time.Time) []finding {
 			}
 			dir := filepath.Join(sd, ns, id)
 			info, err := os.Lstat(dir)
-			if err != nil || now.Sub(info.ModTime()) < grace {
+			if err != nil || now.Sub(info.ModTime()) < grace || !isBundle(dir) {
 				return
 			}
 			out = append(out, finding{
@@ -545,6 +552,13 @@ func (n *node) staleBundles(grace time.Duration, now time.Time) []finding {
 		})
 	}
 	return out
+}
+
+// isBundle reports whether dir looks like a bundle containerd made: it
+// holds the config.json containerd writes before it starts a shim, or a
+// rootfs directory.
+func isBundle(dir string) bool {
+	return exists(filepath.Join(dir, "config.json")) || exists(filepath.Join(dir, "rootfs"))
 }
 
 // removeBundle removes a bundle directory, refusing if anything is mounted

@@ -312,13 +312,14 @@ func TestRunErrors(t *testing.T) {
 
 // TestDoctorTree: in directories of its own, doctor finds a socket nobody
 // listens on and a bundle older than the grace that nothing serves, not a
-// live socket nor a young bundle nor one a process works in; --fix removes
-// exactly the two.
+// live socket nor a young bundle nor one a process works in nor a
+// directory that is no bundle; --fix removes exactly the two.
 func TestDoctorTree(t *testing.T) {
 	root := t.TempDir()
 	socketDir := filepath.Join(root, "s")
 	stateDir := filepath.Join(root, "state")
-	for _, d := range []string{socketDir, filepath.Join(stateDir, "ns", "old"), filepath.Join(stateDir, "ns", "young"), filepath.Join(stateDir, "ns", "busy")} {
+	// "stranger" is old and served by nothing, but no bundle: no config.json, no rootfs.
+	for _, d := range []string{socketDir, filepath.Join(stateDir, "ns", "old"), filepath.Join(stateDir, "ns", "young"), filepath.Join(stateDir, "ns", "busy"), filepath.Join(stateDir, "ns", "stranger")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -332,10 +333,12 @@ func TestDoctorTree(t *testing.T) {
 	}
 	defer ll.Close()
 	old := time.Now().Add(-time.Hour)
-	for _, id := range []string{"old", "busy"} {
+	for _, id := range []string{"old", "busy", "young"} {
 		if err := os.WriteFile(filepath.Join(stateDir, "ns", id, "config.json"), []byte("{}"), 0o600); err != nil {
 			t.Fatal(err)
 		}
+	}
+	for _, id := range []string{"old", "busy", "stranger"} {
 		if err := os.Chtimes(filepath.Join(stateDir, "ns", id), old, old); err != nil {
 			t.Fatal(err)
 		}
@@ -391,7 +394,7 @@ func TestDoctorTree(t *testing.T) {
 			t.Errorf("%s is still there after the fix", p)
 		}
 	}
-	for _, p := range []string{live, filepath.Join(stateDir, "ns", "young"), sleeper.Dir} {
+	for _, p := range []string{live, filepath.Join(stateDir, "ns", "young"), filepath.Join(stateDir, "ns", "stranger"), sleeper.Dir} {
 		if !exists(p) {
 			t.Errorf("%s was removed", p)
 		}
