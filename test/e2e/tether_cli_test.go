@@ -321,6 +321,9 @@ func TestTetherCLI(t *testing.T) {
 		t.Run("doctor", func(t *testing.T) {
 			testDoctor(t, d, ns)
 		})
+		t.Run("doctor-idle-shim", func(t *testing.T) {
+			testDoctorIdleShim(t, ns)
+		})
 		// The live containers went through all of it untouched.
 		for _, id := range []string{"c1", "c2"} {
 			d.waitStatus(t, ns, id, "RUNNING")
@@ -541,4 +544,37 @@ func plantOrphanRunc(t *testing.T, work, root string) string {
 		return state.Status == "stopped", r.String()
 	})
 	return id
+}
+
+// testDoctorIdleShim starts a shim server the way containerd does (`start`
+// in a bundle) that never gets a container, removes its bundle, and checks
+// that doctor finds it (its bundle gone, serving nothing) and that --fix
+// makes it leave: the process and its socket are gone.
+func testDoctorIdleShim(t *testing.T, ns string) {
+	id := fmt.Sprintf("idle-%d", os.Getpid())
+	bundle := startBundle(t)
+	address := strings.TrimSpace(string(runStart(t, bundle, ns, id, "/bin/true", nil)))
+	socket := strings.TrimPrefix(address, "unix://")
+	pid := startServer(t, socket, id)
+	if err := os.RemoveAll(bundle); err != nil {
+		t.Fatal(err)
+	}
+	// A socket directory of its own: the node's may hold other leftovers.
+	socketDir := t.TempDir()
+	args := []string{"-socket-dir", socketDir, "doctor", "-namespace", ns, "-o", "json"}
+	findings := doctorFindings(t, args...)
+	if len(findings) != 1 || findings[0].Kind != "idle-shim" || findings[0].Path != bundle || !findings[0].Fixable {
+		t.Fatalf("tether doctor found %+v, want the idle shim %d with its bundle %s gone", findings, pid, bundle)
+	}
+	fixed := doctorFindings(t, append(args, "--fix")...)
+	if len(fixed) != 1 || !fixed[0].Fixed {
+		t.Fatalf("tether doctor --fix: %+v", fixed)
+	}
+	waitFor(t, 30*time.Second, fmt.Sprintf("the idle shim %d to leave", pid), func() (bool, string) {
+		_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+		return os.IsNotExist(err) || procName(pid) == "", fmt.Sprintf("process %d: %v", pid, err)
+	})
+	if _, err := os.Lstat(socket); !os.IsNotExist(err) {
+		t.Errorf("the idle shim's socket %s: %v, want it gone", socket, err)
+	}
 }
