@@ -92,6 +92,7 @@ func runDoctor(ctx context.Context, e *env, args []string) error {
 	if *namespace != "" {
 		findings = slices.DeleteFunc(findings, func(f finding) bool { return f.Kind != kindDeadSocket && f.Namespace != *namespace })
 	}
+	failed := 0
 	if *fix {
 		for i := range findings {
 			f := &findings[i]
@@ -100,15 +101,24 @@ func runDoctor(ctx context.Context, e *env, args []string) error {
 			}
 			if err := f.fix(ctx); err != nil {
 				f.FixError = err.Error()
+				failed++
 			} else {
 				f.Fixed = true
 			}
 		}
 	}
-	if *out == "json" {
-		return writeJSON(e.stdout, findings)
+	if findings == nil {
+		findings = []finding{} // [] in the JSON, never null
 	}
-	return writeFindings(e.stdout, findings, *fix)
+	if *out == "json" {
+		err = writeJSON(e.stdout, findings)
+	} else {
+		err = writeFindings(e.stdout, findings, *fix)
+	}
+	if err == nil && failed > 0 {
+		err = fmt.Errorf("%d of the fixes failed", failed)
+	}
+	return err
 }
 
 // writeFindings writes findings for a reader.
