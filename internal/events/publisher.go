@@ -214,8 +214,9 @@ func (p *Publisher) Publish(topic string, event proto.Message) {
 	// Stamped under the lock so that timestamps follow queue order.
 	it.req.Envelope.Timestamp = timestamppb.Now()
 	p.queue = append(p.queue, it)
-	p.mu.Unlock()
+	// Under mu, so that the sender's delivered never runs ahead of it.
 	p.published.Add(1)
+	p.mu.Unlock()
 	p.nudge()
 }
 
