@@ -24,9 +24,11 @@ func (p *Publisher) Stats(maxPending int) Stats {
 		st.Pending = append(st.Pending, p.queue[i].topic)
 	}
 	p.mu.Unlock()
-	st.Published = p.published.Load()
+	// Delivered and dropped before published: never more delivered than
+	// published, even while events flow.
 	st.Delivered = p.delivered.Load()
-	st.Retried = p.retried.Load()
 	st.Dropped = p.dropped.Load()
+	st.Retried = p.retried.Load()
+	st.Published = p.published.Load()
 	return st
 }
