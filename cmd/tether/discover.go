@@ -55,8 +55,10 @@ func (p *paths) register(fs *flag.FlagSet) {
 // default.
 type listFlag []string
 
+// String implements flag.Value.
 func (l *listFlag) String() string { return strings.Join(*l, ",") }
 
+// Set implements flag.Value: absolute paths, cleaned.
 func (l *listFlag) Set(s string) error {
 	*l = nil
 	for _, p := range strings.Split(s, ",") {
