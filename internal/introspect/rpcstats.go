@@ -10,10 +10,10 @@ import (
 	"github.com/containerd/ttrpc"
 )
 
-// LatencyBuckets are the upper bounds, in seconds, of the RPC latency
-// histogram. Wait requests last as long as the process they wait for and
-// land in the last bucket or above.
-var LatencyBuckets = [...]float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+// latencyBuckets are the upper bounds, in seconds, of the RPC latency
+// histogram; never written. Wait requests last as long as the process they
+// wait for and land in the last bucket or above.
+var latencyBuckets = [...]float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
 
 // methodStats are the counters of one method. All fields are atomics,
 // bumped by the request that counts; never reset.
@@ -21,7 +21,7 @@ type methodStats struct {
 	count   atomic.Uint64
 	errors  atomic.Uint64
 	nanos   atomic.Uint64
-	buckets [len(LatencyBuckets)]atomic.Uint64 // not cumulative: one bucket per request
+	buckets [len(latencyBuckets)]atomic.Uint64 // not cumulative: one bucket per request
 }
 
 // RPCStats counts the requests of a ttrpc server, per method. Its zero
@@ -44,7 +44,7 @@ func (s *RPCStats) Observe(method string, d time.Duration, failed bool) {
 	}
 	m.nanos.Add(uint64(max(d, 0)))
 	secs := d.Seconds()
-	for i, le := range LatencyBuckets {
+	for i, le := range latencyBuckets {
 		if secs <= le {
 			m.buckets[i].Add(1)
 			break
@@ -87,10 +87,10 @@ func (s *RPCStats) Snapshot() []RPCMethod {
 			Method:     n,
 			Errors:     m.errors.Load(),
 			SumSeconds: time.Duration(m.nanos.Load()).Seconds(),
-			Buckets:    make([]Bucket, len(LatencyBuckets)),
+			Buckets:    make([]Bucket, len(latencyBuckets)),
 		}
 		var cum uint64
-		for i, le := range LatencyBuckets {
+		for i, le := range latencyBuckets {
 			cum += m.buckets[i].Load()
 			r.Buckets[i] = Bucket{LE: le, Count: cum}
 		}

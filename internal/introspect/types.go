@@ -220,7 +220,7 @@ type RPCMethod struct {
 	// SumSeconds is the total time spent serving them.
 	SumSeconds float64 `json:"sum_seconds"`
 	// Buckets are cumulative: Count of requests served in at most LE
-	// seconds, for each of LatencyBuckets.
+	// seconds, for each bound of the histogram (0.5 ms to 10 s).
 	Buckets []Bucket `json:"buckets"`
 }
 
