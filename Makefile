@@ -1,6 +1,6 @@
 # Tether: a containerd runtime v2 shim.
 #
-#   make build      build the shim and the tether CLI into ./bin
+#   make build      build the shim and the operator's tool `tether` into ./bin
 #   make test       install missing deps, then unit tests and end-to-end tests
 #   make test-unit  unit tests of the root module (go test -race)
 #   make test-e2e   end-to-end tests (test/e2e, a separate module; needs root)
@@ -23,6 +23,7 @@
 SHELL := /bin/bash
 GO ?= go
 BIN := bin/containerd-shim-tether-v2
+CLI := bin/tether
 E2E_TIMEOUT ?= 75m
 
 .PHONY: all build test test-unit test-e2e test-suites test-suites-short suites-deps deps demo lint clean bench fuzz stress test-vm test-vm-full vm-thp
@@ -32,7 +33,7 @@ all: build
 # Static and without cgo: no ld.so or libc pages in every shim (docs/performance.md).
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/containerd-shim-tether-v2
-	CGO_ENABLED=0 $(GO) build -o bin/tether ./cmd/tether
+	CGO_ENABLED=0 $(GO) build -o $(CLI) ./cmd/tether
 
 # deps installs what the tests need (idempotent, fast when all is there).
 deps:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # install-deps.sh installs everything the demo, the tests and the benchmarks need:
-# Debian's containerd 1.6, runc, crun and busybox-static, and containerd 1.7, 2.2 and 2.4
+# Debian's containerd 1.6, runc, crun, busybox-static and prometheus (for promtool), and containerd 1.7, 2.2 and 2.4
 # (plus the stock containerd-shim-runc-v2 of 2.4, for bench/), crictl (cri-tools, for the
 # CRI tests), a current runc (built with seccomp against Debian's libseccomp-dev), and
 # dockerd and the docker CLI 28.5.2 (for the Docker e2e test), built from the Go module
@@ -10,7 +10,8 @@ set -euo pipefail
 
 DEPS=${TETHER_DEPS:-/opt/tether}
 want_apt=()
-for pair in containerd:containerd ctr:containerd runc:runc crun:crun busybox:busybox-static; do
+# promtool (Debian's prometheus package) checks `tether metrics` output in the tests.
+for pair in containerd:containerd ctr:containerd runc:runc crun:crun busybox:busybox-static promtool:prometheus; do
   bin=${pair%%:*} pkg=${pair##*:}
   command -v "$bin" >/dev/null 2>&1 || want_apt+=("$pkg")
 done

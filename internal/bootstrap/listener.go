@@ -12,8 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/tether-shim/tether/internal/introspect"
 	"github.com/tether-shim/tether/internal/upgrade"
 )
 
@@ -52,6 +51,8 @@ type guardedListener struct {
 	quiescer  *upgrade.Quiescer
 	gate      *upgrade.ListenerGate
 	inherited []upgrade.Handed
+	// conns tracks the open connections, for `tether inspect`.
+	conns connTable
 }
 
 // newGuardedListener wraps ln; activity must not block.
@@ -65,7 +66,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 	if len(l.inherited) > 0 {
 		h := l.inherited[0]
 		l.inherited = l.inherited[1:]
-		return l.wrap(h.Conn, h.PeerPID), nil
+		return l.wrap(h.Conn, h.PeerPID, l.uid), nil // checked by the image that accepted it
 	}
 	for {
 		c, err := l.gate.Accept(l.AcceptUnix)
@@ -73,38 +74,23 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		l.activity()
-		uid, pid, err := peerCred(c)
+		uid, pid, err := introspect.PeerCred(c)
 		if err != nil || uid != l.uid {
+			l.conns.refused.Add(1)
 			l.logger.Warn("refusing a connection to the shim's socket", "peer_uid", uid, "peer_pid", pid, "want_uid", l.uid, "error", err)
 			c.Close()
 			continue
 		}
-		return l.wrap(c, pid), nil
+		return l.wrap(c, pid, uid), nil
 	}
 }
 
-// wrap makes c a frameConn, registered with the quiescer.
-func (l *guardedListener) wrap(c *net.UnixConn, pid int) *frameConn {
-	return &frameConn{UnixConn: c, activity: l.activity, timeout: l.frameTimeout, logger: l.logger, peerPID: pid, gate: l.quiescer.Add(c, pid)}
-}
-
-// peerCred is the uid and pid of the process at the other end of c.
-func peerCred(c *net.UnixConn) (uid, pid int, err error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return -1, 0, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return -1, 0, err
-	}
-	if cerr != nil {
-		return -1, 0, cerr
-	}
-	return int(cred.Uid), int(cred.Pid), nil
+// wrap makes c a frameConn, registered with the quiescer and in the
+// connection table.
+func (l *guardedListener) wrap(c *net.UnixConn, pid, uid int) *frameConn {
+	fc := &frameConn{UnixConn: c, activity: l.activity, timeout: l.frameTimeout, logger: l.logger, peerPID: pid, gate: l.quiescer.Add(c, pid), table: &l.conns}
+	l.conns.add(fc, introspect.Peer{Pid: pid, UID: uid})
+	return fc
 }
 
 // errFrameTooLarge ends a connection whose peer declared a frame above
@@ -138,6 +124,8 @@ type frameConn struct {
 	// gate quiesces the connection for live upgrade (nil: never): it
 	// holds the reader between frames and counts requests and answers.
 	gate *upgrade.Gate
+	// table is the listener's, which Close removes the connection from.
+	table *connTable
 	// pending is the rest of the frame being handed to ttrpc.
 	pending []byte
 }
@@ -224,6 +212,9 @@ func (c *frameConn) Write(p []byte) (int, error) {
 func (c *frameConn) Close() error {
 	err := c.UnixConn.Close()
 	c.gate.Closed()
+	if c.table != nil {
+		c.table.remove(c)
+	}
 	c.activity()
 	return err
 }

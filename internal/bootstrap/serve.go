@@ -21,6 +21,7 @@ import (
 	"github.com/tether-shim/tether/internal/container"
 	"github.com/tether-shim/tether/internal/events"
 	"github.com/tether-shim/tether/internal/exits"
+	"github.com/tether-shim/tether/internal/introspect"
 	"github.com/tether-shim/tether/internal/taskservice"
 	"github.com/tether-shim/tether/internal/upgrade"
 )
@@ -40,6 +41,7 @@ const (
 // left. It logs to the bundle's log fifo, which containerd copies into its
 // own log.
 func Serve(ctx context.Context, f Flags, version string) error {
+	started := time.Now()
 	if err := f.validate(); err != nil {
 		return err
 	}
@@ -115,6 +117,7 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		return err
 	}
 	publisher := events.NewPublisher(os.Getenv("TTRPC_ADDRESS"), f.Namespace, logger)
+	counting := introspect.NewCountingSink(publisher)
 
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -123,7 +126,7 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		BundleParent: filepath.Dir(bundleDir),
 		Deps: container.Deps{
 			Watcher:   reaper,
-			Events:    publisher,
+			Events:    counting,
 			Logger:    logger,
 			Namespace: f.Namespace,
 		},
@@ -133,7 +136,8 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		Version:  version,
 	})
 	trim := newTrimmer()
-	server, err := newTTRPCServer(logger, trim, f.Debug)
+	rpcStats := &introspect.RPCStats{}
+	server, err := newTTRPCServer(logger, trim, f.Debug, ttrpc.WithChainUnaryServerInterceptor(rpcStats.Interceptor()))
 	if err != nil {
 		ln.Close()
 		return err
@@ -146,6 +150,12 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		return err
 	}
 	upgrade.Register(server, up)
+	guarded := newGuardedListener(ln, logger, trim.Poke)
+	guarded.quiescer, guarded.gate, guarded.inherited = quiescer, quiescer.Listener(ln), conns
+	registerIntrospection(server, introspectionOf{
+		flags: f, version: version, bundle: bundleDir, socket: socketPath, started: started,
+		svc: svc, counting: counting, publisher: publisher, listener: guarded, rpc: rpcStats,
+	})
 
 	// SIGTERM and SIGINT are ignored while containers run: the shim is what
 	// keeps them, and containerd asks it to leave through Shutdown.
@@ -154,8 +164,6 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	defer signal.Stop(signals)
 
 	served := make(chan error, 1)
-	guarded := newGuardedListener(ln, logger, trim.Poke)
-	guarded.quiescer, guarded.gate, guarded.inherited = quiescer, quiescer.Listener(ln), conns
 	go func() { served <- serveTTRPC(ctx, server, guarded, logger) }()
 	go trim.run(ctx)
 	if f.Debug {
@@ -222,10 +230,11 @@ wait:
 }
 
 // newTTRPCServer returns the shim's ttrpc server: every request holds off
-// the trimmer (and is logged with its duration when debug is set). It
+// the trimmer (and is logged with its duration when debug is set), then
+// goes through the interceptors of opts. It
 // serves a guardedListener, which admits only peers of the server's uid.
-func newTTRPCServer(logger *slog.Logger, trim *trimmer, debug bool) (*ttrpc.Server, error) {
-	return ttrpc.NewServer(
+func newTTRPCServer(logger *slog.Logger, trim *trimmer, debug bool, opts ...ttrpc.ServerOpt) (*ttrpc.Server, error) {
+	return ttrpc.NewServer(append([]ttrpc.ServerOpt{
 		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
 			defer trim.Begin()()
 			if !debug {
@@ -236,7 +245,7 @@ func newTTRPCServer(logger *slog.Logger, trim *trimmer, debug bool) (*ttrpc.Serv
 			logger.Debug("rpc", "method", info.FullMethod, "duration", time.Since(start), "error", err)
 			return resp, err
 		}),
-	)
+	}, opts...)...)
 }
 
 // serveTTRPC serves server on ln until it is shut down. ttrpc logs its own

@@ -68,9 +68,8 @@ func TestRegressionTTRPCWarningsLost(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	served := make(chan error, 1)
-	go func() {
-		served <- serveTTRPC(ctx, server, newGuardedListener(ln.(*net.UnixListener), logger, func() {}), logger)
-	}()
+	gl := newGuardedListener(ln.(*net.UnixListener), logger, func() {})
+	go func() { served <- serveTTRPC(ctx, server, gl, logger) }()
 	defer func() {
 		server.Close()
 		<-served
@@ -100,6 +99,10 @@ func TestRegressionTTRPCWarningsLost(t *testing.T) {
 	for {
 		if r, ok := rec.Find(slog.LevelWarn, "refusing a connection"); ok {
 			t.Logf("logged: %s %q %v", r.Level, r.Msg, r.Attrs)
+			// And counted, for `tether inspect`.
+			if got := gl.conns.snapshot(); got.Refused != 1 || got.Accepted != 0 {
+				t.Errorf("connections %+v, want 1 refused and none accepted", got)
+			}
 			return
 		}
 		if time.Now().After(deadline) {

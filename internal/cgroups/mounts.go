@@ -4,10 +4,11 @@ import (
 	"fmt"
 	"path"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/tether-shim/tether/internal/procfs"
 )
 
 // mount is one cgroup file system mount from /proc/self/mountinfo.
@@ -43,54 +44,24 @@ func (m mount) dir(cgPath string) (string, bool) {
 }
 
 // parseMountinfo returns the cgroup and cgroup2 mounts of a mountinfo file
-// (proc(5)): "id parent major:minor root point options [optional...] -
-// fstype source superoptions".
+// (procfs.ParseMountinfo).
 func parseMountinfo(data []byte) ([]mount, error) {
+	all, err := procfs.ParseMountinfo(data)
+	if err != nil {
+		return nil, fmt.Errorf("cgroups: %w: %w", err, errdefs.ErrInternal)
+	}
 	var out []mount
-	for i, line := range strings.Split(string(data), "\n") {
-		if strings.TrimSpace(line) == "" {
+	for _, pm := range all {
+		if pm.FSType != "cgroup" && pm.FSType != "cgroup2" {
 			continue
 		}
-		f := strings.Fields(line)
-		sep := slices.Index(f, "-")
-		if sep < 6 || len(f) < sep+4 {
-			return nil, fmt.Errorf("cgroups: mountinfo line %d %q: %w", i+1, line, errdefs.ErrInternal)
-		}
-		fstype := f[sep+1]
-		if fstype != "cgroup" && fstype != "cgroup2" {
-			continue
-		}
-		m := mount{
-			dev:   f[2],
-			root:  unescapeMount(f[3]),
-			point: unescapeMount(f[4]),
-			v2:    fstype == "cgroup2",
-		}
+		m := mount{dev: pm.Dev, root: pm.Root, point: pm.Point, v2: pm.FSType == "cgroup2"}
 		if !m.v2 {
-			m.controllers = strings.Split(f[sep+3], ",")
+			m.controllers = strings.Split(pm.SuperOpts, ",")
 		}
 		out = append(out, m)
 	}
 	return out, nil
-}
-
-// unescapeMount undoes the octal escapes (\040 for a space) of mountinfo.
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // procEntry is one line of /proc/<pid>/cgroup: "id:controllers:path".

@@ -112,21 +112,6 @@ func TestParseMountinfo(t *testing.T) {
 	}
 }
 
-func TestUnescapeMount(t *testing.T) {
-	for in, want := range map[string]string{
-		`/a\040b`:   "/a b",
-		`/tab\011x`: "/tab\tx",
-		`/plain`:    "/plain",
-		`/trail\04`: `/trail\04`,
-		`/bad\0z9`:  `/bad\0z9`,
-		`\134`:      `\`,
-	} {
-		if got := unescapeMount(in); got != want {
-			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestMountDir(t *testing.T) {
 	m := mount{root: "/kubepods/pod1", point: "/sys/fs/cgroup"}
 	for in, want := range map[string]string{

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	eventsapi "github.com/containerd/containerd/api/services/ttrpc/events/v1"
@@ -106,6 +107,11 @@ type Publisher struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
+	// published, delivered, retried and dropped count events for `tether
+	// inspect` and `tether metrics` (see Stats): published by Publish,
+	// the others by the sender; never reset.
+	published, delivered, retried, dropped atomic.Uint64
+
 	// mu guards queue, closing and undelivered.
 	mu sync.Mutex
 	// queue is the FIFO of events not yet delivered; queue[0] is the event
@@ -201,12 +207,15 @@ func (p *Publisher) Publish(topic string, event proto.Message) {
 	p.mu.Lock()
 	if p.closing {
 		p.mu.Unlock()
+		p.dropped.Add(1)
 		p.logger.Warn("events: publisher closed, event dropped", "topic", topic)
 		return
 	}
 	// Stamped under the lock so that timestamps follow queue order.
 	it.req.Envelope.Timestamp = timestamppb.Now()
 	p.queue = append(p.queue, it)
+	// Under mu, so that the sender's delivered never runs ahead of it.
+	p.published.Add(1)
 	p.mu.Unlock()
 	p.nudge()
 }
@@ -371,6 +380,7 @@ func (s *sender) deliver(ctx context.Context, it item) bool {
 				s.p.logger.Info("events: event delivered after retries", "topic", it.topic, "attempts", failures+1)
 			}
 			s.p.pop()
+			s.p.delivered.Add(1)
 			s.backoff = 0
 			return true
 		}
@@ -384,6 +394,7 @@ func (s *sender) deliver(ctx context.Context, it item) bool {
 				s.p.logger.Error("events: containerd rejected event, dropping it",
 					"topic", it.topic, "attempts", appFailures, "error", err)
 				s.p.pop()
+				s.p.dropped.Add(1)
 				s.backoff = 0
 				return true
 			}
@@ -398,6 +409,7 @@ func (s *sender) deliver(ctx context.Context, it item) bool {
 			s.p.logger.Log(ctx, level, "events: cannot forward event to containerd, will retry",
 				"topic", it.topic, "attempt", failures, "queued", s.p.queued(), "address", s.p.path, "error", err)
 		}
+		s.p.retried.Add(1)
 		if !s.sleep(ctx) {
 			return false
 		}

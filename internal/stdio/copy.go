@@ -104,6 +104,9 @@ func (p *IO) pump(rc syscall.RawConn, dst io.Writer, track bool) {
 			if track {
 				p.writing.Add(-1)
 				p.progress.Add(int64(w))
+				if w < n {
+					p.dropped.Add(int64(n - w))
+				}
 			}
 			if werr != nil {
 				err = werr

@@ -190,8 +190,11 @@ type IO struct {
 	// outFiles are the client's output fifos the copies write to.
 	outFiles []*os.File
 	// progress counts the bytes the output copies have written; Drain
-	// waits as long as it grows.
+	// waits as long as it grows. Stats reports it too.
 	progress atomic.Int64
+	// dropped counts the bytes the output copies read from the process
+	// and could not write to the client (Stats).
+	dropped atomic.Int64
 	// writing counts the output copies blocked in a write to the client:
 	// a stall there is a slow client, not a process left behind.
 	writing atomic.Int32

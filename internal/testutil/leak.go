@@ -1,6 +1,7 @@
 // Package testutil holds checks shared by the unit tests: goroutine and
-// file-descriptor leak detection, a logger that records what it is given,
-// and a busybox OCI bundle. It is imported only from _test.go files.
+// file-descriptor leak detection, a logger that records what it is
+// given, sockets in the states a test needs, and a busybox OCI bundle. It
+// is imported only from _test.go files.
 package testutil
 
 import (

@@ -1,0 +1,84 @@
+package introspect
+
+import (
+	"sync"
+	"sync/atomic"
+
+	eventsapi "github.com/containerd/containerd/api/events"
+	"google.golang.org/protobuf/proto"
+)
+
+// Sink is the events sink of the shim (events.Sink): Publish never blocks
+// and never calls back.
+type Sink interface {
+	Publish(topic string, event proto.Message)
+}
+
+// counters are one container's; atomics, bumped by the event that counts.
+type counters struct {
+	exits, ooms, execs atomic.Uint64
+}
+
+// CountingSink counts, per container, the events that tell what happened
+// to it (TaskExit, TaskOOM, TaskExecStarted) on their way to the shim's
+// real sink, to which it hands every event unchanged. A container's
+// counters go when its TaskDelete passes: what is counted is what
+// happened while the shim served it.
+//
+// It adds no goroutine and never blocks: Publish takes mu only to find
+// or drop a container's entry, then bumps an atomic, and calls the next
+// sink outside mu. So it keeps Sink's contract, and the order of events
+// (it forwards in call order, on the caller's goroutine).
+type CountingSink struct {
+	next Sink
+
+	mu   sync.Mutex
+	byID map[string]*counters // guarded by mu
+}
+
+// NewCountingSink returns a CountingSink in front of next.
+func NewCountingSink(next Sink) *CountingSink {
+	return &CountingSink{next: next, byID: make(map[string]*counters)}
+}
+
+// Publish counts event and hands it to the next sink.
+func (s *CountingSink) Publish(topic string, event proto.Message) {
+	switch e := event.(type) {
+	case *eventsapi.TaskExit:
+		s.get(e.GetContainerID()).exits.Add(1)
+	case *eventsapi.TaskOOM:
+		s.get(e.GetContainerID()).ooms.Add(1)
+	case *eventsapi.TaskExecStarted:
+		s.get(e.GetContainerID()).execs.Add(1)
+	case *eventsapi.TaskDelete:
+		if e.GetID() == "" || e.GetID() == e.GetContainerID() {
+			s.mu.Lock()
+			delete(s.byID, e.GetContainerID())
+			s.mu.Unlock()
+		}
+	}
+	s.next.Publish(topic, event)
+}
+
+func (s *CountingSink) get(id string) *counters {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.byID[id]
+	if !ok {
+		c = &counters{}
+		s.byID[id] = c
+	}
+	return c
+}
+
+// Counters returns the counters of container id (zero if nothing was
+// counted yet).
+func (s *CountingSink) Counters(id string) ContainerCounters {
+	s.mu.Lock()
+	c, ok := s.byID[id]
+	s.mu.Unlock()
+	if !ok {
+		return ContainerCounters{}
+	}
+	return ContainerCounters{Exits: c.exits.Load(), OOMs: c.ooms.Load(), Execs: c.execs.Load()}
+}
