@@ -41,7 +41,7 @@ func commands() map[string]command {
 		"pprof":   {"pprof SHIM heap|cpu [-seconds N] [-out FILE]: a profile of a shim", runPprof},
 		"metrics": {"metrics [--listen ADDR]: every shim's figures in the Prometheus text format", runMetrics},
 		"doctor":  {"doctor [--fix]: what this node leaks, and why; --fix removes what is provably dead", runDoctor},
-		"upgrade": {"upgrade [--expect VERSION] (--all | PID...): re-execute shims into the binary now installed", func(ctx context.Context, _ *env, args []string) error { return runUpgrade(ctx, args) }},
+		"upgrade": {"upgrade [--expect VERSION] (--all | PID...): re-execute shims into the binary now installed", runUpgrade},
 	}
 }
 
