@@ -1,6 +1,7 @@
 package taskservice
 
 import (
+	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/container"
 	"github.com/tether-shim/tether/internal/introspect"
 	"github.com/tether-shim/tether/internal/runtime"
@@ -35,7 +36,7 @@ func (s *Service) describe(c *container.Container) introspect.Container {
 		Cgroup:    c.CgroupPath(),
 		Processes: []introspect.Process{init},
 	}
-	if cfg, err := runtime.LoadConfig(c.Bundle(), s.cfg.Namespace); err == nil {
+	if cfg, err := runtime.LoadConfig(bundle.New(c.Bundle()).RuntimeConfig(), s.cfg.Namespace); err == nil {
 		ic.Runtime = introspect.Runtime{Binary: cfg.Binary, Root: cfg.Root, SystemdCgroup: cfg.SystemdCgroup}
 	}
 	for _, p := range c.Execs() {
