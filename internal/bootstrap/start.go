@@ -157,7 +157,8 @@ type serverSetting struct {
 //   - GODEBUG with adaptivestackstart=0, likewise. By default each
 //     collection sets the stack a new goroutine starts with to the average
 //     stack it scanned, and a dead goroutine whose stack has that size keeps
-//     it on its P's free list (up to 63 of them), for good. ttrpc runs two
+//     it on its P's free list (up to 63 of them) until it is reused, which
+//     in an idle shim is never. ttrpc runs two
 //     goroutines per connection and one per request: a burst of connections
 //     raised the starting stack to 4 KiB and left a shim 260 to 390 kB of
 //     such stacks once idle. With the fixed 2 KiB start, a goroutine that
