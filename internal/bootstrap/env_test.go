@@ -15,20 +15,20 @@ func TestServerEnv(t *testing.T) {
 		{"caller without settings",
 			[]string{"PATH=/bin", "TTRPC_ADDRESS=/run/c.sock.ttrpc"},
 			[]string{"PATH=/bin", "TTRPC_ADDRESS=/run/c.sock.ttrpc",
-				"GOMAXPROCS=1", "TETHER_CALLER_GOMAXPROCS=", "GODEBUG=disablethp=1", "TETHER_CALLER_GODEBUG="}},
+				"GOMAXPROCS=1", "TETHER_CALLER_GOMAXPROCS=", "GODEBUG=disablethp=1,adaptivestackstart=0", "TETHER_CALLER_GODEBUG="}},
 		{"caller with GOMAXPROCS and GODEBUG",
 			[]string{"GOMAXPROCS=8", "PATH=/bin", "GODEBUG=madvdontneed=0"},
 			[]string{"PATH=/bin",
 				"GOMAXPROCS=1", "TETHER_CALLER_GOMAXPROCS=8",
-				"GODEBUG=madvdontneed=0,disablethp=1", "TETHER_CALLER_GODEBUG=madvdontneed=0"}},
+				"GODEBUG=madvdontneed=0,disablethp=1,adaptivestackstart=0", "TETHER_CALLER_GODEBUG=madvdontneed=0"}},
 		{"the caller's disablethp=0 is overridden",
 			[]string{"GODEBUG=disablethp=0"},
 			[]string{"GOMAXPROCS=1", "TETHER_CALLER_GOMAXPROCS=",
-				"GODEBUG=disablethp=0,disablethp=1", "TETHER_CALLER_GODEBUG=disablethp=0"}},
+				"GODEBUG=disablethp=0,disablethp=1,adaptivestackstart=0", "TETHER_CALLER_GODEBUG=disablethp=0"}},
 		{"stale carriers are replaced",
 			[]string{"TETHER_CALLER_GOMAXPROCS=3", "PATH=/bin", "TETHER_CALLER_GODEBUG=x=1"},
 			[]string{"PATH=/bin",
-				"GOMAXPROCS=1", "TETHER_CALLER_GOMAXPROCS=", "GODEBUG=disablethp=1", "TETHER_CALLER_GODEBUG="}},
+				"GOMAXPROCS=1", "TETHER_CALLER_GOMAXPROCS=", "GODEBUG=disablethp=1,adaptivestackstart=0", "TETHER_CALLER_GODEBUG="}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -48,7 +48,7 @@ func TestRestoreCallerEnv(t *testing.T) {
 	}
 	settings := []setting{
 		{"GOMAXPROCS", "TETHER_CALLER_GOMAXPROCS", "1"},
-		{"GODEBUG", "TETHER_CALLER_GODEBUG", "disablethp=1"},
+		{"GODEBUG", "TETHER_CALLER_GODEBUG", "disablethp=1,adaptivestackstart=0"},
 	}
 	tests := []struct {
 		name      string

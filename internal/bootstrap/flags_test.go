@@ -16,6 +16,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(dialChildEnv) != "" {
 		os.Exit(dialChild())
 	}
+	if os.Getenv(stackBurstChildEnv) != "" {
+		os.Exit(stackBurstChild())
+	}
 	primeRuntime()
 	os.Exit(m.Run())
 }

@@ -157,17 +157,32 @@ type serverSetting struct {
 //     setting is the runtime's own madvise(MADV_NOHUGEPAGE) of its heap,
 //     per mapping, so unlike prctl(PR_SET_THP_DISABLE) it is not inherited
 //     by the containers.
+//   - GODEBUG with adaptivestackstart=0, likewise. By default each
+//     collection sets the stack a new goroutine starts with to the average
+//     stack it scanned, and a dead goroutine whose stack has that size keeps
+//     it on its P's free list (up to 63 of them) until it is reused, which
+//     in an idle shim is never. ttrpc runs two
+//     goroutines per connection and one per request: a burst of connections
+//     raised the starting stack to 4 KiB and left a shim 260 to 390 kB of
+//     such stacks once idle. With the fixed 2 KiB start, a goroutine that
+//     grew frees its stack when it ends
+//     (TestRegressionBurstStacksKeptWhenIdle; docs/performance.md, "After
+//     abuse").
 func serverSettings() []serverSetting {
 	return []serverSetting{
 		{"GOMAXPROCS", "TETHER_CALLER_GOMAXPROCS", func(string) string { return "1" }},
 		{"GODEBUG", "TETHER_CALLER_GODEBUG", func(caller string) string {
 			if caller == "" {
-				return "disablethp=1"
+				return serverGODEBUG
 			}
-			return caller + ",disablethp=1"
+			return caller + "," + serverGODEBUG
 		}},
 	}
 }
+
+// serverGODEBUG is what the server adds to the caller's GODEBUG (see
+// serverSettings).
+const serverGODEBUG = "disablethp=1,adaptivestackstart=0"
 
 // serverEnv is the server's environment: env with each of serverSettings
 // set to the server's value, and the caller's value (empty if unset) in its
