@@ -16,10 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/cgroups/v3/cgroup2/stats"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/tether-shim/tether/testkit"
 )
@@ -273,24 +271,7 @@ func checkSystemdPod(t *testing.T, cd *criDaemon, handler string) {
 	}
 
 	// Stats: the task's metrics are cgroup v2's, with non-zero values...
-	m, err := tasks[c1].Metrics(ctx)
-	if err != nil {
-		t.Fatalf("Metrics of c1: %v", err)
-	}
-	if m.Data == nil || m.Data.GetTypeUrl() != "io.containerd.cgroups.v2.Metrics" {
-		t.Fatalf("Metrics of c1: type %q, want io.containerd.cgroups.v2.Metrics", m.Data.GetTypeUrl())
-	}
-	var s stats.Metrics
-	if err := proto.Unmarshal(m.Data.GetValue(), &s); err != nil {
-		t.Fatalf("Metrics of c1: %v", err)
-	}
-	t.Logf("c1: memory.usage %d, memory.usage_limit %d, cpu.usage_usec %d, pids.current %d",
-		s.GetMemory().GetUsage(), s.GetMemory().GetUsageLimit(), s.GetCPU().GetUsageUsec(), s.GetPids().GetCurrent())
-	if s.GetMemory().GetUsage() == 0 || s.GetCPU().GetUsageUsec() == 0 || s.GetPids().GetCurrent() == 0 {
-		t.Errorf("c1: a zero in memory usage %d, cpu usage_usec %d, pids.current %d",
-			s.GetMemory().GetUsage(), s.GetCPU().GetUsageUsec(), s.GetPids().GetCurrent())
-	}
-	if s.GetMemory().GetUsageLimit() != limit {
+	if s := checkV2Metrics(ctx, t, tasks[c1]); s.GetMemory().GetUsageLimit() != limit {
 		t.Errorf("c1: memory usage_limit %d, want the container's limit %d", s.GetMemory().GetUsageLimit(), limit)
 	}
 	// ...and CRI, which reads them, reports them.
