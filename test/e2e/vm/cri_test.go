@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -27,7 +28,7 @@ import (
 const (
 	criNamespace = "k8s.io" // the containerd namespace of the CRI plugin
 	// pauseImage is the sandbox image the CRI config of test/e2e/testdata
-	// pins; busyboxImage runs the containers. Both are built here.
+	// pins; busyboxImage, the same image tagged, runs the containers.
 	pauseImage   = "localhost/tether/pause:e2e"
 	busyboxImage = "localhost/tether/busybox:vm"
 	// kubepodsSlice is the top slice of kubelet's pods under the systemd driver.
@@ -55,16 +56,18 @@ func TestCRIPodSystemd(t *testing.T) {
 	if data == "" {
 		t.Fatalf("%s is not set (the directory of test/e2e/testdata's TOML snippets)", envTestdata)
 	}
-	tmp := t.TempDir()
-	pauseTar, imageTar := filepath.Join(tmp, "pause.tar"), filepath.Join(tmp, "busybox.tar")
-	// Killed by the CRI plugin with SIGKILL when the pod stops, like the real pause.
+	// One image, busybox running sleep (killed by the CRI plugin with
+	// SIGKILL when the pod stops, like the real pause), imported as the
+	// pause image and tagged as the containers' image: compressing a layer
+	// in the guest (emulated, and the binary built with -race) takes
+	// seconds, so it is done once.
+	start := time.Now()
+	pauseTar := filepath.Join(t.TempDir(), "pause.tar")
 	if err := testkit.BuildImageTarCmd(rootfsDir, pauseTar, pauseImage, "tether vm pause image", "tether vm: busybox sleep as pause",
 		[]string{"/bin/sleep", "2147483647"}); err != nil {
 		t.Fatalf("pause image: %v", err)
 	}
-	if err := testkit.BuildImageTar(rootfsDir, imageTar, busyboxImage, "tether vm image", "tether vm: busybox rootfs"); err != nil {
-		t.Fatalf("busybox image: %v", err)
-	}
+	t.Logf("image built in %v", time.Since(start).Round(time.Millisecond))
 	// The file of the 1.6 snippet's ConfigPath (this is the throwaway VM).
 	if err := os.MkdirAll(filepath.Dir(tetherConfigFile), 0o755); err != nil {
 		t.Fatal(err)
@@ -80,12 +83,12 @@ func TestCRIPodSystemd(t *testing.T) {
 			if err := os.WriteFile(cd.config, []byte(yaml), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			for _, tar := range []string{pauseTar, imageTar} {
+			for _, args := range [][]string{{"import", pauseTar}, {"tag", pauseImage, busyboxImage}} {
 				ctx, cancel := opCtx(context.Background())
-				r := d.RunCtr(ctx, criNamespace, "image", "import", tar)
+				r := d.RunCtr(ctx, criNamespace, append([]string{"image"}, args...)...)
 				cancel()
 				if r.Code != 0 {
-					t.Fatalf("ctr image import %s: exit %d (%v): %s%s", tar, r.Code, r.Err, r.Stdout, r.Stderr)
+					t.Fatalf("ctr image %s: exit %d (%v): %s%s", strings.Join(args, " "), r.Code, r.Err, r.Stdout, r.Stderr)
 				}
 			}
 			waitFor(t, 60*time.Second, "crictl images to list the imported images", func() (bool, string) {
@@ -190,13 +193,14 @@ func (cd *criDaemon) state(id string) (string, string) {
 
 // checkSystemdPod runs a pod with runtime handler as kubelet's systemd driver
 // does (cgroup_parent its pod slice, under kubepods-besteffort.slice; host
-// network), a container with a memory limit and an exec in it, and checks:
-// the sandbox and the container are each in a scope cri-containerd-<id>.scope
-// of the pod's slice, active for systemd; runc ran with --systemd-cgroup (its
-// state says Systemd); the limit is the scope's memory.max; the exec is in
-// the container's scope; one shim serves the pod; stats are cgroup v2
-// metrics with non-zero values (also through CRI). After stop and removal:
-// no shim, no scope, no runc state, nothing below the pod's slice.
+// network), a container with a memory limit and an exec in it, and a second
+// container, and checks: the sandbox and each container are in a scope
+// cri-containerd-<id>.scope of the pod's slice, active for systemd; runc ran
+// with --systemd-cgroup (its state says Systemd); the limit is the scope's
+// memory.max; the exec is in the container's scope; one shim serves the
+// pod; stats are cgroup v2 metrics with non-zero values (also through CRI).
+// After stop and removal: no shim, no scope, no runc state, nothing below
+// the pod's slice.
 func checkSystemdPod(t *testing.T, cd *criDaemon, handler string) {
 	uid := newUID(t)
 	slice := "kubepods-besteffort-pod" + strings.ReplaceAll(uid, "-", "_") + ".slice"
@@ -204,7 +208,7 @@ func checkSystemdPod(t *testing.T, cd *criDaemon, handler string) {
 	parent := "/" + kubepodsSlice + "/kubepods-besteffort.slice/" + slice
 	sliceDir := filepath.Join("/sys/fs/cgroup", parent)
 	dir := t.TempDir()
-	podFile, ctrFile := filepath.Join(dir, "pod.json"), filepath.Join(dir, "c1.json")
+	podFile, ctrFile, ctr2File := filepath.Join(dir, "pod.json"), filepath.Join(dir, "c1.json"), filepath.Join(dir, "c2.json")
 	writePod(t, podFile, "sd-"+handler, uid, parent)
 	const limit = 128 * mib
 	writeJSON(t, ctrFile, map[string]any{
@@ -216,24 +220,50 @@ func checkSystemdPod(t *testing.T, cd *criDaemon, handler string) {
 		"linux":    map[string]any{"resources": map[string]any{"memory_limit_in_bytes": limit}},
 	})
 
+	writeJSON(t, ctr2File, map[string]any{
+		"metadata": map[string]any{"name": "c2"},
+		"image":    map[string]any{"image": busyboxImage},
+		"command":  []string{"/bin/sleep", "1000000"},
+		"log_path": "c2.log",
+		"linux":    map[string]any{},
+	})
+
 	pod := cd.mustID(t, "runp", "--runtime", handler, podFile)
+	t.Cleanup(func() {
+		if cd.run("inspectp", pod).Code == 0 {
+			cd.run("stopp", pod)
+			cd.run("rmp", "--force", pod)
+		}
+	})
 	c1 := cd.mustID(t, "create", pod, ctrFile, podFile)
 	cd.must(t, "start", c1)
-	waitFor(t, 60*time.Second, "c1 running", func() (bool, string) {
-		st, detail := cd.state(c1)
-		return st == "CONTAINER_RUNNING", detail
-	})
+	c2 := cd.mustID(t, "create", pod, ctr2File, podFile)
+	cd.must(t, "start", c2)
+	for _, id := range []string{c1, c2} {
+		waitFor(t, 60*time.Second, id[:12]+" running", func() (bool, string) {
+			st, detail := cd.state(id)
+			return st == "CONTAINER_RUNNING", detail
+		})
+	}
 	scope := func(id string) string { return parent + "/cri-containerd-" + id + ".scope" }
 
 	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), criNamespace), 5*time.Minute)
 	defer cancel()
 	tasks := map[string]containerd.Task{}
-	for _, id := range []string{pod, c1} {
+	for _, id := range []string{pod, c1, c2} {
 		cont, err := cd.c.LoadContainer(ctx, id)
 		if err != nil {
 			t.Fatalf("LoadContainer %.12s: %v", id, err)
 		}
-		task, err := cont.Task(ctx, nil)
+		// containerd gives the shim's State 2 s; an emulated guest on a
+		// busy host can stall for longer, so a deadline is tried again.
+		var task containerd.Task
+		if !waitFor(t, 60*time.Second, "the task of "+id[:12], func() (bool, string) {
+			task, err = cont.Task(ctx, nil)
+			return err == nil || !errors.Is(err, context.DeadlineExceeded) && !strings.Contains(err.Error(), "deadline exceeded"), fmt.Sprint(err)
+		}) {
+			t.FailNow()
+		}
 		if err != nil {
 			t.Fatalf("Task of %.12s: %v", id, err)
 		}
@@ -296,12 +326,14 @@ func checkSystemdPod(t *testing.T, cd *criDaemon, handler string) {
 	}
 
 	// Stop and remove, as kubelet does.
-	cd.must(t, "stop", "--timeout", "10", c1)
-	waitFor(t, 60*time.Second, "c1 exited", func() (bool, string) {
-		st, detail := cd.state(c1)
-		return st == "CONTAINER_EXITED", detail
-	})
-	cd.must(t, "rm", c1)
+	for _, id := range []string{c1, c2} {
+		cd.must(t, "stop", "--timeout", "10", id)
+		waitFor(t, 60*time.Second, id[:12]+" exited", func() (bool, string) {
+			st, detail := cd.state(id)
+			return st == "CONTAINER_EXITED", detail
+		})
+	}
+	cd.must(t, "rm", c1, c2)
 	cd.must(t, "stopp", pod)
 	cd.must(t, "rmp", pod)
 
@@ -309,7 +341,7 @@ func checkSystemdPod(t *testing.T, cd *criDaemon, handler string) {
 		ps := testkit.ShimProcesses(cd.Sock)
 		return len(ps) == 0, fmt.Sprintf("shims %v", ps)
 	})
-	for _, id := range []string{pod, c1} {
+	for _, id := range []string{pod, c1, c2} {
 		unit := filepath.Base(scope(id))
 		waitFor(t, 30*time.Second, "the scope of "+id[:12]+" gone", func() (bool, string) {
 			_, err := os.Stat(filepath.Join("/sys/fs/cgroup", scope(id)))
