@@ -200,7 +200,7 @@ func (cd *criDaemon) state(id string) (string, string) {
 // memory.max; the exec is in the container's scope; one shim serves the
 // pod; stats are cgroup v2 metrics with non-zero values (also through CRI).
 // After stop and removal: no shim, no scope, no runc state, nothing below
-// the pod's slice.
+// the pod's slice, which goes away when stopped (as kubelet does).
 func checkSystemdPod(t *testing.T, cd *criDaemon, handler string) {
 	uid := newUID(t)
 	slice := "kubepods-besteffort-pod" + strings.ReplaceAll(uid, "-", "_") + ".slice"
@@ -354,7 +354,8 @@ func checkSystemdPod(t *testing.T, cd *criDaemon, handler string) {
 		}
 	}
 	// Nothing below the pod's slice. The slice itself is kubelet's: it
-	// made it (here: systemd, as the scopes' slice) and removes it.
+	// makes it (here systemd did, as the scopes' slice) and stops it once
+	// the pod is gone, as done here; then its cgroup goes too.
 	ents, err := os.ReadDir(sliceDir)
 	var subs []string
 	for _, e := range ents {
@@ -367,6 +368,13 @@ func checkSystemdPod(t *testing.T, cd *criDaemon, handler string) {
 	if len(subs) > 0 || (err == nil && !strings.Contains(populated, "populated 0")) {
 		t.Errorf("left in the pod's slice %s: sub-cgroups %v, cgroup.events %q", sliceDir, subs, populated)
 	}
+	if out, err := exec.Command("systemctl", "stop", slice).CombinedOutput(); err != nil {
+		t.Errorf("systemctl stop %s: %v: %s", slice, err, out)
+	}
+	waitFor(t, 30*time.Second, "the pod's slice gone", func() (bool, string) {
+		_, err := os.Stat(sliceDir)
+		return os.IsNotExist(err), fmt.Sprintf("stat %s: %v", sliceDir, err)
+	})
 	if out := strings.TrimSpace(cd.must(t, "pods", "-q")); out != "" {
 		t.Errorf("crictl pods after rmp: %q", out)
 	}
