@@ -32,7 +32,7 @@ thp) runtimes=io.containerd.tether.v2 run='^TestShimMemoryTHP$' timeout=${TETHER
 *) log "unknown mode $mode (lean, full, thp)"; exit 2 ;;
 esac
 run=${TETHER_VM_RUN:-$run}
-crictl=$deps/cri-tools-1.34.0/bin/crictl
+crictl=$deps/cri-tools-${TETHER_CRICTL_VERSION:-1.34.0}/bin/crictl
 [[ -x $crictl ]] || { log "$crictl is missing: run scripts/install-deps.sh"; exit 1; }
 
 # The image first (cached; may take minutes on a cold cache), outside the lock.
