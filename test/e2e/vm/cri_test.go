@@ -177,18 +177,54 @@ func (cd *criDaemon) mustID(t *testing.T, args ...string) string {
 	return id
 }
 
-// state is the state crictl inspect shows for container id ("" if none).
-func (cd *criDaemon) state(id string) (string, string) {
+// ctrStatus is what crictl inspect shows of a container's status.
+type ctrStatus struct {
+	State    string `json:"state"`
+	ExitCode int    `json:"exitCode"`
+	Reason   string `json:"reason"`
+}
+
+// status is the status crictl inspect shows for container id (zero if
+// none), and what crictl printed.
+func (cd *criDaemon) status(id string) (ctrStatus, string) {
 	r := cd.run("inspect", "-o", "json", id)
 	var m struct {
-		Status struct {
-			State string `json:"state"`
-		} `json:"status"`
+		Status ctrStatus `json:"status"`
 	}
 	if r.Code != 0 || json.Unmarshal([]byte(r.Stdout), &m) != nil {
-		return "", fmt.Sprintf("exit %d: %s%s", r.Code, r.Stdout, r.Stderr)
+		return ctrStatus{}, fmt.Sprintf("exit %d: %s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	return m.Status.State, r.Stdout
+	return m.Status, r.Stdout
+}
+
+// waitState waits until container id is in state and returns its status.
+func (cd *criDaemon) waitState(t *testing.T, id, state string) ctrStatus {
+	t.Helper()
+	var st ctrStatus
+	waitFor(t, 60*time.Second, fmt.Sprintf("%.12s %s", id, state), func() (bool, string) {
+		var detail string
+		st, detail = cd.status(id)
+		return st.State == state, detail
+	})
+	return st
+}
+
+// writeContainer writes the config of container name running command on
+// busybox, logging to <log_directory>/<name>.log, with its memory limit
+// unless it is 0.
+func writeContainer(t *testing.T, file, name string, limit int, command ...string) {
+	t.Helper()
+	linux := map[string]any{}
+	if limit > 0 {
+		linux["resources"] = map[string]any{"memory_limit_in_bytes": limit}
+	}
+	writeJSON(t, file, map[string]any{
+		"metadata": map[string]any{"name": name},
+		"image":    map[string]any{"image": busyboxImage},
+		"command":  command,
+		"log_path": name + ".log",
+		"linux":    linux,
+	})
 }
 
 // checkSystemdPod runs a pod with runtime handler as kubelet's systemd driver
@@ -198,9 +234,13 @@ func (cd *criDaemon) state(id string) (string, string) {
 // cri-containerd-<id>.scope of the pod's slice, active for systemd; runc ran
 // with --systemd-cgroup (its state says Systemd); the limit is the scope's
 // memory.max; the exec is in the container's scope; one shim serves the
-// pod; stats are cgroup v2 metrics with non-zero values (also through CRI).
-// After stop and removal: no shim, no scope, no runc state, nothing below
-// the pod's slice, which goes away when stopped (as kubelet does).
+// pod; stats are cgroup v2 metrics with non-zero values (also through CRI);
+// the log; an in-place memory update reaches the scope; a third container
+// OOM-killed in the pod exits 137 with reason OOMKilled; stop with a grace
+// period (exit 0 for the container that handles SIGTERM, 137 for the one
+// that ignores it). After removal: no shim, no scope, no runc state,
+// nothing below the pod's slice, which goes away when stopped (as kubelet
+// does).
 func checkSystemdPod(t *testing.T, cd *criDaemon, handler string) {
 	uid := newUID(t)
 	slice := "kubepods-besteffort-pod" + strings.ReplaceAll(uid, "-", "_") + ".slice"
@@ -208,25 +248,25 @@ func checkSystemdPod(t *testing.T, cd *criDaemon, handler string) {
 	parent := "/" + kubepodsSlice + "/kubepods-besteffort.slice/" + slice
 	sliceDir := filepath.Join("/sys/fs/cgroup", parent)
 	dir := t.TempDir()
-	podFile, ctrFile, ctr2File := filepath.Join(dir, "pod.json"), filepath.Join(dir, "c1.json"), filepath.Join(dir, "c2.json")
+	podFile := filepath.Join(dir, "pod.json")
 	writePod(t, podFile, "sd-"+handler, uid, parent)
 	const limit = 128 * mib
-	writeJSON(t, ctrFile, map[string]any{
-		"metadata": map[string]any{"name": "c1"},
-		"image":    map[string]any{"image": busyboxImage},
-		// A little shell loop first, so that its cpu usage is not nil.
-		"command":  []string{"/bin/sh", "-c", `i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo c1-up; exec sleep 1000000`},
-		"log_path": "c1.log",
-		"linux":    map[string]any{"resources": map[string]any{"memory_limit_in_bytes": limit}},
-	})
-
-	writeJSON(t, ctr2File, map[string]any{
-		"metadata": map[string]any{"name": "c2"},
-		"image":    map[string]any{"image": busyboxImage},
-		"command":  []string{"/bin/sleep", "1000000"},
-		"log_path": "c2.log",
-		"linux":    map[string]any{},
-	})
+	// c1: a little shell loop first (so that its cpu usage is not nil),
+	// then it waits for SIGTERM, which it handles. c2 ignores SIGTERM.
+	// c3: OOM-killed under a 32 MiB limit.
+	files := map[string]string{}
+	for _, c := range []struct {
+		name    string
+		limit   int
+		command []string
+	}{
+		{"c1", limit, []string{"/bin/sh", "-c", `i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo c1-up; trap 'echo got-TERM; exit 0' TERM; while :; do sleep 1; done`}},
+		{"c2", 0, []string{"/bin/sh", "-c", `trap '' TERM; while :; do sleep 1; done`}},
+		{"c3", 32 * mib, []string{"/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"}},
+	} {
+		files[c.name] = filepath.Join(dir, c.name+".json")
+		writeContainer(t, files[c.name], c.name, c.limit, c.command...)
+	}
 
 	pod := cd.mustID(t, "runp", "--runtime", handler, podFile)
 	t.Cleanup(func() {
@@ -235,15 +275,12 @@ func checkSystemdPod(t *testing.T, cd *criDaemon, handler string) {
 			cd.run("rmp", "--force", pod)
 		}
 	})
-	c1 := cd.mustID(t, "create", pod, ctrFile, podFile)
+	c1 := cd.mustID(t, "create", pod, files["c1"], podFile)
 	cd.must(t, "start", c1)
-	c2 := cd.mustID(t, "create", pod, ctr2File, podFile)
+	c2 := cd.mustID(t, "create", pod, files["c2"], podFile)
 	cd.must(t, "start", c2)
 	for _, id := range []string{c1, c2} {
-		waitFor(t, 60*time.Second, id[:12]+" running", func() (bool, string) {
-			st, detail := cd.state(id)
-			return st == "CONTAINER_RUNNING", detail
-		})
+		cd.waitState(t, id, "CONTAINER_RUNNING")
 	}
 	scope := func(id string) string { return parent + "/cri-containerd-" + id + ".scope" }
 
@@ -325,15 +362,41 @@ func checkSystemdPod(t *testing.T, cd *criDaemon, handler string) {
 		t.Errorf("crictl stats of c1: %q, want non-zero usageCoreNanoSeconds and workingSetBytes", out)
 	}
 
-	// Stop and remove, as kubelet does.
-	for _, id := range []string{c1, c2} {
-		cd.must(t, "stop", "--timeout", "10", id)
-		waitFor(t, 60*time.Second, id[:12]+" exited", func() (bool, string) {
-			st, detail := cd.state(id)
-			return st == "CONTAINER_EXITED", detail
-		})
+	// logs: CRI's log file, written through the shim's stdio.
+	waitFor(t, 30*time.Second, "c1-up in crictl logs", func() (bool, string) {
+		r := cd.run("logs", c1)
+		return r.Code == 0 && strings.Contains(r.Stdout, "c1-up"), fmt.Sprintf("exit %d: %q %q", r.Code, r.Stdout, r.Stderr)
+	})
+
+	// update: an in-place resize reaches the scope (runc sets the unit's
+	// properties under the systemd driver).
+	cd.must(t, "update", "--memory", strconv.Itoa(64*mib), c1)
+	expectFile(t, filepath.Join("/sys/fs/cgroup", scope(c1), "memory.max"), strconv.Itoa(64*mib))
+
+	// OOM in the pod: exit 137, reason OOMKilled (what kubelet reports).
+	c3 := cd.mustID(t, "create", pod, files["c3"], podFile)
+	cd.must(t, "start", c3)
+	st := cd.waitState(t, c3, "CONTAINER_EXITED")
+	t.Logf("c3: exit code %d, reason %q", st.ExitCode, st.Reason)
+	if st.ExitCode != 137 || st.Reason != "OOMKilled" {
+		t.Errorf("c3, OOM-killed under its limit: exit code %d reason %q, want 137 and OOMKilled", st.ExitCode, st.Reason)
 	}
-	cd.must(t, "rm", c1, c2)
+
+	// Stop with a grace period, as kubelet does: c1 handles SIGTERM and
+	// exits 0 within it; c2 ignores it and is SIGKILLed after it (137).
+	cd.must(t, "stop", "--timeout", "30", c1)
+	if st := cd.waitState(t, c1, "CONTAINER_EXITED"); st.ExitCode != 0 {
+		t.Errorf("c1 (handles SIGTERM) after stop: exit code %d, want 0", st.ExitCode)
+	}
+	waitFor(t, 30*time.Second, "got-TERM in crictl logs", func() (bool, string) {
+		r := cd.run("logs", c1)
+		return r.Code == 0 && strings.Contains(r.Stdout, "got-TERM"), fmt.Sprintf("exit %d: %q %q", r.Code, r.Stdout, r.Stderr)
+	})
+	cd.must(t, "stop", "--timeout", "2", c2)
+	if st := cd.waitState(t, c2, "CONTAINER_EXITED"); st.ExitCode != 137 {
+		t.Errorf("c2 (ignores SIGTERM) after stop --timeout 2: exit code %d, want 137", st.ExitCode)
+	}
+	cd.must(t, "rm", c1, c2, c3)
 	cd.must(t, "stopp", pod)
 	cd.must(t, "rmp", pod)
 
@@ -341,7 +404,7 @@ func checkSystemdPod(t *testing.T, cd *criDaemon, handler string) {
 		ps := testkit.ShimProcesses(cd.Sock)
 		return len(ps) == 0, fmt.Sprintf("shims %v", ps)
 	})
-	for _, id := range []string{pod, c1, c2} {
+	for _, id := range []string{pod, c1, c2, c3} {
 		unit := filepath.Base(scope(id))
 		waitFor(t, 30*time.Second, "the scope of "+id[:12]+" gone", func() (bool, string) {
 			_, err := os.Stat(filepath.Join("/sys/fs/cgroup", scope(id)))
