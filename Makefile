@@ -101,9 +101,10 @@ bench:
 
 # The cgroup v2 + systemd layer: one boot of a Debian bookworm qemu VM (image
 # built from Debian packages, cached in /opt/tether/vm) running test/e2e/vm
-# against containerd 1.6 and 2.4.2 with runc, cgroupfs and systemd drivers.
-# test-vm: Tether only; test-vm-full: the stock shim too, and the THP
-# measurement; vm-thp: only that. See test/e2e/vm/README.md.
+# against containerd 1.6 and 2.4.2 with runc, cgroupfs and systemd drivers,
+# and CRI pods through crictl under the systemd driver. test-vm: Tether only;
+# test-vm-full: the stock shim too, and the THP measurement; vm-thp: only
+# that. See test/e2e/vm/README.md.
 test-vm:
 	TETHER_CONTAINERD_VERSIONS=2.4.2 bash scripts/install-deps.sh
 	bash scripts/vm/test.sh lean

@@ -706,7 +706,8 @@ func TestCRIRuntimeOptions(t *testing.T) {
 	})
 }
 
-// The README shows the CRI config the tests use, verbatim.
+// The README shows the CRI config the tests use, verbatim: the pod tests'
+// here and the systemd driver's of the VM layer (test/e2e/vm, TestCRIPodSystemd).
 func TestCRIConfigInReadme(t *testing.T) {
 	root, err := testkit.RepoRoot()
 	if err != nil {
@@ -716,13 +717,17 @@ func TestCRIConfigInReadme(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, major := range []int{1, 2} {
-		snippet, err := os.ReadFile(criConfigFile(major))
+	files := []string{criConfigFile(1), criConfigFile(2)}
+	for _, f := range []string{"cri-systemd-v2.toml", "cri-systemd-v3.toml", "tether-systemd.toml"} {
+		files = append(files, filepath.Join("testdata", f))
+	}
+	for _, f := range files {
+		snippet, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !strings.Contains(string(readme), string(snippet)) {
-			t.Errorf("README.md does not contain %s verbatim:\n%s", criConfigFile(major), snippet)
+			t.Errorf("README.md does not contain %s verbatim:\n%s", f, snippet)
 		}
 	}
 }

@@ -185,27 +185,7 @@ func checkCombo(t *testing.T, cb *combo) {
 	t.Run("metrics", func(t *testing.T) {
 		ctx, cancel := opCtx(cb.ctx)
 		defer cancel()
-		m, err := task.Metrics(ctx)
-		if err != nil {
-			t.Fatalf("Metrics c1: %v", err)
-		}
-		if m.Data == nil || m.Data.GetTypeUrl() != "io.containerd.cgroups.v2.Metrics" {
-			t.Fatalf("Metrics c1: type %q, want io.containerd.cgroups.v2.Metrics", m.Data.GetTypeUrl())
-		}
-		var s stats.Metrics
-		if err := proto.Unmarshal(m.Data.GetValue(), &s); err != nil {
-			t.Fatalf("Metrics c1: %v", err)
-		}
-		t.Logf("memory.usage %d, cpu.usage_usec %d, pids.current %d", s.GetMemory().GetUsage(), s.GetCPU().GetUsageUsec(), s.GetPids().GetCurrent())
-		if s.GetMemory().GetUsage() == 0 {
-			t.Errorf("memory usage 0 in %v", s.GetMemory())
-		}
-		if s.GetCPU().GetUsageUsec() == 0 {
-			t.Errorf("cpu usage 0 in %v", s.GetCPU())
-		}
-		if s.GetPids().GetCurrent() == 0 {
-			t.Errorf("pids.current 0 in %v", s.GetPids())
-		}
+		checkV2Metrics(ctx, t, task)
 	})
 
 	t.Run("pause-resume", func(t *testing.T) {
@@ -303,6 +283,36 @@ func checkCombo(t *testing.T, cb *combo) {
 			})
 		}
 	})
+}
+
+// checkV2Metrics fails the test unless task's metrics are
+// io.containerd.cgroups.v2.Metrics with non-zero memory usage, cpu
+// usage_usec and pids.current; it returns them.
+func checkV2Metrics(ctx context.Context, t *testing.T, task containerd.Task) *stats.Metrics {
+	t.Helper()
+	m, err := task.Metrics(ctx)
+	if err != nil {
+		t.Fatalf("Metrics of %.12s: %v", task.ID(), err)
+	}
+	if m.Data == nil || m.Data.GetTypeUrl() != "io.containerd.cgroups.v2.Metrics" {
+		t.Fatalf("Metrics of %.12s: type %q, want io.containerd.cgroups.v2.Metrics", task.ID(), m.Data.GetTypeUrl())
+	}
+	var s stats.Metrics
+	if err := proto.Unmarshal(m.Data.GetValue(), &s); err != nil {
+		t.Fatalf("Metrics of %.12s: %v", task.ID(), err)
+	}
+	t.Logf("%.12s: memory.usage %d, memory.usage_limit %d, cpu.usage_usec %d, pids.current %d", task.ID(),
+		s.GetMemory().GetUsage(), s.GetMemory().GetUsageLimit(), s.GetCPU().GetUsageUsec(), s.GetPids().GetCurrent())
+	if s.GetMemory().GetUsage() == 0 {
+		t.Errorf("memory usage 0 in %v", s.GetMemory())
+	}
+	if s.GetCPU().GetUsageUsec() == 0 {
+		t.Errorf("cpu usage 0 in %v", s.GetCPU())
+	}
+	if s.GetPids().GetCurrent() == 0 {
+		t.Errorf("pids.current 0 in %v", s.GetPids())
+	}
+	return &s
 }
 
 // oomRuns is how many times checkOOM runs per combo: TETHER_VM_OOM_RUNS, default 3.

@@ -58,9 +58,17 @@ type daemon struct {
 }
 
 // startDaemon starts a private containerd of version v named after v and
-// suffix; its PATH has the Tether shim first, then v's own binaries (so
-// io.containerd.runc.v2 is v's stock shim). Stopped and removed at cleanup.
+// suffix, with its CRI plugin off; its PATH has the Tether shim first, then
+// v's own binaries (so io.containerd.runc.v2 is v's stock shim). Stopped and
+// removed at cleanup.
 func startDaemon(t *testing.T, v *cdVersion, suffix string) *daemon {
+	t.Helper()
+	return startCRIDaemon(t, v, suffix, "")
+}
+
+// startCRIDaemon is startDaemon with the CRI plugin on and criConfig (TOML
+// in v's config version) appended to the config, unless criConfig is empty.
+func startCRIDaemon(t *testing.T, v *cdVersion, suffix, criConfig string) *daemon {
 	t.Helper()
 	tag := v.tag + "-" + suffix
 	d := &daemon{v: v, Daemon: testkit.Daemon{
@@ -73,6 +81,7 @@ func startDaemon(t *testing.T, v *cdVersion, suffix string) *daemon {
 		Sock:       filepath.Join(runBase, tag+".sock"),
 		Config:     filepath.Join(libBase, tag+".toml"),
 		LogPath:    filepath.Join(logDir, "containerd-"+tag+".log"),
+		CRIConfig:  criConfig,
 	}}
 	for _, dir := range []string{libBase, runBase} {
 		if err := os.MkdirAll(dir, 0o711); err != nil {
@@ -117,4 +126,5 @@ func killShims(ps []testkit.Proc) {
 	}
 	testkit.KillCgroup("/" + cgroupRoot + "/")
 	testkit.KillCgroup("/" + systemdSlice + "/")
+	testkit.KillCgroup("/" + kubepodsSlice + "/")
 }

@@ -24,6 +24,8 @@ const (
 	envDeps     = "TETHER_DEPS"           // where install-deps.sh put containerd builds; default /opt/tether
 	envTHPVer   = "TETHER_VM_THP_VERSION" // containerd of the THP measurement; default the last of the versions
 	envOOMRuns  = "TETHER_VM_OOM_RUNS"    // OOM-kill runs per combination; default 3
+	envCrictl   = "TETHER_VM_CRICTL"      // crictl, for TestCRIPodSystemd
+	envTestdata = "TETHER_VM_TESTDATA"    // test/e2e/testdata's TOML snippets, for TestCRIPodSystemd
 
 	tetherRuntime = "io.containerd.tether.v2"
 	stockRuntime  = "io.containerd.runc.v2"
