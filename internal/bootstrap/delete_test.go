@@ -17,7 +17,10 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/runtime"
@@ -366,4 +369,64 @@ func TestRegressionOrphanServerNeverShutDown(t *testing.T) {
 	if st, err := os.Lstat(path); err != nil || st.Mode().Type() != os.ModeSocket {
 		t.Fatalf("delete removed the socket of a live server: %v", err)
 	}
+}
+
+// TestRegressionShutdownAnsweredByLeaving: a server that obeys Shutdown may
+// close the connection before its answer is written; asking it to leave
+// then succeeded, and `tether doctor --fix` reported "ttrpc: closed" as a
+// failed fix (TestTetherCLI on containerd 2.2.1). A connection closed with
+// no answer counts as done; a refusal is still an error.
+func TestRegressionShutdownAnsweredByLeaving(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		// Read the request's header, then leave without answering.
+		var header [10]byte
+		_, _ = c.Read(header[:])
+		c.Close()
+	}()
+	if err := shutdownIfIdle(context.Background(), path, "ns", "id"); err != nil {
+		t.Errorf("asking a server that left at once: %v, want nil", err)
+	}
+	<-done
+
+	// A server that refuses (it serves a container) is an error.
+	refusing := filepath.Join(dir, "r")
+	server, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	taskapi.RegisterTTRPCTaskService(server, refuseShutdown{})
+	rl, err := net.Listen("unix", refusing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- server.Serve(context.Background(), rl) }()
+	defer func() {
+		server.Close()
+		<-served
+	}()
+	if err := shutdownIfIdle(context.Background(), refusing, "ns", "id"); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("asking a server that refuses: %v, want FailedPrecondition", err)
+	}
+}
+
+// refuseShutdown is a task service whose Shutdown refuses, as a server
+// with a container does.
+type refuseShutdown struct{ taskapi.TTRPCTaskService }
+
+func (refuseShutdown) Shutdown(context.Context, *taskapi.ShutdownRequest) (*emptypb.Empty, error) {
+	return nil, status.Error(codes.FailedPrecondition, "serving a container")
 }
