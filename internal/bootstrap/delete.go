@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tether-shim/tether/internal/container"
+	"github.com/tether-shim/tether/internal/paths"
 	"github.com/tether-shim/tether/internal/runtime"
 )
 
@@ -94,7 +95,7 @@ func removeDeadSocket(bundle string) string {
 	}
 	path := socketPathOf(strings.TrimSpace(string(data)))
 	if st, err := os.Lstat(path); err != nil || st.Mode().Type() != os.ModeSocket ||
-		!filepath.IsAbs(path) || filepath.Clean(path) != path || !isSocketName(filepath.Base(path)) {
+		!paths.CleanAbs(path) || !isSocketName(filepath.Base(path)) {
 		return ""
 	}
 	unlock, err := lockDir(filepath.Dir(path))

@@ -28,7 +28,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -39,6 +38,7 @@ import (
 	runc "github.com/containerd/go-runc"
 
 	"github.com/tether-shim/tether/internal/exits"
+	"github.com/tether-shim/tether/internal/paths"
 )
 
 // copyBufSize is the buffer of a copy while its stream has data. A pipe
@@ -135,21 +135,21 @@ func parseOutput(s string) (output, error) {
 	default:
 		return output{}, fmt.Errorf("stdio %q: scheme %q is not supported: %w", s, u.Scheme, errdefs.ErrInvalidArgument)
 	}
-	if !cleanAbs(o.path) {
-		return output{}, fmt.Errorf("stdio path %q must be absolute and clean: %w", o.path, errdefs.ErrInvalidArgument)
+	if err := paths.Check("stdio path", o.path); err != nil {
+		return output{}, err
 	}
 	return o, nil
 }
-
-func cleanAbs(p string) bool { return filepath.IsAbs(p) && filepath.Clean(p) == p }
 
 // Validate checks every endpoint: stdin a clean absolute fifo path, stdout
 // and stderr fifo paths or file:// / binary:// URIs with clean absolute
 // paths, the same scheme for both, and no file:// or binary:// with a
 // terminal. It does not touch the filesystem.
 func (c Config) Validate() error {
-	if c.Stdin != "" && !cleanAbs(c.Stdin) {
-		return fmt.Errorf("stdin path %q must be absolute and clean: %w", c.Stdin, errdefs.ErrInvalidArgument)
+	if c.Stdin != "" {
+		if err := paths.Check("stdin path", c.Stdin); err != nil {
+			return err
+		}
 	}
 	out, err := parseOutput(c.Stdout)
 	if err != nil {

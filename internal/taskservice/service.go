@@ -29,6 +29,7 @@ import (
 
 	"github.com/tether-shim/tether/internal/cgroups"
 	"github.com/tether-shim/tether/internal/container"
+	"github.com/tether-shim/tether/internal/paths"
 	"github.com/tether-shim/tether/internal/runtime"
 	"github.com/tether-shim/tether/internal/stdio"
 )
@@ -175,8 +176,8 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	}
 	var restore *runtime.CheckpointOpts
 	if cp := r.GetCheckpoint(); cp != "" {
-		if !filepath.IsAbs(cp) || filepath.Clean(cp) != cp {
-			return nil, fmt.Errorf("checkpoint path %q must be absolute and clean: %w", cp, errdefs.ErrInvalidArgument)
+		if err := paths.Check("checkpoint path", cp); err != nil {
+			return nil, err
 		}
 		restore = &runtime.CheckpointOpts{ImagePath: cp, WorkPath: opts.CriuWorkPath}
 	}
@@ -467,8 +468,10 @@ func checkpointOptions(r *taskapi.CheckpointTaskRequest) (runtime.CheckpointOpts
 		}
 	}
 	for _, p := range []string{opts.ImagePath, opts.WorkPath} {
-		if p != "" && (!filepath.IsAbs(p) || filepath.Clean(p) != p) {
-			return opts, fmt.Errorf("checkpoint path %q must be absolute and clean: %w", p, errdefs.ErrInvalidArgument)
+		if p != "" {
+			if err := paths.Check("checkpoint path", p); err != nil {
+				return opts, err
+			}
 		}
 	}
 	switch opts.CgroupsMode {
