@@ -3,7 +3,6 @@ package container
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"syscall"
@@ -14,6 +13,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/tether-shim/tether/internal/events"
+	"github.com/tether-shim/tether/internal/oserr"
 	"github.com/tether-shim/tether/internal/runtime"
 	"github.com/tether-shim/tether/internal/stdio"
 )
@@ -209,15 +209,14 @@ func (c *Container) killExec(p *Process, signal uint32) error {
 	return nil
 }
 
-// signalErrorClass adds the errdefs class of a failed signal: a process
-// that is gone is NotFound, a signal number the kernel refuses is
-// InvalidArgument, anything else keeps its own cause.
+// signalErrorClass adds the errdefs class (oserr.Class) of a failed signal
+// when it is NotFound (the process is gone) or InvalidArgument (a signal
+// number the kernel refuses); anything else keeps only its own cause and is
+// Unknown to the client, as containerd's runc shim reports it.
 func signalErrorClass(err error) error {
-	switch {
-	case errors.Is(err, syscall.ESRCH):
-		return fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
-	case errors.Is(err, syscall.EINVAL):
-		return fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	switch class := oserr.Class(err); class {
+	case errdefs.ErrNotFound, errdefs.ErrInvalidArgument:
+		return fmt.Errorf("%w: %w", err, class)
 	}
 	return err
 }
