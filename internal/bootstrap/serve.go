@@ -115,12 +115,11 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		Namespace:    f.Namespace,
 		BundleParent: filepath.Dir(bundle),
 		Deps: container.Deps{
-			Watcher:   reaper,
+			Monitor:   reaper,
 			Events:    publisher,
 			Logger:    logger,
 			Namespace: f.Namespace,
 		},
-		Holder:   reaper,
 		Logger:   logger,
 		Shutdown: stop,
 		Version:  version,

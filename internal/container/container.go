@@ -41,21 +41,10 @@ import (
 // the killed init's exit to be collected.
 const deleteWaitTimeout = 10 * time.Second
 
-// Watcher is the part of the exits monitor a container needs.
-// *exits.Reaper implements it.
-type Watcher interface {
-	// Hold suspends the orphan sweep while a helper process starts.
-	Hold() (release func())
-	// Watch calls onExit once when the child pid exits.
-	Watch(pid int, onExit func(exits.Exit)) error
-	// Signal signals a watched pid through its pidfd, so that a pid that
-	// has been reaped and reused is never signalled.
-	Signal(pid int, sig syscall.Signal) error
-}
-
 // Deps are the shim-wide services a container uses.
 type Deps struct {
-	Watcher Watcher
+	// Monitor watches and signals the container's processes.
+	Monitor exits.Monitor
 	Events  events.Sink
 	Logger  *slog.Logger
 	// Namespace is the containerd namespace, given to logging binaries.
@@ -198,12 +187,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	// The init can exit as soon as it is watched: its exit waits for
 	// TaskCreate, and is dropped with it if the Create fails.
 	c.init.outbox.ExpectStart()
-	pid, err := c.rt.Create(ctx, c.id, c.bundle, opts, func(pid int) error {
-		c.init.mu.Lock()
-		c.init.pid = pid
-		c.init.mu.Unlock()
-		return deps.Watcher.Watch(pid, c.init.onExit)
-	})
+	pid, err := c.rt.Create(ctx, c.id, c.bundle, opts, c.init.watchFunc(deps.Monitor))
 	// fail abandons the init's events and, unless the runtime state is
 	// another container's, deletes what the runtime left.
 	fail := func(err error, deleteState bool) (*Container, error) {
@@ -456,7 +440,7 @@ func (c *Container) openIO(ctx context.Context, cfg stdio.Config) (procIO, error
 		GID:       c.ioGID,
 		ID:        c.id,
 		Namespace: c.deps.Namespace,
-		Launcher:  c.deps.Watcher,
+		Monitor:   c.deps.Monitor,
 	})
 	return procIO{pipes: pipes}, err
 }
@@ -502,12 +486,7 @@ func (c *Container) startInit(ctx context.Context) error {
 	if c.restore == nil {
 		return c.rt.Start(ctx, c.id)
 	}
-	_, err := c.rt.Restore(ctx, c.id, c.bundle, *c.restore, c.createOpts, func(pid int) error {
-		c.init.mu.Lock()
-		c.init.pid = pid
-		c.init.mu.Unlock()
-		return c.deps.Watcher.Watch(pid, c.init.onExit)
-	})
+	_, err := c.rt.Restore(ctx, c.id, c.bundle, *c.restore, c.createOpts, c.init.watchFunc(c.deps.Monitor))
 	if err != nil {
 		return err
 	}

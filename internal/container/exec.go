@@ -98,18 +98,7 @@ func (c *Container) startExec(ctx context.Context, p *Process) (_ int, retErr er
 		IO:            io.runcIO(),
 		ConsoleSocket: io.consoleSocket(),
 		PidFile:       filepath.Join(c.bundle, p.execID+".pid"),
-	}, func(pid int) error {
-		p.mu.Lock()
-		p.pid = pid
-		p.mu.Unlock()
-		if err := c.deps.Watcher.Watch(pid, p.onExit); err != nil {
-			// Unwatched, its exit would never be published: stop it now,
-			// while the runtime call's Hold keeps the pid ours.
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			return err
-		}
-		return nil
-	})
+	}, p.watchFunc(c.deps.Monitor))
 	if err != nil {
 		// Exec returns an error only when nothing watches the process, so
 		// no exit will come: it no longer counts as running.
@@ -184,7 +173,7 @@ func (c *Container) awaitExecs() {
 	c.mu.Unlock()
 	for _, p := range procs {
 		if !p.Exited() && p.Pid() != 0 {
-			_ = c.deps.Watcher.Signal(p.Pid(), syscall.SIGKILL)
+			_ = c.deps.Monitor.Signal(p.Pid(), syscall.SIGKILL)
 		}
 	}
 	select {
@@ -203,7 +192,7 @@ func (c *Container) killExec(p *Process, signal uint32) error {
 	if pid == 0 {
 		return fmt.Errorf("kill exec %s: not started: %w", p.execID, errdefs.ErrFailedPrecondition)
 	}
-	if err := c.deps.Watcher.Signal(pid, syscall.Signal(signal)); err != nil {
+	if err := c.deps.Monitor.Signal(pid, syscall.Signal(signal)); err != nil {
 		return fmt.Errorf("kill exec %s: %w", p.execID, signalErrorClass(err))
 	}
 	return nil

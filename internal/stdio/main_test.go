@@ -407,7 +407,7 @@ func (b *lockedBuffer) String() string {
 	return string(b.buf)
 }
 
-// newReaper makes the shim's exit monitor, the Launcher of logging
+// newReaper makes the shim's exit monitor, the Monitor of logging
 // binaries, closed when the test ends.
 func newReaper(t *testing.T) *exits.Reaper {
 	t.Helper()

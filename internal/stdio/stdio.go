@@ -31,7 +31,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -45,14 +44,6 @@ import (
 // hands out at most 64 KiB per read; 32 KiB halves the memory at no
 // measurable cost. An idle stream holds no buffer (see IO.buffer).
 const copyBufSize = 32 << 10
-
-// Launcher starts and stops the shim's own helper processes (logging
-// binaries). *exits.Reaper implements it.
-type Launcher interface {
-	Hold() (release func())
-	Watch(pid int, onExit func(exits.Exit)) error
-	Signal(pid int, sig syscall.Signal) error
-}
 
 // Config is the stdio a client asked for. Empty paths mean no such stream.
 type Config struct {
@@ -76,8 +67,9 @@ type Options struct {
 	// ID and Namespace are given to a logging binary as CONTAINER_ID and
 	// CONTAINER_NAMESPACE.
 	ID, Namespace string
-	// Launcher starts logging binaries; required for binary:// URIs.
-	Launcher Launcher
+	// Monitor watches and stops logging binaries; required for binary://
+	// URIs.
+	Monitor exits.Monitor
 	// ConsoleDir is where the console socket of a terminal is created.
 	ConsoleDir string
 }

@@ -45,10 +45,9 @@ type Config struct {
 	// BundleParent is the directory that holds the bundles this shim may
 	// serve (its own bundle's parent). Empty disables the check.
 	BundleParent string
-	// Deps are handed to every container.
+	// Deps are handed to every container; their Monitor also holds the
+	// orphan sweep off around runtime commands.
 	Deps container.Deps
-	// Holder suspends the orphan sweep around runtime commands.
-	Holder runtime.Holder
 	// Logger logs requests at Debug and failures at Warn.
 	Logger *slog.Logger
 	// Shutdown is called once, on a Shutdown request that finds no
@@ -207,7 +206,7 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	if err := rtCfg.Save(r.GetBundle()); err != nil {
 		return nil, err
 	}
-	rt := runtime.New(rtCfg, s.cfg.Holder)
+	rt := runtime.New(rtCfg, s.cfg.Deps.Monitor)
 	c, err := container.Create(ctx, container.Config{
 		ID:     r.GetID(),
 		Bundle: r.GetBundle(),

@@ -88,8 +88,7 @@ func newHarness(t *testing.T) *harness {
 	h.svc = New(Config{
 		Namespace:      "test",
 		BundleParent:   h.bundles,
-		Deps:           container.Deps{Watcher: reaper, Events: h.rec, Logger: logger},
-		Holder:         reaper,
+		Deps:           container.Deps{Monitor: reaper, Events: h.rec, Logger: logger},
 		Logger:         logger,
 		Shutdown:       func() { once.Do(func() { close(h.shutdown) }) },
 		SystemdRunning: func() bool { return !h.noSystemd },
