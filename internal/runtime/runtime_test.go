@@ -23,20 +23,8 @@ import (
 
 func TestMain(m *testing.M) {
 	UseGroupMonitor()
-	primeRuntime()
+	testutil.PrimeRuntime()
 	os.Exit(m.Run())
-}
-
-// primeRuntime starts the netpoller, which the first exec.Cmd with pipes
-// would otherwise start inside a test, where CheckLeaks would count its
-// descriptors as leaks.
-func primeRuntime() {
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		panic(err)
-	}
-	pr.Close()
-	pw.Close()
 }
 
 // countingMonitor is an exits.Monitor that counts Hold calls and releases
