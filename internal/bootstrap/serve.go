@@ -21,6 +21,7 @@ import (
 	"github.com/tether-shim/tether/internal/events"
 	"github.com/tether-shim/tether/internal/exits"
 	"github.com/tether-shim/tether/internal/taskservice"
+	"github.com/tether-shim/tether/internal/trim"
 )
 
 // listenFD is the descriptor `start` hands the listening socket on.
@@ -102,7 +103,10 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	}
 	socketPath := ln.Addr().String()
 
-	reaper, err := exits.New(logger)
+	// Every source of work wakes the trimmer: requests and connections
+	// (below), stdio copies (Deps.Busy) and exits.
+	tr := trim.New()
+	reaper, err := exits.New(logger, tr.Begin)
 	if err != nil {
 		ln.Close()
 		return err
@@ -119,13 +123,13 @@ func Serve(ctx context.Context, f Flags, version string) error {
 			Events:    publisher,
 			Logger:    logger,
 			Namespace: f.Namespace,
+			Busy:      tr.Begin,
 		},
 		Logger:   logger,
 		Shutdown: stop,
 		Version:  version,
 	})
-	trim := newTrimmer()
-	server, err := newTTRPCServer(logger, trim, f.Debug)
+	server, err := newTTRPCServer(logger, tr, f.Debug)
 	if err != nil {
 		ln.Close()
 		return err
@@ -139,11 +143,11 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	defer signal.Stop(signals)
 
 	served := make(chan error, 1)
-	guarded := newGuardedListener(ln, logger, trim.Poke)
+	guarded := newGuardedListener(ln, logger, tr.Poke)
 	go func() { served <- serveTTRPC(ctx, server, guarded, logger) }()
-	go trim.run(ctx)
+	go tr.Run(ctx)
 	if f.Debug {
-		prof := startProfiler(ctx, bundle, logger, trim.stats)
+		prof := startProfiler(ctx, bundle, logger, tr.Stats)
 		defer func() {
 			stop()
 			<-prof.done
@@ -151,7 +155,7 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	}
 	defer func() {
 		stop()
-		<-trim.done
+		<-tr.Done()
 	}()
 	logger.Debug("serving", "socket", socketPath, "pid", os.Getpid())
 
@@ -204,10 +208,10 @@ wait:
 // newTTRPCServer returns the shim's ttrpc server: every request holds off
 // the trimmer (and is logged with its duration when debug is set). It
 // serves a guardedListener, which admits only peers of the server's uid.
-func newTTRPCServer(logger *slog.Logger, trim *trimmer, debug bool) (*ttrpc.Server, error) {
+func newTTRPCServer(logger *slog.Logger, tr *trim.Trimmer, debug bool) (*ttrpc.Server, error) {
 	return ttrpc.NewServer(
 		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
-			defer trim.Begin()()
+			defer tr.Begin()()
 			if !debug {
 				return m(ctx, u)
 			}

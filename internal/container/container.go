@@ -49,6 +49,8 @@ type Deps struct {
 	Logger  *slog.Logger
 	// Namespace is the containerd namespace, given to logging binaries.
 	Namespace string
+	// Busy, if not nil, is given to each process's stdio (stdio.Options).
+	Busy func() (end func())
 }
 
 // Config describes a container to create.
@@ -441,6 +443,7 @@ func (c *Container) openIO(ctx context.Context, cfg stdio.Config) (procIO, error
 		ID:        c.id,
 		Namespace: c.deps.Namespace,
 		Monitor:   c.deps.Monitor,
+		Busy:      c.deps.Busy,
 	})
 	return procIO{pipes: pipes}, err
 }

@@ -1,6 +1,7 @@
 package exits
 
 import (
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -49,5 +50,46 @@ func TestWatchOrKill(t *testing.T) {
 	}
 	if ws := reapDirect(t, pid); !ws.Signaled() || ws.Signal() != unix.SIGKILL {
 		t.Fatalf("child %d ended with %v, want SIGKILL", pid, ws)
+	}
+}
+
+// TestExitHandlingIsBusy: the handling of an exit (onExit) counts as work
+// under way (New's busy, the trimmer's Begin): begun before onExit is
+// called and ended after it returned, in both kinds of watch.
+func TestExitHandlingIsBusy(t *testing.T) {
+	for _, m := range testModes() {
+		t.Run(m.name, func(t *testing.T) {
+			testutil.CheckLeaks(t)
+			var begun, active atomic.Int32
+			opts := m.opts
+			opts.busy = func() func() {
+				begun.Add(1)
+				active.Add(1)
+				return func() { active.Add(-1) }
+			}
+			r, _ := newTestReaper(t, opts)
+			release := r.Hold()
+			defer release()
+			pid := spawn(t, "exit:3", nil)
+			during := make(chan int32, 1)
+			exits := make(chan Exit, 1)
+			if err := r.Watch(pid, func(e Exit) {
+				during <- active.Load()
+				exits <- e
+			}); err != nil {
+				t.Fatalf("Watch: %v", err)
+			}
+			release()
+			if e := waitExit(t, exits); e.Status != 3 {
+				t.Fatalf("exit = %+v, want status 3", e)
+			}
+			if got := <-during; got != 1 {
+				t.Fatalf("work under way during onExit: %d, want 1", got)
+			}
+			waitFor(t, "the exit's work ended", func() bool { return active.Load() == 0 })
+			if got := begun.Load(); got != 1 {
+				t.Fatalf("work begun for one exit: %d, want 1", got)
+			}
+		})
 	}
 }

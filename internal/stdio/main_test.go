@@ -385,7 +385,7 @@ func (b *lockedBuffer) String() string {
 // binaries, closed when the test ends.
 func newReaper(t *testing.T) *exits.Reaper {
 	t.Helper()
-	r, err := exits.New(nil)
+	r, err := exits.New(nil, nil)
 	if err != nil {
 		t.Fatalf("exits.New: %v", err)
 	}

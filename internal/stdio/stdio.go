@@ -70,6 +70,11 @@ type Options struct {
 	// Monitor watches and stops logging binaries; required for binary://
 	// URIs.
 	Monitor exits.Monitor
+	// Busy, if not nil, is called when a copy has read data and the func
+	// it returns once the copy has written it, so that the idle trimmer
+	// (trim.Trimmer.Begin) counts the copy as work under way. It must not
+	// block.
+	Busy func() (end func())
 	// ConsoleDir is where the console socket of a terminal is created.
 	ConsoleDir string
 }
@@ -196,6 +201,9 @@ type IO struct {
 
 	// bufs holds the copies' buffers between reads (see buffer).
 	bufs sync.Pool
+	// busy is Options.Busy: a copy holding a buffer is work under way
+	// (see lease). Set by Open.
+	busy func() (end func())
 
 	mu sync.Mutex
 	// stdinFifo is the client's stdin fifo, nil once closed; guarded by mu.
@@ -232,7 +240,7 @@ func Open(ctx context.Context, c Config, opts Options) (_ *IO, retErr error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	p := &IO{}
+	p := &IO{busy: opts.Busy}
 	defer func() {
 		if retErr != nil {
 			p.Close()

@@ -66,7 +66,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	logger := slog.New(slog.NewTextHandler(testLogOut(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	reaper, err := exits.New(logger)
+	reaper, err := exits.New(logger, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
