@@ -82,8 +82,11 @@ type Trimmer struct {
 	// runs while one is in flight (a slow Create must not have its
 	// threads shed or the collector paused under it).
 	inflight atomic.Int32
-	gc       chan struct{} // buffered 1; a garbage collection finished
-	done     chan struct{} // closed when the goroutine returns
+	// endFn is end as a func value, made once: Begin runs for every chunk
+	// of stdio, and must not allocate.
+	endFn func()
+	gc    chan struct{} // buffered 1; a garbage collection finished
+	done  chan struct{} // closed when the goroutine returns
 	// stopped ends the re-arming of the collection notice.
 	stopped atomic.Bool
 	// trims counts the trims, for the operator's metrics.
@@ -104,7 +107,7 @@ type Trimmer struct {
 
 // New returns a Trimmer with the shim's timings and actions.
 func New() *Trimmer {
-	return &Trimmer{
+	t := &Trimmer{
 		poke:    make(chan struct{}, 1),
 		gc:      make(chan struct{}, 1),
 		done:    make(chan struct{}),
@@ -116,6 +119,8 @@ func New() *Trimmer {
 		delay:   retrimDelay,
 		every:   retrimEvery,
 	}
+	t.endFn = t.end
+	return t
 }
 
 // Poke notes activity and turns the garbage collector back on if it was
@@ -133,7 +138,7 @@ func (t *Trimmer) Poke() {
 func (t *Trimmer) Begin() (end func()) {
 	t.inflight.Add(1)
 	t.Poke()
-	return t.end
+	return t.endFn
 }
 
 // end is the end of a Begin.

@@ -399,3 +399,15 @@ func TestRegressionPooledBufferHeldWhileIdle(t *testing.T) {
 	}
 	runtime.KeepAlive(&pool)
 }
+
+// TestBeginDoesNotAllocate: Begin and its end run for every chunk a stdio
+// copy moves, so they allocate nothing.
+func TestBeginDoesNotAllocate(t *testing.T) {
+	tr := New()
+	if n := testing.AllocsPerRun(100, func() { tr.Begin()() }); n != 0 {
+		t.Fatalf("Begin and end allocate %v times per call, want 0", n)
+	}
+	if got := tr.Stats().Inflight; got != 0 {
+		t.Fatalf("work under way after every end: %d, want 0", got)
+	}
+}
