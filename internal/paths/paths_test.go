@@ -15,7 +15,9 @@ func TestCheck(t *testing.T) {
 		{"/", true},
 		{"/run/containerd/c1", true},
 		{"/a.b/..c/c..", true}, // dots inside a name are names
-		{"/a b/c\x00d", true},  // the check is about form, not the bytes of names
+		{"/a b/c", true},
+		{"/a/c\x00d", false}, // no path of the kernel's holds a NUL
+		{"/\x00", false},
 		{"", false},
 		{"relative", false},
 		{"./x", false},
