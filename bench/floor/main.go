@@ -143,7 +143,7 @@ func call(sock string) error {
 	return nil
 }
 
-// trim is what Tether's trimmer does when idle (internal/bootstrap/trim.go):
+// trim is what Tether's trimmer does when idle (internal/trim/trim.go):
 // free heap back to the kernel, then drop the executable's read-only pages
 // from the page tables, all mappings read first and the text last, with raw
 // system calls, so that little code runs after the drop to fault pages

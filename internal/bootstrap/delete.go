@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
@@ -19,14 +20,28 @@ import (
 
 	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/container"
+	"github.com/tether-shim/tether/internal/exits"
+	"github.com/tether-shim/tether/internal/paths"
 	"github.com/tether-shim/tether/internal/runtime"
 )
 
-// noHold is the Holder of `delete`, which runs no exit monitor.
-type noHold struct{}
+// noMonitor is the exits.Monitor of `delete`, which runs no exit monitor
+// and starts no process it would watch: it holds nothing, and watches and
+// signals nothing.
+type noMonitor struct{}
 
 // Hold holds nothing.
-func (noHold) Hold() func() { return func() {} }
+func (noMonitor) Hold() func() { return func() {} }
+
+// Watch refuses: `delete` watches no process.
+func (noMonitor) Watch(pid int, _ func(exits.Exit)) error {
+	return fmt.Errorf("delete: watch pid %d: no exit monitor", pid)
+}
+
+// Signal refuses: `delete` watches no process.
+func (noMonitor) Signal(pid int, _ syscall.Signal) error {
+	return fmt.Errorf("delete: signal pid %d: no exit monitor: %w", pid, unix.ESRCH)
+}
 
 // Delete implements `delete`, which containerd runs when a server died or a
 // start failed, and also after every server it disconnects from. Unless the
@@ -77,7 +92,7 @@ func cleanupRuntime(ctx context.Context, f Flags, b bundle.Bundle, warn io.Write
 		fmt.Fprintf(warn, "%v; using %s\n", err, cfg.Binary)
 	}
 	cfg.Log = b.RuntimeLog()
-	rt := runtime.New(cfg, noHold{})
+	rt := runtime.New(cfg, noMonitor{})
 	if err := rt.Delete(ctx, f.ID, true); err != nil {
 		fmt.Fprintf(warn, "%v\n", err)
 	}
@@ -97,7 +112,7 @@ func removeDeadSocket(b bundle.Bundle) string {
 	}
 	path := socketPathOf(strings.TrimSpace(address))
 	if st, err := os.Lstat(path); err != nil || st.Mode().Type() != os.ModeSocket ||
-		!filepath.IsAbs(path) || filepath.Clean(path) != path || !isSocketName(filepath.Base(path)) {
+		!paths.CleanAbs(path) || !isSocketName(filepath.Base(path)) {
 		return ""
 	}
 	unlock, err := lockDir(filepath.Dir(path))

@@ -19,9 +19,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
-	"github.com/containerd/errdefs"
+	"github.com/tether-shim/tether/internal/paths"
 )
 
 // Actions of the shim binary.
@@ -71,8 +70,8 @@ func ParseFlags(args []string, errOut io.Writer) (Flags, error) {
 // (containerd runs the shim in the bundle).
 func (f Flags) bundleDir() (string, error) {
 	if f.Bundle != "" {
-		if !filepath.IsAbs(f.Bundle) || filepath.Clean(f.Bundle) != f.Bundle {
-			return "", fmt.Errorf("-bundle %q must be an absolute, clean path: %w", f.Bundle, errdefs.ErrInvalidArgument)
+		if err := paths.Check("-bundle", f.Bundle); err != nil {
+			return "", err
 		}
 		return f.Bundle, nil
 	}

@@ -3,10 +3,10 @@ package bootstrap
 import (
 	"bytes"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"testing"
+
+	"github.com/tether-shim/tether/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -19,23 +19,8 @@ func TestMain(m *testing.M) {
 	if os.Getenv(stackBurstChildEnv) != "" {
 		os.Exit(stackBurstChild())
 	}
-	primeRuntime()
+	testutil.PrimeRuntime()
 	os.Exit(m.Run())
-}
-
-// primeRuntime starts the process-lifetime parts of the runtime that a test
-// would otherwise start first and CheckLeaks would count as leaks: the
-// netpoller's descriptors and the os/signal loop goroutine.
-func primeRuntime() {
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		panic(err)
-	}
-	pr.Close()
-	pw.Close()
-	c := make(chan os.Signal, 1)
-	signal.Notify(c, syscall.SIGPIPE)
-	signal.Stop(c)
 }
 
 func TestParseFlags(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"github.com/tether-shim/tether/internal/introspect"
 	"github.com/tether-shim/tether/internal/taskservice"
 	"github.com/tether-shim/tether/internal/testutil"
+	"github.com/tether-shim/tether/internal/trim"
 )
 
 // TestIntrospectionOnTheShimSocket: the server's socket serves
@@ -28,7 +29,7 @@ func TestIntrospectionOnTheShimSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	rpc := &introspect.RPCStats{}
-	server, err := newTTRPCServer(logger, newTrimmer(), false, ttrpc.WithChainUnaryServerInterceptor(rpc.Interceptor()))
+	server, err := newTTRPCServer(logger, trim.New(), false, ttrpc.WithChainUnaryServerInterceptor(rpc.Interceptor()))
 	if err != nil {
 		t.Fatal(err)
 	}

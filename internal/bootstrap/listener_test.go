@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tether-shim/tether/internal/testutil"
+	"github.com/tether-shim/tether/internal/trim"
 )
 
 // framePair is a frameConn over one end of a unix socket pair and the
@@ -124,7 +125,7 @@ func TestRegressionFrameErrorLeakedConnection(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			server, err := newTTRPCServer(logger, newTrimmer(), false)
+			server, err := newTTRPCServer(logger, trim.New(), false)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/tether-shim/tether/internal/bundle"
+	"github.com/tether-shim/tether/internal/trim"
 )
 
 // profiler serves profiles of a shim started with -debug, without a
@@ -23,12 +24,12 @@ import (
 type profiler struct {
 	bundle bundle.Bundle
 	logger *slog.Logger
-	trim   func() trimStats // the trimmer's state, for the metrics
+	trim   func() trim.Stats // the trimmer's state, for the metrics
 	done   chan struct{}
 }
 
-func startProfiler(ctx context.Context, b bundle.Bundle, logger *slog.Logger, trim func() trimStats) *profiler {
-	p := &profiler{bundle: b, logger: logger, trim: trim, done: make(chan struct{})}
+func startProfiler(ctx context.Context, b bundle.Bundle, logger *slog.Logger, stats func() trim.Stats) *profiler {
+	p := &profiler{bundle: b, logger: logger, trim: stats, done: make(chan struct{})}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
 	go func() {
@@ -106,7 +107,7 @@ func (p *profiler) writeMetrics() {
 	runtime.ReadMemStats(&ms)
 	ts := p.trim()
 	paused := uint64(0)
-	if ts.paused {
+	if ts.Paused {
 		paused = 1
 	}
 	var b strings.Builder
@@ -129,8 +130,8 @@ func (p *profiler) writeMetrics() {
 		{"other_sys", ms.OtherSys},
 		{"num_gc", uint64(ms.NumGC)},
 		{"goroutines", uint64(runtime.NumGoroutine())},
-		{"trims", ts.trims},
-		{"requests_inflight", uint64(max(ts.inflight, 0))},
+		{"trims", ts.Trims},
+		{"requests_inflight", uint64(max(ts.Inflight, 0))},
 		{"gc_paused", paused},
 	} {
 		fmt.Fprintf(&b, "%s %d\n", kv.name, kv.value)

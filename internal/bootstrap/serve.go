@@ -23,6 +23,7 @@ import (
 	"github.com/tether-shim/tether/internal/exits"
 	"github.com/tether-shim/tether/internal/introspect"
 	"github.com/tether-shim/tether/internal/taskservice"
+	"github.com/tether-shim/tether/internal/trim"
 	"github.com/tether-shim/tether/internal/upgrade"
 )
 
@@ -111,7 +112,10 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	}
 	socketPath := ln.Addr().String()
 
-	reaper, err := exits.New(logger)
+	// Every source of work wakes the trimmer: requests and connections
+	// (below), stdio copies (Deps.Busy) and exits.
+	tr := trim.New()
+	reaper, err := exits.New(logger, tr.Begin)
 	if err != nil {
 		ln.Close()
 		return err
@@ -125,19 +129,18 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		Namespace:    f.Namespace,
 		BundleParent: filepath.Dir(bundleDir),
 		Deps: container.Deps{
-			Watcher:   reaper,
+			Monitor:   reaper,
 			Events:    counting,
 			Logger:    logger,
 			Namespace: f.Namespace,
+			Busy:      tr.Begin,
 		},
-		Holder:   reaper,
 		Logger:   logger,
 		Shutdown: stop,
 		Version:  version,
 	})
-	trim := newTrimmer()
 	rpcStats := &introspect.RPCStats{}
-	server, err := newTTRPCServer(logger, trim, f.Debug, ttrpc.WithChainUnaryServerInterceptor(rpcStats.Interceptor()))
+	server, err := newTTRPCServer(logger, tr, f.Debug, ttrpc.WithChainUnaryServerInterceptor(rpcStats.Interceptor()))
 	if err != nil {
 		ln.Close()
 		return err
@@ -150,7 +153,7 @@ func Serve(ctx context.Context, f Flags, version string) error {
 		return err
 	}
 	upgrade.Register(server, up)
-	guarded := newGuardedListener(ln, logger, trim.Poke)
+	guarded := newGuardedListener(ln, logger, tr.Poke)
 	guarded.quiescer, guarded.gate, guarded.inherited = quiescer, quiescer.Listener(ln), conns
 	registerIntrospection(server, introspectionOf{
 		flags: f, version: version, bundle: bundleDir, socket: socketPath, started: started,
@@ -165,9 +168,9 @@ func Serve(ctx context.Context, f Flags, version string) error {
 
 	served := make(chan error, 1)
 	go func() { served <- serveTTRPC(ctx, server, guarded, logger) }()
-	go trim.run(ctx)
+	go tr.Run(ctx)
 	if f.Debug {
-		prof := startProfiler(ctx, b, logger, trim.stats)
+		prof := startProfiler(ctx, b, logger, tr.Stats)
 		defer func() {
 			stop()
 			<-prof.done
@@ -175,7 +178,7 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	}
 	defer func() {
 		stop()
-		<-trim.done
+		<-tr.Done()
 	}()
 	logger.Debug("serving", "socket", socketPath, "pid", os.Getpid())
 
@@ -233,10 +236,10 @@ wait:
 // the trimmer (and is logged with its duration when debug is set), then
 // goes through the interceptors of opts. It
 // serves a guardedListener, which admits only peers of the server's uid.
-func newTTRPCServer(logger *slog.Logger, trim *trimmer, debug bool, opts ...ttrpc.ServerOpt) (*ttrpc.Server, error) {
+func newTTRPCServer(logger *slog.Logger, tr *trim.Trimmer, debug bool, opts ...ttrpc.ServerOpt) (*ttrpc.Server, error) {
 	return ttrpc.NewServer(append([]ttrpc.ServerOpt{
 		ttrpc.WithUnaryServerInterceptor(func(ctx context.Context, u ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, m ttrpc.Method) (any, error) {
-			defer trim.Begin()()
+			defer tr.Begin()()
 			if !debug {
 				return m(ctx, u)
 			}

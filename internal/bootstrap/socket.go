@@ -11,10 +11,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
 	"github.com/tether-shim/tether/internal/bundle"
+	"github.com/tether-shim/tether/internal/paths"
 )
 
 // DefaultSocketDir is where shim sockets live unless containerd 2.3+ names
@@ -52,8 +52,8 @@ func GroupID(b bundle.Bundle, id string) (string, error) {
 // SocketPath is the socket of a group's server:
 // <dir>/hex(sha256(<containerd address>/<namespace>/<group>)).
 func SocketPath(dir, containerdAddress, ns, group string) (string, error) {
-	if !filepath.IsAbs(dir) || filepath.Clean(dir) != dir {
-		return "", fmt.Errorf("socket dir %q must be an absolute, clean path: %w", dir, errdefs.ErrInvalidArgument)
+	if err := paths.Check("socket dir", dir); err != nil {
+		return "", err
 	}
 	sum := sha256.Sum256([]byte(filepath.Join(containerdAddress, ns, group)))
 	p := filepath.Join(dir, hex.EncodeToString(sum[:]))

@@ -83,6 +83,9 @@ func releaseHugePages() error {
 	return nil
 }
 
+// mapRange is an address range of a mapping.
+type mapRange struct{ start, end uintptr }
+
 // anonWritableMapping parses one line of /proc/self/maps and reports whether
 // it is a private, writable mapping of no file (the heap, the runtime's own
 // allocations, thread stacks), and its range.

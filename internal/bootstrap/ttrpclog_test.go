@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tether-shim/tether/internal/testutil"
+	"github.com/tether-shim/tether/internal/trim"
 )
 
 // dialChildEnv makes the test binary, run as a child, dial the unix socket
@@ -61,7 +62,7 @@ func TestRegressionTTRPCWarningsLost(t *testing.T) {
 	if err := os.Chmod(sock, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	server, err := newTTRPCServer(logger, newTrimmer(), false)
+	server, err := newTTRPCServer(logger, trim.New(), false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,16 +5,15 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
 	"github.com/tether-shim/tether/internal/oserr"
+	"github.com/tether-shim/tether/internal/paths"
 )
 
 // procRoot is where procfs is mounted.
@@ -125,8 +124,8 @@ func addProcess(mode Mode, mounts []mount, cgPath string, pid int) error {
 	if pid <= 0 {
 		return fmt.Errorf("cgroups: add pid %d: %w", pid, errdefs.ErrInvalidArgument)
 	}
-	if !strings.HasPrefix(cgPath, "/") || path.Clean(cgPath) != cgPath {
-		return fmt.Errorf("cgroups: cgroup path %q must be absolute and clean: %w", cgPath, errdefs.ErrInvalidArgument)
+	if err := paths.Check("cgroups: cgroup path", cgPath); err != nil {
+		return err
 	}
 	var dirs []string
 	if mode == Unified {

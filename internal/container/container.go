@@ -26,7 +26,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"syscall"
 	"time"
 
 	eventsapi "github.com/containerd/containerd/api/events"
@@ -46,25 +45,16 @@ import (
 // the killed init's exit to be collected.
 const deleteWaitTimeout = 10 * time.Second
 
-// Watcher is the part of the exits monitor a container needs.
-// *exits.Reaper implements it.
-type Watcher interface {
-	// Hold suspends the orphan sweep while a helper process starts.
-	Hold() (release func())
-	// Watch calls onExit once when the child pid exits.
-	Watch(pid int, onExit func(exits.Exit)) error
-	// Signal signals a watched pid through its pidfd, so that a pid that
-	// has been reaped and reused is never signalled.
-	Signal(pid int, sig syscall.Signal) error
-}
-
 // Deps are the shim-wide services a container uses.
 type Deps struct {
-	Watcher Watcher
+	// Monitor watches and signals the container's processes.
+	Monitor exits.Monitor
 	Events  events.Sink
 	Logger  *slog.Logger
 	// Namespace is the containerd namespace, given to logging binaries.
 	Namespace string
+	// Busy, if not nil, is given to each process's stdio (stdio.Options).
+	Busy func() (end func())
 }
 
 // Config is a parsed and validated request to create a container: what
@@ -79,10 +69,7 @@ type Config struct {
 	Stdio  stdio.Config
 	// Runtime configures the OCI runtime of this container; Create records
 	// it in the bundle (Bundle.RuntimeConfig) for `delete`.
-	Runtime runtime.Config
-	// Holder suspends the exit monitor's orphan sweep around runtime
-	// commands.
-	Holder       runtime.Holder
+	Runtime      runtime.Config
 	NoPivot      bool
 	NoNewKeyring bool
 	// IoUID and IoGID own the container's ends of its stdio pipes.
@@ -163,7 +150,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	c := &Container{
 		id:          cfg.ID,
 		bundle:      cfg.Bundle,
-		rt:          runtime.New(cfg.Runtime, cfg.Holder),
+		rt:          runtime.New(cfg.Runtime, deps.Monitor),
 		deps:        deps,
 		execs:       make(map[string]*Process),
 		ioUID:       cfg.IoUID,
@@ -242,10 +229,7 @@ func Create(ctx context.Context, cfg Config, deps Deps) (_ *Container, retErr er
 	// The init can exit as soon as it is watched: its exit waits for
 	// TaskCreate, and is dropped with it if the Create fails.
 	c.init.outbox.ExpectStart()
-	pid, err := c.rt.Create(ctx, c.id, c.bundle.Dir(), opts, func(pid int) error {
-		c.init.setPid(pid)
-		return deps.Watcher.Watch(pid, c.init.onExit)
-	})
+	pid, err := c.rt.Create(ctx, c.id, c.bundle.Dir(), opts, c.init.watchFunc(deps.Monitor))
 	// A duplicate id is another container's runtime state and must not be
 	// touched; anything else the runtime left is deleted.
 	deleteState := err == nil || pid != 0 || !errors.Is(err, errdefs.ErrAlreadyExists)
@@ -317,7 +301,8 @@ func (c *Container) openIO(ctx context.Context, cfg stdio.Config) (procIO, error
 		GID:       c.ioGID,
 		ID:        c.id,
 		Namespace: c.deps.Namespace,
-		Launcher:  c.deps.Watcher,
+		Monitor:   c.deps.Monitor,
+		Busy:      c.deps.Busy,
 	})
 	return procIO{pipes: pipes}, err
 }
@@ -344,10 +329,7 @@ func (c *Container) startInit(ctx context.Context) error {
 	if c.restore == nil {
 		return c.rt.Start(ctx, c.id)
 	}
-	_, err := c.rt.Restore(ctx, c.id, c.bundle.Dir(), *c.restore, c.createOpts, func(pid int) error {
-		c.init.setPid(pid)
-		return c.deps.Watcher.Watch(pid, c.init.onExit)
-	})
+	_, err := c.rt.Restore(ctx, c.id, c.bundle.Dir(), *c.restore, c.createOpts, c.init.watchFunc(c.deps.Monitor))
 	if err != nil {
 		return err
 	}

@@ -3,7 +3,6 @@ package container
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"syscall"
 	"time"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/tether-shim/tether/internal/events"
 	"github.com/tether-shim/tether/internal/exits"
+	"github.com/tether-shim/tether/internal/oserr"
 	"github.com/tether-shim/tether/internal/runtime"
 	"github.com/tether-shim/tether/internal/stdio"
 )
@@ -108,16 +108,7 @@ func (k *execKind) start(ctx context.Context, p *Process) (_ int, retErr error) 
 		IO:            io.runcIO(),
 		ConsoleSocket: io.consoleSocket(),
 		PidFile:       c.bundle.ExecPid(k.execID),
-	}, func(pid int) error {
-		p.setPid(pid)
-		if err := c.deps.Watcher.Watch(pid, p.onExit); err != nil {
-			// Unwatched, its exit would never be published: stop it now,
-			// while the runtime call's Hold keeps the pid ours.
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			return err
-		}
-		return nil
-	})
+	}, p.watchFunc(c.deps.Monitor))
 	if err != nil {
 		// Exec returns an error only when nothing watches the process, so
 		// no exit will come: it no longer counts as running.
@@ -144,7 +135,7 @@ func (k *execKind) kill(_ context.Context, p *Process, signal uint32, _ bool) er
 	if err := p.transition(OpKill); err != nil {
 		return fmt.Errorf("kill exec %s: %w", k.execID, err)
 	}
-	if err := k.c.deps.Watcher.Signal(p.Pid(), syscall.Signal(signal)); err != nil {
+	if err := k.c.deps.Monitor.Signal(p.Pid(), syscall.Signal(signal)); err != nil {
 		return fmt.Errorf("kill exec %s: %w", k.execID, signalErrorClass(err))
 	}
 	return nil
@@ -229,7 +220,7 @@ func (c *Container) awaitExecs() {
 	c.mu.Unlock()
 	for _, p := range procs {
 		if pid := p.Pid(); !p.Exited() && pid != 0 {
-			_ = c.deps.Watcher.Signal(pid, syscall.SIGKILL)
+			_ = c.deps.Monitor.Signal(pid, syscall.SIGKILL)
 		}
 	}
 	select {
@@ -239,15 +230,14 @@ func (c *Container) awaitExecs() {
 	}
 }
 
-// signalErrorClass adds the errdefs class of a failed signal: a process
-// that is gone is NotFound, a signal number the kernel refuses is
-// InvalidArgument, anything else keeps its own cause.
+// signalErrorClass adds the errdefs class (oserr.Class) of a failed signal
+// when it is NotFound (the process is gone) or InvalidArgument (a signal
+// number the kernel refuses); anything else keeps only its own cause and is
+// Unknown to the client, as containerd's runc shim reports it.
 func signalErrorClass(err error) error {
-	switch {
-	case errors.Is(err, syscall.ESRCH):
-		return fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
-	case errors.Is(err, syscall.EINVAL):
-		return fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	switch class := oserr.Class(err); class {
+	case errdefs.ErrNotFound, errdefs.ErrInvalidArgument:
+		return fmt.Errorf("%w: %w", err, class)
 	}
 	return err
 }

@@ -6,6 +6,8 @@ import (
 	"regexp"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/tether-shim/tether/internal/paths"
 )
 
 // maxIDLength is containerd's limit for identifiers.
@@ -38,8 +40,8 @@ func ValidateBundle(id, bundle, parent string) error {
 	switch {
 	case bundle == "":
 		return fmt.Errorf("bundle path must not be empty: %w", errdefs.ErrInvalidArgument)
-	case !filepath.IsAbs(bundle) || filepath.Clean(bundle) != bundle:
-		return fmt.Errorf("bundle path %q must be absolute and clean: %w", bundle, errdefs.ErrInvalidArgument)
+	case !paths.CleanAbs(bundle):
+		return paths.Check("bundle path", bundle)
 	case filepath.Base(bundle) != id:
 		return fmt.Errorf("bundle path %q is not named after container %q: %w", bundle, id, errdefs.ErrInvalidArgument)
 	case parent != "" && filepath.Dir(bundle) != parent:

@@ -42,119 +42,6 @@ func fastConfig() config {
 }
 
 // ---------------------------------------------------------------------------
-// Log capture
-
-// logRecord is one captured slog record, attributes flattened.
-type logRecord struct {
-	level slog.Level
-	msg   string
-	attrs map[string]any
-}
-
-// logCapture records every slog record logged through its handlers.
-type logCapture struct {
-	// mu guards records and changed.
-	mu      sync.Mutex
-	records []logRecord
-	// changed is closed by the next record; nil when nobody waits.
-	changed chan struct{}
-}
-
-// newLogCapture returns a capture and a logger writing into it. If the test
-// fails, the captured records are dumped.
-func newLogCapture(t *testing.T) (*logCapture, *slog.Logger) {
-	c := &logCapture{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, r := range c.all() {
-				t.Logf("log: %s %q %v", r.level, r.msg, r.attrs)
-			}
-		}
-	})
-	return c, slog.New(&captureHandler{c: c})
-}
-
-func (c *logCapture) add(r logRecord) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.records = append(c.records, r)
-	if c.changed != nil {
-		close(c.changed)
-		c.changed = nil
-	}
-}
-
-func (c *logCapture) all() []logRecord {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]logRecord(nil), c.records...)
-}
-
-// matching returns the records with level lvl whose message is msg.
-func (c *logCapture) matching(lvl slog.Level, msg string) []logRecord {
-	var out []logRecord
-	for _, r := range c.all() {
-		if r.level == lvl && r.msg == msg {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// waitFor waits (bounded) for a record satisfying pred and returns it.
-func (c *logCapture) waitFor(t *testing.T, what string, pred func(logRecord) bool) logRecord {
-	t.Helper()
-	deadline := time.NewTimer(waitLimit)
-	defer deadline.Stop()
-	for {
-		c.mu.Lock()
-		for _, r := range c.records {
-			if pred(r) {
-				c.mu.Unlock()
-				return r
-			}
-		}
-		if c.changed == nil {
-			c.changed = make(chan struct{})
-		}
-		changed := c.changed
-		c.mu.Unlock()
-		select {
-		case <-changed:
-		case <-deadline.C:
-			t.Fatalf("no log record %s within %v", what, waitLimit)
-		}
-	}
-}
-
-// captureHandler is a slog.Handler feeding a logCapture. Groups are flattened.
-type captureHandler struct {
-	c     *logCapture
-	attrs []slog.Attr
-}
-
-func (h *captureHandler) Enabled(context.Context, slog.Level) bool { return true }
-
-func (h *captureHandler) Handle(_ context.Context, r slog.Record) error {
-	rec := logRecord{level: r.Level, msg: r.Message, attrs: make(map[string]any)}
-	for _, a := range h.attrs {
-		rec.attrs[a.Key] = a.Value.Any()
-	}
-	r.Attrs(func(a slog.Attr) bool {
-		rec.attrs[a.Key] = a.Value.Any()
-		return true
-	})
-	h.c.add(rec)
-	return nil
-}
-
-func (h *captureHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
-	return &captureHandler{c: h.c, attrs: append(append([]slog.Attr(nil), h.attrs...), attrs...)}
-}
-
-func (h *captureHandler) WithGroup(string) slog.Handler { return h }
-
-// ---------------------------------------------------------------------------
 // Fake containerd: a real ttrpc server implementing the Events service.
 
 // fakeContainerd serves containerd.services.events.ttrpc.v1.Events on a unix
@@ -388,9 +275,9 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 
 // startPublisher returns a Publisher with cfg logging into a new capture; a
 // cleanup closes it (bounded).
-func startPublisher(t *testing.T, address string, cfg config) (*Publisher, *logCapture) {
+func startPublisher(t *testing.T, address string, cfg config) (*Publisher, *testutil.Log) {
 	t.Helper()
-	logs, logger := newLogCapture(t)
+	logs, logger := testutil.NewLog(t)
 	p := newPublisher(address, testNamespace, logger, cfg)
 	t.Cleanup(func() { closePublisher(t, p) })
 	return p, logs

@@ -22,9 +22,9 @@ var (
 
 // newTestOutbox returns an Outbox over a fresh Recorder, logging into a
 // capture.
-func newTestOutbox(t *testing.T) (*Outbox, *eventstest.Recorder, *logCapture) {
+func newTestOutbox(t *testing.T) (*Outbox, *eventstest.Recorder, *testutil.Log) {
 	rec := &eventstest.Recorder{}
-	logs, logger := newLogCapture(t)
+	logs, logger := testutil.NewLog(t)
 	return NewOutbox(rec, logger), rec, logs
 }
 
@@ -160,7 +160,7 @@ func TestOutboxSecondExitDropped(t *testing.T) {
 		o.Exit(TopicExit, exitEv())
 		o.Exit(TopicExit, exitEv())
 		checkTopics(t, rec, TopicExit)
-		if w := logs.matching(slog.LevelWarn, "events: second exit event dropped"); len(w) != 1 {
+		if w := logs.Matching(slog.LevelWarn, "events: second exit event dropped"); len(w) != 1 {
 			t.Errorf("drop logged %d times, want once", len(w))
 		}
 	})
@@ -172,7 +172,7 @@ func TestOutboxSecondExitDropped(t *testing.T) {
 		o.Exit(TopicExit, exitEv())
 		o.Started(TopicStart, startEv())
 		checkTopics(t, rec, TopicStart, TopicExit)
-		if w := logs.matching(slog.LevelWarn, "events: second exit event dropped"); len(w) != 1 {
+		if w := logs.Matching(slog.LevelWarn, "events: second exit event dropped"); len(w) != 1 {
 			t.Errorf("drop logged %d times, want once", len(w))
 		}
 	})
@@ -186,7 +186,7 @@ func TestOutboxStartedAfterPublishedExitDropped(t *testing.T) {
 	o.Exit(TopicExit, exitEv())
 	o.Started(TopicStart, startEv())
 	checkTopics(t, rec, TopicExit)
-	if w := logs.matching(slog.LevelWarn, "events: start event after the exit dropped"); len(w) != 1 {
+	if w := logs.Matching(slog.LevelWarn, "events: start event after the exit dropped"); len(w) != 1 {
 		t.Errorf("drop logged %d times, want once", len(w))
 	}
 }
@@ -198,7 +198,7 @@ func TestOutboxExpectStartAfterExitIgnored(t *testing.T) {
 	o.ExpectStart()
 	o.Send(TopicDelete, &apievents.TaskDelete{ContainerID: "c"}) // not held
 	checkTopics(t, rec, TopicExit, TopicDelete)
-	if w := logs.matching(slog.LevelWarn, "events: ExpectStart after the exit ignored"); len(w) != 1 {
+	if w := logs.Matching(slog.LevelWarn, "events: ExpectStart after the exit ignored"); len(w) != 1 {
 		t.Errorf("ignore logged %d times, want once", len(w))
 	}
 }

@@ -148,7 +148,7 @@ func TestPublisherEnvelope(t *testing.T) {
 	testutil.CheckLeaks(t)
 	f := newFakeContainerd(t)
 	f.start()
-	logs, logger := newLogCapture(t)
+	logs, logger := testutil.NewLog(t)
 	p := NewPublisher("unix://"+f.path, testNamespace, logger)
 	t.Cleanup(func() { closePublisher(t, p) })
 
@@ -188,8 +188,8 @@ func TestPublisherEnvelope(t *testing.T) {
 	if !proto.Equal(v.(proto.Message), want) {
 		t.Errorf("payload %v, want %v", v, want)
 	}
-	for _, r := range logs.all() {
-		if r.level >= slog.LevelWarn {
+	for _, r := range logs.Records() {
+		if r.Level >= slog.LevelWarn {
 			t.Errorf("unexpected log: %v", r)
 		}
 	}
@@ -214,7 +214,7 @@ func TestPublisherKeepsOrder(t *testing.T) {
 	testutil.CheckLeaks(t)
 	f := newFakeContainerd(t)
 	f.start()
-	logs, logger := newLogCapture(t)
+	logs, logger := testutil.NewLog(t)
 	p := NewPublisher(f.path, testNamespace, logger)
 	t.Cleanup(func() { closePublisher(t, p) })
 
@@ -229,7 +229,7 @@ func TestPublisherKeepsOrder(t *testing.T) {
 			t.Fatalf("timestamp of event %d is before that of event %d", i, i-1)
 		}
 	}
-	if warn := logs.matching(slog.LevelWarn, "events: cannot forward event to containerd, will retry"); len(warn) > 0 {
+	if warn := logs.Matching(slog.LevelWarn, "events: cannot forward event to containerd, will retry"); len(warn) > 0 {
 		t.Errorf("unexpected retries: %v", warn)
 	}
 }
@@ -282,9 +282,9 @@ func TestPublisherServerDownThenUp(t *testing.T) {
 		p.Publish(TopicExit, exitEvent(i))
 	}
 	// Let the sender fail a few times (dial: no such socket) first.
-	logs.waitFor(t, "of a third failed attempt", func(r logRecord) bool {
-		a, _ := r.attrs["attempt"].(int64)
-		return r.msg == "events: cannot forward event to containerd, will retry" && a >= 3
+	logs.WaitFor(t, waitLimit, "of a third failed attempt", func(r testutil.LogRecord) bool {
+		a, _ := r.Values["attempt"].(int64)
+		return r.Msg == "events: cannot forward event to containerd, will retry" && a >= 3
 	})
 	up := time.Now()
 	f.start()
@@ -296,10 +296,10 @@ func TestPublisherServerDownThenUp(t *testing.T) {
 			t.Fatalf("event %d stamped %v, after containerd came up at %v: not stamped at Publish", i, e.GetTimestamp().AsTime(), up)
 		}
 	}
-	if len(logs.matching(slog.LevelWarn, "events: cannot forward event to containerd, will retry")) == 0 {
+	if len(logs.Matching(slog.LevelWarn, "events: cannot forward event to containerd, will retry")) == 0 {
 		t.Error("the first failure was not logged at Warn")
 	}
-	if len(logs.matching(slog.LevelInfo, "events: event delivered after retries")) != 1 {
+	if len(logs.Matching(slog.LevelInfo, "events: event delivered after retries")) != 1 {
 		t.Error("recovery not logged once")
 	}
 }
@@ -454,8 +454,8 @@ func TestPublisherApplicationErrorDropsEvent(t *testing.T) {
 	if tries != defaultMaxAppAttempts {
 		t.Errorf("rejected event tried %d times, want %d", tries, defaultMaxAppAttempts)
 	}
-	drops := logs.matching(slog.LevelError, "events: containerd rejected event, dropping it")
-	if len(drops) != 1 || drops[0].attrs["topic"] != TopicExit {
+	drops := logs.Matching(slog.LevelError, "events: containerd rejected event, dropping it")
+	if len(drops) != 1 || drops[0].Values["topic"] != TopicExit {
 		t.Errorf("drop logs %v, want one Error with the topic", drops)
 	}
 	if _, accepted := f.counts(); accepted != 1 {
@@ -527,11 +527,11 @@ func TestPublisherWedgedCallTimesOutAndReconnects(t *testing.T) {
 	if _, accepted := f.counts(); accepted < 2 {
 		t.Errorf("%d connections, want a reconnect after the timeout", accepted)
 	}
-	r := logs.waitFor(t, "of the timed-out call", func(r logRecord) bool {
-		return r.msg == "events: cannot forward event to containerd, will retry"
+	r := logs.WaitFor(t, waitLimit, "of the timed-out call", func(r testutil.LogRecord) bool {
+		return r.Msg == "events: cannot forward event to containerd, will retry"
 	})
-	if err, _ := r.attrs["error"].(error); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("failure logged with %v, want a deadline", r.attrs["error"])
+	if err, _ := r.Values["error"].(error); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("failure logged with %v, want a deadline", r.Values["error"])
 	}
 }
 
@@ -587,8 +587,8 @@ func TestPublisherCloseDeliversQueue(t *testing.T) {
 		defer cancel()
 		closed <- p.Close(ctx)
 	}()
-	logs.waitFor(t, "of a failure", func(r logRecord) bool {
-		return r.msg == "events: cannot forward event to containerd, will retry"
+	logs.WaitFor(t, waitLimit, "of a failure", func(r testutil.LogRecord) bool {
+		return r.Msg == "events: cannot forward event to containerd, will retry"
 	})
 	f.start()
 	select {
@@ -602,7 +602,7 @@ func TestPublisherCloseDeliversQueue(t *testing.T) {
 	envs, _ := f.recorded()
 	checkExactly(t, seqs(t, envs), n)
 	p.Publish(TopicDelete, &apievents.TaskDelete{}) // dropped, logged
-	if w := logs.matching(slog.LevelWarn, "events: publisher closed, event dropped"); len(w) != 1 || w[0].attrs["topic"] != TopicDelete {
+	if w := logs.Matching(slog.LevelWarn, "events: publisher closed, event dropped"); len(w) != 1 || w[0].Values["topic"] != TopicDelete {
 		t.Errorf("drop after Close logged as %v", w)
 	}
 }
@@ -612,7 +612,7 @@ func TestPublisherCloseDeliversQueue(t *testing.T) {
 func TestPublisherCloseWithDeadServer(t *testing.T) {
 	testutil.CheckLeaks(t)
 	path := filepath.Join(t.TempDir(), "nobody-listens.sock")
-	logs, logger := newLogCapture(t)
+	logs, logger := testutil.NewLog(t)
 	p := newPublisher(path, testNamespace, logger, defaultConfig())
 	p.Publish(TopicExit, exitEvent(1))
 	p.Publish(TopicStart, &apievents.TaskStart{ContainerID: "c", Pid: 2})
@@ -624,20 +624,20 @@ func TestPublisherCloseWithDeadServer(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "3 event(s) undelivered") {
 		t.Errorf("Close = %v, want 3 undelivered and a deadline", err)
 	}
-	reports := logs.matching(slog.LevelError, "events: publisher stopped with undelivered events")
+	reports := logs.Matching(slog.LevelError, "events: publisher stopped with undelivered events")
 	if len(reports) != 1 {
 		t.Fatalf("undelivered reported %d times, want once", len(reports))
 	}
-	if c, _ := reports[0].attrs["count"].(int64); c != 3 {
-		t.Errorf("reported count %v, want 3", reports[0].attrs["count"])
+	if c, _ := reports[0].Values["count"].(int64); c != 3 {
+		t.Errorf("reported count %v, want 3", reports[0].Values["count"])
 	}
-	if got := reports[0].attrs["topics"]; got != "/tasks/exit=2 /tasks/start=1" {
+	if got := reports[0].Values["topics"]; got != "/tasks/exit=2 /tasks/start=1" {
 		t.Errorf("reported topics %v", got)
 	}
 
 	// Publish after Close: no panic, logged, dropped.
 	p.Publish(TopicDelete, &apievents.TaskDelete{ContainerID: "c"})
-	if w := logs.matching(slog.LevelWarn, "events: publisher closed, event dropped"); len(w) != 1 {
+	if w := logs.Matching(slog.LevelWarn, "events: publisher closed, event dropped"); len(w) != 1 {
 		t.Errorf("drop after Close logged %d times, want once", len(w))
 	}
 	// Close again: same outcome, no second report, no wait.
@@ -645,7 +645,7 @@ func TestPublisherCloseWithDeadServer(t *testing.T) {
 	if err2 == nil || !strings.Contains(err2.Error(), "3 event(s) undelivered") {
 		t.Errorf("second Close = %v, want the same 3 undelivered", err2)
 	}
-	if n := len(logs.matching(slog.LevelError, "events: publisher stopped with undelivered events")); n != 1 {
+	if n := len(logs.Matching(slog.LevelError, "events: publisher stopped with undelivered events")); n != 1 {
 		t.Errorf("undelivered reported %d times, want once", n)
 	}
 }
@@ -674,7 +674,7 @@ func TestPublisherPublishRacingClose(t *testing.T) {
 	wg.Wait()
 	closers.Wait()
 	envs, _ := f.recorded()
-	dropped := logs.matching(slog.LevelWarn, "events: publisher closed, event dropped")
+	dropped := logs.Matching(slog.LevelWarn, "events: publisher closed, event dropped")
 	if len(envs)+len(dropped) != writers*each {
 		t.Errorf("%d delivered + %d dropped != %d published", len(envs), len(dropped), writers*each)
 	}
@@ -691,7 +691,7 @@ func TestPublisherEmptyAddress(t *testing.T) {
 		t.Errorf("Close = %v", err)
 	}
 	p.Publish(TopicExit, exitEvent(3))
-	if w := logs.matching(slog.LevelWarn, "events: no containerd ttrpc address, events will be discarded"); len(w) != 1 {
+	if w := logs.Matching(slog.LevelWarn, "events: no containerd ttrpc address, events will be discarded"); len(w) != 1 {
 		t.Errorf("warned %d times, want once", len(w))
 	}
 }
@@ -705,7 +705,7 @@ func TestPublisherUnusableAddress(t *testing.T) {
 	if err := p.Close(context.Background()); err != nil {
 		t.Errorf("Close = %v", err)
 	}
-	if e := logs.matching(slog.LevelError, "events: unusable containerd ttrpc address, events will be discarded"); len(e) != 1 {
+	if e := logs.Matching(slog.LevelError, "events: unusable containerd ttrpc address, events will be discarded"); len(e) != 1 {
 		t.Errorf("reported %d times, want once", len(e))
 	}
 }
@@ -722,7 +722,7 @@ func TestPublisherNilEvent(t *testing.T) {
 	envs := f.waitRecorded(2)
 	closePublisher(t, p)
 	checkExactly(t, seqs(t, envs), 2)
-	if e := logs.matching(slog.LevelError, "events: nil event dropped"); len(e) != 1 {
+	if e := logs.Matching(slog.LevelError, "events: nil event dropped"); len(e) != 1 {
 		t.Errorf("nil event logged %d times, want once", len(e))
 	}
 }

@@ -63,7 +63,12 @@ type options struct {
 	// statScan makes the sweep list children by scanning /proc/*/stat, as if
 	// /proc/self/task/*/children did not exist.
 	statScan bool
+	// busy is New's busy; never nil in a Reaper.
+	busy func() (end func())
 }
+
+// notBusy is the busy of a Reaper made without one.
+func notBusy() (end func()) { return func() {} }
 
 // Reaper reaps the children of this process: watched ones through their own
 // watcher goroutine, which reports the exit to a callback, and every other one
@@ -104,15 +109,21 @@ type Reaper struct {
 }
 
 // New makes this process a child subreaper, starts listening for SIGCHLD and
-// runs a first sweep. A nil logger discards logs. The caller must Close the
+// runs a first sweep. A nil logger discards logs. busy, if not nil, is
+// called before each onExit and the func it returns after onExit returned,
+// so that the idle trimmer (trim.Trimmer.Begin) counts the handling of an
+// exit as work under way; it must not block. The caller must Close the
 // Reaper. The subreaper attribute is not cleared by Close.
-func New(logger *slog.Logger) (*Reaper, error) {
-	return newReaper(logger, options{})
+func New(logger *slog.Logger, busy func() (end func())) (*Reaper, error) {
+	return newReaper(logger, options{busy: busy})
 }
 
 func newReaper(logger *slog.Logger, opts options) (*Reaper, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.busy == nil {
+		opts.busy = notBusy
 	}
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return nil, fmt.Errorf("exits: set child subreaper: %w", err)

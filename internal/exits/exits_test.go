@@ -650,7 +650,7 @@ func TestThreadsBounded(t *testing.T) {
 
 func TestNewNilLogger(t *testing.T) {
 	testutil.CheckLeaks(t)
-	r, err := New(nil)
+	r, err := New(nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/internal/testutil"
 )
 
 // childEnv selects what the test binary does when it runs as a child:
@@ -34,43 +35,13 @@ func TestMain(m *testing.M) {
 	if mode, ok := os.LookupEnv(childEnv); ok {
 		os.Exit(runChild(mode))
 	}
-	primeRuntime()
+	testutil.PrimeRuntime()
 	os.Exit(m.Run())
 }
 
-// primeRuntime starts the process-lifetime parts of the runtime that the
-// first Reaper would otherwise start inside a test and that CheckLeaks would
-// count as leaks: the netpoller's descriptors and the os/signal loop goroutine.
-func primeRuntime() {
-	pr, pw, err := os.Pipe() // a pollable file initialises the netpoller
-	if err != nil {
-		panic(err)
-	}
-	pr.Close()
-	pw.Close()
-	c := make(chan os.Signal, 1)
-	signal.Notify(c, syscall.SIGCHLD) // starts the os/signal loop goroutine
-	signal.Stop(c)
-}
-
-// childEnviron is the environment of a child running mode: this process's
-// environment with childEnv replaced (with a duplicate, the first occurrence
-// wins). Under the race detector, a child exiting 0 sleeps atexit_sleep_ms
-// (1s by default) before it exits; GORACE turns that off.
-func childEnviron(mode string) []string {
-	env := []string{childEnv + "=" + mode}
-	gorace := "atexit_sleep_ms=0"
-	for _, kv := range os.Environ() {
-		switch {
-		case strings.HasPrefix(kv, childEnv+"="):
-		case strings.HasPrefix(kv, "GORACE="):
-			gorace = strings.TrimPrefix(kv, "GORACE=") + " " + gorace
-		default:
-			env = append(env, kv)
-		}
-	}
-	return append(env, "GORACE="+gorace)
-}
+// childEnviron is the environment of a child running mode
+// (testutil.ChildEnv).
+func childEnviron(mode string) []string { return testutil.ChildEnv(childEnv, mode) }
 
 func runChild(mode string) int {
 	name, arg, _ := strings.Cut(mode, ":")

@@ -46,8 +46,15 @@ func (r *Reaper) watchPidfd(pid int, f *os.File, onExit func(Exit)) {
 		return
 	}
 	if state == gotExit {
-		onExit(ex)
+		r.report(ex, onExit)
 	}
+}
+
+// report calls onExit with ex, counted as work under way (New's busy).
+func (r *Reaper) report(ex Exit, onExit func(Exit)) {
+	end := r.opts.busy()
+	defer end()
+	onExit(ex)
 }
 
 // awaitPidfd collects the exit of pid through its pidfd f. err is non-nil
@@ -141,7 +148,7 @@ func (r *Reaper) watchWait4Loop(pid int, onExit func(Exit)) {
 		}
 		switch state {
 		case gotExit:
-			onExit(ex)
+			r.report(ex, onExit)
 			return
 		case cancelled:
 			return

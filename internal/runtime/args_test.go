@@ -21,7 +21,7 @@ func recorder(t *testing.T) (*Runtime, func() []string, string) {
 	dir := t.TempDir()
 	record := filepath.Join(dir, "args")
 	t.Setenv("RECORD_RUNTIME_ARGS", record)
-	rt := New(Config{Binary: script, Root: "/run/r", Log: filepath.Join(dir, "log.json")}, &countingHolder{})
+	rt := New(Config{Binary: script, Root: "/run/r", Log: filepath.Join(dir, "log.json")}, &countingMonitor{})
 	read := func() []string {
 		data, err := os.ReadFile(record)
 		if err != nil {

@@ -12,6 +12,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/tether-shim/tether/internal/paths"
 )
 
 // maxConfigFile bounds the size of a runtime config, as a file or a body.
@@ -39,8 +41,8 @@ const maxConfigFile = 64 << 10
 // errdefs.ErrNotFound; one that is not a regular file, or is larger than
 // 64 KiB, is errdefs.ErrInvalidArgument.
 func LoadConfigFile(path string) (Options, error) {
-	if !cleanAbs(path) {
-		return Options{}, fmt.Errorf("runtime config path %q must be absolute and clean: %w", path, errdefs.ErrInvalidArgument)
+	if err := paths.Check("runtime config path", path); err != nil {
+		return Options{}, err
 	}
 	data, err := readRegularFile(path, maxConfigFile)
 	if err != nil {

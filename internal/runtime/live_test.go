@@ -275,7 +275,7 @@ func TestLiveMissingContainer(t *testing.T) {
 			}
 			for _, tt := range tests {
 				t.Run(tt.op, func(t *testing.T) {
-					h := &countingHolder{}
+					h := &countingMonitor{}
 					dir := t.TempDir()
 					rt := New(Config{Binary: lr.binary, Root: filepath.Join(dir, "root"), Log: filepath.Join(dir, "log.json")}, h)
 					err := tt.run(rt)
@@ -305,7 +305,7 @@ func TestLiveLifecycle(t *testing.T) {
 			ctx := context.Background()
 			bundle := busyboxBundle(t, "/bin/sleep", "100")
 			state := t.TempDir()
-			h := &countingHolder{}
+			h := &countingMonitor{}
 			holds := 0
 			rt := New(Config{Binary: lr.binary, Root: filepath.Join(state, "root"), Log: filepath.Join(state, "log.json")}, h)
 			id := uniqueID(lr.name)
@@ -451,7 +451,7 @@ func TestLiveRegisterFailure(t *testing.T) {
 			ctx := context.Background()
 			bundle := busyboxBundle(t, "/bin/sleep", "100")
 			state := t.TempDir()
-			h := &countingHolder{}
+			h := &countingMonitor{}
 			rt := New(Config{Binary: lr.binary, Root: filepath.Join(state, "root"), Log: filepath.Join(state, "log.json")}, h)
 			id := uniqueID(lr.name + "-reg")
 			boom := errors.New("watch failed")
@@ -492,7 +492,7 @@ func TestLiveExec(t *testing.T) {
 			ctx := context.Background()
 			bundle := busyboxBundle(t, "/bin/sleep", "100")
 			state := t.TempDir()
-			h := &countingHolder{}
+			h := &countingMonitor{}
 			rt := New(Config{Binary: lr.binary, Root: filepath.Join(state, "root"), Log: filepath.Join(state, "log.json")}, h)
 			id := uniqueID(lr.name + "-exec")
 			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: testNullIO(t), PidFile: filepath.Join(state, "create.pid")},
@@ -569,7 +569,7 @@ func TestLiveLogMark(t *testing.T) {
 	if err := os.WriteFile(log, []byte(oldError+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h := &countingHolder{}
+	h := &countingMonitor{}
 	rt := New(Config{Binary: crunBinary, Root: filepath.Join(dir, "root"), Log: log}, h)
 	_, err := rt.Ps(context.Background(), uniqueID("mark"))
 	h.check(t, 1)
@@ -630,7 +630,7 @@ func TestRegressionNilIOWaitsForProcessExit(t *testing.T) {
 			bundle := busyboxBundle(t, "/bin/sleep", "100")
 			state := t.TempDir()
 			cfg := Config{Binary: lr.binary, Root: filepath.Join(state, "root"), Log: filepath.Join(state, "log.json")}
-			rt := New(cfg, &countingHolder{})
+			rt := New(cfg, &countingMonitor{})
 			id := uniqueID(lr.name + "-nilio")
 			pidFile := filepath.Join(state, "create.pid")
 			pid, err := launchBounded(t, "Create",
@@ -638,7 +638,7 @@ func TestRegressionNilIOWaitsForProcessExit(t *testing.T) {
 					return rt.Create(ctx, id, bundle, CreateOpts{PidFile: pidFile}, func(int) error { return nil })
 				},
 				func() {
-					if err := New(cfg, &countingHolder{}).Kill(ctx, id, uint32(unix.SIGKILL), false); err != nil {
+					if err := New(cfg, &countingMonitor{}).Kill(ctx, id, uint32(unix.SIGKILL), false); err != nil {
 						t.Errorf("kill to unblock Create: %v", err)
 					}
 				})
@@ -662,7 +662,7 @@ func TestRegressionNilIOWaitsForProcessExit(t *testing.T) {
 			bundle := busyboxBundle(t, "/bin/sleep", "100")
 			state := t.TempDir()
 			cfg := Config{Binary: lr.binary, Root: filepath.Join(state, "root"), Log: filepath.Join(state, "log.json")}
-			rt := New(cfg, &countingHolder{})
+			rt := New(cfg, &countingMonitor{})
 			id := uniqueID(lr.name + "-nilio-exec")
 			pid, err := rt.Create(ctx, id, bundle, CreateOpts{IO: testNullIO(t), PidFile: filepath.Join(state, "create.pid")}, func(int) error { return nil })
 			if err != nil {

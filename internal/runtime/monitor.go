@@ -59,7 +59,9 @@ func (GroupMonitor) Start(cmd *exec.Cmd) (chan runc.Exit, error) {
 }
 
 // StartLocked is Start; Tether sets no Pdeathsig, so the thread that
-// starts a runtime does not matter.
+// starts a runtime does not matter (internal/trim's invariant: the trimmer
+// ends threads, and TestNoThreadLocksOrPdeathsig fails if anything in the
+// shim sets a parent-death signal).
 func (m GroupMonitor) StartLocked(cmd *exec.Cmd) (chan runc.Exit, error) {
 	return m.Start(cmd)
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/containerd/errdefs"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/tether-shim/tether/internal/paths"
 )
 
 // Type URLs of the runtime options Tether reads.
@@ -115,18 +117,18 @@ func ParseOptions(a *anypb.Any) (Options, error) {
 // Validate checks that the binary is a bare name or a clean absolute path and
 // that the directories are clean absolute paths.
 func (o Options) Validate() error {
-	if b := o.BinaryName; b != "" && strings.ContainsRune(b, '/') && !cleanAbs(b) {
+	if b := o.BinaryName; b != "" && strings.ContainsRune(b, '/') && !paths.CleanAbs(b) {
 		return fmt.Errorf("runtime binary %q must be a name or a clean absolute path: %w", b, errdefs.ErrInvalidArgument)
 	}
 	for _, p := range []string{o.Root, o.CriuImagePath, o.CriuWorkPath} {
-		if p != "" && !cleanAbs(p) {
-			return fmt.Errorf("path %q must be absolute and clean: %w", p, errdefs.ErrInvalidArgument)
+		if p != "" {
+			if err := paths.Check("path", p); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
 }
-
-func cleanAbs(p string) bool { return filepath.IsAbs(p) && filepath.Clean(p) == p }
 
 // DefaultRoot is the runtime state directory containerd's runc shim uses for
 // namespace ns; Tether uses the same, so that tools find the containers.

@@ -40,6 +40,8 @@ import (
 
 	runc "github.com/containerd/go-runc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/tether-shim/tether/internal/exits"
 )
 
 // Deadlines for runtime commands. Creating and starting run hooks and can be
@@ -48,12 +50,6 @@ const (
 	launchTimeout  = 5 * time.Minute
 	controlTimeout = time.Minute
 )
-
-// Holder suspends the exit monitor's orphan sweep while runtime commands run.
-// *exits.Reaper implements it.
-type Holder interface {
-	Hold() (release func())
-}
 
 // DefaultBinary is the runtime binary of a container whose options name
 // none, as with containerd's runc shim. It is set here only.
@@ -77,16 +73,19 @@ type Config struct {
 // Runtime runs commands of one OCI runtime binary. It is safe for concurrent
 // use; it holds no state besides its configuration.
 type Runtime struct {
-	cfg  Config
-	rc   *runc.Runc
-	hold Holder
+	cfg Config
+	rc  *runc.Runc
+	// mon is the exit monitor: every command runs under its Hold.
+	mon exits.Monitor
 	// launchLimit and controlLimit are launchTimeout and controlTimeout;
 	// tests shorten them.
 	launchLimit, controlLimit time.Duration
 }
 
-// New returns a Runtime for cfg. hold must not be nil.
-func New(cfg Config, hold Holder) *Runtime {
+// New returns a Runtime for cfg. mon must not be nil: every command runs
+// under its Hold, and the register func of Create, Exec and Restore is
+// called before that Hold is released.
+func New(cfg Config, mon exits.Monitor) *Runtime {
 	if cfg.Binary == "" {
 		cfg.Binary = DefaultBinary
 	}
@@ -99,7 +98,7 @@ func New(cfg Config, hold Holder) *Runtime {
 		Debug:         cfg.Debug,
 		Setpgid:       true,
 	}
-	return &Runtime{cfg: cfg, rc: rc, hold: hold, launchLimit: launchTimeout, controlLimit: controlTimeout}
+	return &Runtime{cfg: cfg, rc: rc, mon: mon, launchLimit: launchTimeout, controlLimit: controlTimeout}
 }
 
 // Binary returns the runtime binary this Runtime runs.
@@ -176,7 +175,7 @@ func (r *Runtime) Create(ctx context.Context, id, bundle string, opts CreateOpts
 // process's pid from pidFile and calls register(pid) before the Hold is
 // released.
 func (r *Runtime) launch(ctx context.Context, op, id string, io runc.IO, pidFile string, register func(pid int) error, run func(context.Context, runc.IO) error) (int, error) {
-	release := r.hold.Hold()
+	release := r.mon.Hold()
 	defer release()
 	ctx, cancel := detached(ctx, r.launchLimit)
 	defer cancel()
@@ -226,7 +225,7 @@ func (r *Runtime) Exec(ctx context.Context, id string, spec specs.Process, opts 
 
 // Start runs `<runtime> start`.
 func (r *Runtime) Start(ctx context.Context, id string) error {
-	release := r.hold.Hold()
+	release := r.mon.Hold()
 	defer release()
 	ctx, cancel := detached(ctx, r.launchLimit)
 	defer cancel()
@@ -236,7 +235,7 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 
 // Kill runs `<runtime> kill [--all] <id> <signal>`.
 func (r *Runtime) Kill(ctx context.Context, id string, signal uint32, all bool) error {
-	release := r.hold.Hold()
+	release := r.mon.Hold()
 	defer release()
 	ctx, cancel := r.control(ctx)
 	defer cancel()
@@ -247,7 +246,7 @@ func (r *Runtime) Kill(ctx context.Context, id string, signal uint32, all bool) 
 // Delete runs `<runtime> delete [--force] <id>`. A container the runtime no
 // longer knows is not an error: deleting is idempotent.
 func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
-	release := r.hold.Hold()
+	release := r.mon.Hold()
 	defer release()
 	ctx, cancel := r.control(ctx)
 	defer cancel()
@@ -261,7 +260,7 @@ func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
 
 // Ps lists the pids of the container's processes.
 func (r *Runtime) Ps(ctx context.Context, id string) ([]int, error) {
-	release := r.hold.Hold()
+	release := r.mon.Hold()
 	defer release()
 	ctx, cancel := r.control(ctx)
 	defer cancel()
@@ -391,7 +390,7 @@ func outputOf(err error) string {
 
 // Pause runs `<runtime> pause`.
 func (r *Runtime) Pause(ctx context.Context, id string) error {
-	release := r.hold.Hold()
+	release := r.mon.Hold()
 	defer release()
 	ctx, cancel := r.control(ctx)
 	defer cancel()
@@ -401,7 +400,7 @@ func (r *Runtime) Pause(ctx context.Context, id string) error {
 
 // Resume runs `<runtime> resume`.
 func (r *Runtime) Resume(ctx context.Context, id string) error {
-	release := r.hold.Hold()
+	release := r.mon.Hold()
 	defer release()
 	ctx, cancel := r.control(ctx)
 	defer cancel()
@@ -411,7 +410,7 @@ func (r *Runtime) Resume(ctx context.Context, id string) error {
 
 // Update runs `<runtime> update --resources -` with the new resources.
 func (r *Runtime) Update(ctx context.Context, id string, res *specs.LinuxResources) error {
-	release := r.hold.Hold()
+	release := r.mon.Hold()
 	defer release()
 	ctx, cancel := r.control(ctx)
 	defer cancel()
@@ -451,7 +450,7 @@ func (o CheckpointOpts) runc() runc.CheckpointOpts {
 
 // Checkpoint runs `<runtime> checkpoint` (CRIU) into opts.ImagePath.
 func (r *Runtime) Checkpoint(ctx context.Context, id string, opts CheckpointOpts) error {
-	release := r.hold.Hold()
+	release := r.mon.Hold()
 	defer release()
 	ctx, cancel := detached(ctx, r.launchLimit)
 	defer cancel()

@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,30 +17,21 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/tether-shim/tether/internal/exits"
 	"github.com/tether-shim/tether/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
 	UseGroupMonitor()
-	primeRuntime()
+	testutil.PrimeRuntime()
 	os.Exit(m.Run())
 }
 
-// primeRuntime starts the netpoller, which the first exec.Cmd with pipes
-// would otherwise start inside a test, where CheckLeaks would count its
-// descriptors as leaks.
-func primeRuntime() {
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		panic(err)
-	}
-	pr.Close()
-	pw.Close()
-}
-
-// countingHolder is a Holder that counts Hold calls and releases and notices
-// a release called twice.
-type countingHolder struct {
+// countingMonitor is an exits.Monitor that counts Hold calls and releases
+// and notices a release called twice. The runtime never watches or signals
+// through it (the register funcs the tests pass do their own), so Watch and
+// Signal fail.
+type countingMonitor struct {
 	mu       sync.Mutex
 	holds    int
 	releases int
@@ -47,7 +39,7 @@ type countingHolder struct {
 	doubles  int
 }
 
-func (h *countingHolder) Hold() func() {
+func (h *countingMonitor) Hold() func() {
 	h.mu.Lock()
 	h.holds++
 	h.active++
@@ -65,15 +57,25 @@ func (h *countingHolder) Hold() func() {
 	}
 }
 
+// Watch refuses: a Runtime only holds.
+func (h *countingMonitor) Watch(pid int, _ func(exits.Exit)) error {
+	return fmt.Errorf("countingMonitor: watch %d: not a watcher", pid)
+}
+
+// Signal refuses: a Runtime only holds.
+func (h *countingMonitor) Signal(pid int, _ syscall.Signal) error {
+	return fmt.Errorf("countingMonitor: signal %d: not a watcher", pid)
+}
+
 // Active returns how many holds are not released.
-func (h *countingHolder) Active() int {
+func (h *countingMonitor) Active() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.active
 }
 
 // check fails the test unless exactly n holds were taken and all released.
-func (h *countingHolder) check(t *testing.T, n int) {
+func (h *countingMonitor) check(t *testing.T, n int) {
 	t.Helper()
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -125,8 +127,8 @@ func TestReadPidFile(t *testing.T) {
 	}
 }
 
-func TestCountingHolder(t *testing.T) {
-	h := &countingHolder{}
+func TestCountingMonitor(t *testing.T) {
+	h := &countingMonitor{}
 	r1, r2 := h.Hold(), h.Hold()
 	if h.Active() != 2 {
 		t.Fatalf("Active() = %d, want 2", h.Active())
@@ -141,7 +143,7 @@ func TestCountingHolder(t *testing.T) {
 }
 
 func TestNewDefaults(t *testing.T) {
-	h := &countingHolder{}
+	h := &countingMonitor{}
 	rt := New(Config{Root: "/run/x"}, h)
 	if rt.Binary() != "runc" {
 		t.Errorf("Binary() = %q, want runc", rt.Binary())
@@ -255,7 +257,7 @@ func TestLogMark(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				h := &countingHolder{}
+				h := &countingMonitor{}
 				rt := New(Config{Binary: binary, Root: t.TempDir(), Log: log}, h)
 				err := o.run(rt)
 				h.check(t, 1)
@@ -301,7 +303,7 @@ func TestLogMarkDeleteNotFound(t *testing.T) {
 		if err := os.WriteFile(log, []byte(oldNotFound+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		h := &countingHolder{}
+		h := &countingMonitor{}
 		err := New(Config{Binary: binary, Log: log}, h).Delete(context.Background(), "c1", true)
 		h.check(t, 1)
 		if err == nil || !errors.Is(err, errdefs.ErrUnknown) || !strings.Contains(err.Error(), "device or resource busy") {
@@ -315,7 +317,7 @@ func TestLogMarkDeleteNotFound(t *testing.T) {
 		if err := os.WriteFile(log, []byte(oldError+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		h := &countingHolder{}
+		h := &countingMonitor{}
 		if err := New(Config{Binary: binary, Log: log}, h).Delete(context.Background(), "c1", false); err != nil {
 			t.Fatalf("Delete of a container the runtime does not know = %v, want nil", err)
 		}
@@ -333,7 +335,7 @@ func TestRegressionErrorMessageCarriesGoRuncPrefix(t *testing.T) {
 	binary := fakeRuntime(t)
 	t.Setenv("FAKE_RUNTIME_LOG", "")
 	t.Setenv("FAKE_RUNTIME_STDERR", "container not running")
-	h := &countingHolder{}
+	h := &countingMonitor{}
 	rt := New(Config{Binary: binary, Log: filepath.Join(t.TempDir(), "log.json")}, h)
 	err := rt.Kill(context.Background(), "c1", 9, false)
 	var rerr *Error
@@ -352,7 +354,7 @@ func TestRegressionErrorMessageCarriesGoRuncPrefix(t *testing.T) {
 func TestRegressionTimedOutCommandIsUnknown(t *testing.T) {
 	binary := fakeRuntime(t)
 	t.Setenv("FAKE_RUNTIME_SLEEP", "30")
-	h := &countingHolder{}
+	h := &countingMonitor{}
 	rt := New(Config{Binary: binary, Log: filepath.Join(t.TempDir(), "log.json")}, h)
 	rt.controlLimit = 100 * time.Millisecond
 	err := rt.Kill(context.Background(), "c1", 9, false)
@@ -380,7 +382,7 @@ func TestRegressionTimedOutCommandIsUnknown(t *testing.T) {
 }
 
 func TestMissingBinary(t *testing.T) {
-	h := &countingHolder{}
+	h := &countingMonitor{}
 	rt := New(Config{Binary: filepath.Join(t.TempDir(), "no-such-runtime"), Log: filepath.Join(t.TempDir(), "log.json")}, h)
 	err := rt.Kill(context.Background(), "c1", 9, false)
 	var rerr *Error
@@ -425,7 +427,7 @@ func TestRegressionHungRuntimeChildHoldsOutput(t *testing.T) {
 	binary := fakeRuntime(t)
 	const sleep = "31.5"
 	t.Setenv("FAKE_RUNTIME_SLEEP_CHILD", sleep)
-	h := &countingHolder{}
+	h := &countingMonitor{}
 	rt := New(Config{Binary: binary, Log: filepath.Join(t.TempDir(), "log.json")}, h)
 	rt.controlLimit = 200 * time.Millisecond
 	errc := make(chan error, 1)
@@ -463,7 +465,7 @@ func TestRegressionHungRuntimeChildHoldsOutput(t *testing.T) {
 func TestRegressionControlCommandIgnoresRequestDeadline(t *testing.T) {
 	binary := fakeRuntime(t)
 	t.Setenv("FAKE_RUNTIME_SLEEP", "30")
-	h := &countingHolder{}
+	h := &countingMonitor{}
 	rt := New(Config{Binary: binary, Log: filepath.Join(t.TempDir(), "log.json")}, h)
 	for _, op := range []struct {
 		name string

@@ -24,8 +24,8 @@ const (
 
 // logger is a running logging binary.
 type logger struct {
-	pid      int
-	launcher Launcher
+	pid     int
+	monitor exits.Monitor
 	// exited is closed by the exit watcher.
 	exited chan struct{}
 }
@@ -36,8 +36,8 @@ type logger struct {
 // arguments are the URI's query as key, value pairs; its environment adds
 // CONTAINER_ID and CONTAINER_NAMESPACE.
 func (p *IO) startLogger(ctx context.Context, bin output, opts Options) (retErr error) {
-	if opts.Launcher == nil {
-		return errors.New("stdio: binary:// needs a launcher")
+	if opts.Monitor == nil {
+		return errors.New("stdio: binary:// needs a monitor")
 	}
 	var parent []*os.File // the ends the logger gets; closed here once it has them
 	defer func() {
@@ -68,18 +68,17 @@ func (p *IO) startLogger(ctx context.Context, bin output, opts Options) (retErr 
 	cmd.Env = append(os.Environ(), "CONTAINER_ID="+opts.ID, "CONTAINER_NAMESPACE="+opts.Namespace)
 	cmd.ExtraFiles = []*os.File{outR, errR, readyW}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	release := opts.Launcher.Hold()
+	release := opts.Monitor.Hold()
 	if err := cmd.Start(); err != nil {
 		release()
 		return fmt.Errorf("stdio: start logging binary %s: %w", bin.path, err)
 	}
-	l := &logger{pid: cmd.Process.Pid, launcher: opts.Launcher, exited: make(chan struct{})}
-	err = opts.Launcher.Watch(l.pid, func(exits.Exit) { close(l.exited) })
+	l := &logger{pid: cmd.Process.Pid, monitor: opts.Monitor, exited: make(chan struct{})}
+	err = exits.WatchOrKill(opts.Monitor, l.pid, func(exits.Exit) { close(l.exited) })
 	release()
 	// The exit monitor reaps it; os/exec must not.
 	_ = cmd.Process.Release()
 	if err != nil {
-		_ = syscall.Kill(l.pid, syscall.SIGKILL)
 		return fmt.Errorf("stdio: watch logging binary: %w", err)
 	}
 	p.logger = l
@@ -118,13 +117,13 @@ func (l *logger) stop() error {
 		return nil
 	case <-time.After(loggerEOFGrace):
 	}
-	_ = l.launcher.Signal(l.pid, syscall.SIGTERM)
+	_ = l.monitor.Signal(l.pid, syscall.SIGTERM)
 	select {
 	case <-l.exited:
 		return nil
 	case <-time.After(loggerStopTimeout):
 	}
-	_ = l.launcher.Signal(l.pid, syscall.SIGKILL)
+	_ = l.monitor.Signal(l.pid, syscall.SIGKILL)
 	select {
 	case <-l.exited:
 		return fmt.Errorf("stdio: logging binary %d killed: it ignored EOF and SIGTERM", l.pid)

@@ -89,7 +89,7 @@ func TestBinaryLogger(t *testing.T) {
 	r := newReaper(t)
 	logger, rec := writeLogger(t, recorder)
 	uri := "binary://" + logger + "?level=debug"
-	p := openIO(t, Config{Stdout: uri, Stderr: uri}, Options{ID: "c1", Namespace: "ns1", Launcher: r})
+	p := openIO(t, Config{Stdout: uri, Stderr: uri}, Options{ID: "c1", Namespace: "ns1", Monitor: r})
 	pid := readPid(t, filepath.Join(rec, "pid"))
 	if procState(pid) == "" {
 		t.Fatalf("the logging binary %d is not running after Open", pid)
@@ -126,7 +126,7 @@ func TestBinaryLoggerStderrOnly(t *testing.T) {
 	testutil.CheckLeaks(t)
 	r := newReaper(t)
 	logger, rec := writeLogger(t, recorder)
-	p := openIO(t, Config{Stderr: "binary://" + logger}, Options{Launcher: r})
+	p := openIO(t, Config{Stderr: "binary://" + logger}, Options{Monitor: r})
 	c := startContainer(t, p, r, sh("echo err >&2"))
 	if status := c.wait(t); status != 0 {
 		t.Errorf("container exit status %d", status)
@@ -149,7 +149,7 @@ func TestBinaryLoggerCloseWithoutStart(t *testing.T) {
 	testutil.CheckLeaks(t)
 	r := newReaper(t)
 	logger, rec := writeLogger(t, recorder)
-	p := openIO(t, Config{Stdout: "binary://" + logger}, Options{Launcher: r})
+	p := openIO(t, Config{Stdout: "binary://" + logger}, Options{Monitor: r})
 	pid := readPid(t, filepath.Join(rec, "pid"))
 	for i := range 2 {
 		if err := closeIO(p); err != nil {
@@ -176,7 +176,7 @@ func TestBinaryLoggerNeverReady(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		p, err := Open(ctx, Config{Stdout: "binary://" + logger}, Options{Launcher: r})
+		p, err := Open(ctx, Config{Stdout: "binary://" + logger}, Options{Monitor: r})
 		done <- result{p, err}
 	}()
 	var res result
@@ -204,7 +204,7 @@ func TestBinaryLoggerIgnoresEOF(t *testing.T) {
 	testutil.CheckLeaks(t)
 	r := newReaper(t)
 	logger, rec := writeLogger(t, ignoresEOF)
-	p := openIO(t, Config{Stdout: "binary://" + logger, Stderr: "binary://" + logger}, Options{Launcher: r})
+	p := openIO(t, Config{Stdout: "binary://" + logger, Stderr: "binary://" + logger}, Options{Monitor: r})
 	pid := readPid(t, filepath.Join(rec, "pid"))
 	c := startContainer(t, p, r, sh("echo hi"))
 	if status := c.wait(t); status != 0 {
@@ -225,7 +225,7 @@ func TestBinaryLoggerIgnoresSIGTERM(t *testing.T) {
 	testutil.CheckLeaks(t)
 	r := newReaper(t)
 	logger, rec := writeLogger(t, ignoresTERM)
-	p := openIO(t, Config{Stdout: "binary://" + logger, Stderr: "binary://" + logger}, Options{Launcher: r})
+	p := openIO(t, Config{Stdout: "binary://" + logger, Stderr: "binary://" + logger}, Options{Monitor: r})
 	pid := readPid(t, filepath.Join(rec, "pid"))
 	c := startContainer(t, p, r, sh("echo hi"))
 	if status := c.wait(t); status != 0 {
@@ -267,7 +267,7 @@ exec sleep 100000
 	}
 	done := make(chan result, 1)
 	go func() {
-		p, err := Open(ctx, Config{Stdout: "binary://" + logger}, Options{Launcher: r})
+		p, err := Open(ctx, Config{Stdout: "binary://" + logger}, Options{Monitor: r})
 		done <- result{p, err}
 	}()
 	// Open the gate as soon as the logger waits at it, unless Open already

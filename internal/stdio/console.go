@@ -221,10 +221,10 @@ const eot = 0x04
 // closing the master would hang up the terminal and lose its output.
 func (p *IO) copyInConsole(src *stdinFifo, dst io.Writer) {
 	defer p.input.Done()
-	put := func(b *[]byte) { p.bufs.Put(b) }
+	get, put := p.lease()
 	var last byte = '\n'
 	for {
-		buf, n, err := pollRead(src.rc, p.buffer, put)
+		buf, n, err := pollRead(src.rc, get, put)
 		if n > 0 {
 			_, werr := dst.Write((*buf)[:n])
 			last = (*buf)[n-1]

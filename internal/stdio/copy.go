@@ -21,6 +21,28 @@ func (p *IO) buffer() *[]byte {
 	return &b
 }
 
+// lease returns the get and put of one copy's buffers, for pollRead: a copy
+// holds a buffer only while it has data, and while it holds one it counts
+// as work under way (Options.Busy), from the read to the end of the write.
+// The two funcs belong to one copy goroutine.
+func (p *IO) lease() (get func() *[]byte, put func(*[]byte)) {
+	var end func()
+	get = func() *[]byte {
+		if p.busy != nil {
+			end = p.busy()
+		}
+		return p.buffer()
+	}
+	put = func(b *[]byte) {
+		p.bufs.Put(b)
+		if end != nil {
+			end()
+			end = nil
+		}
+	}
+	return get, put
+}
+
 // pollRead waits in the netpoller until the descriptor behind rc shows
 // data, a hang-up or an error, and only then takes a buffer from get and
 // reads into it. It returns the buffer (nil when none was taken), the count
@@ -93,9 +115,9 @@ func (p *IO) copyIn(src *stdinFifo, dst io.WriteCloser) {
 // included), taking a buffer only while there is data. With track, it
 // counts for Drain the bytes written and the writes under way.
 func (p *IO) pump(rc syscall.RawConn, dst io.Writer, track bool) {
-	put := func(b *[]byte) { p.bufs.Put(b) }
+	get, put := p.lease()
 	for {
-		buf, n, err := pollRead(rc, p.buffer, put)
+		buf, n, err := pollRead(rc, get, put)
 		if n > 0 {
 			if track {
 				p.writing.Add(1)

@@ -372,12 +372,12 @@ func TestOpenErrors(t *testing.T) {
 	}
 	anyError := func(err error) bool { return err != nil }
 	tests := []struct {
-		name     string
-		c        Config
-		o        Options
-		launcher bool // Options.Launcher is a Reaper
-		console  bool // Options.ConsoleDir is a fresh directory, empty after the error
-		is       func(error) bool
+		name    string
+		c       Config
+		o       Options
+		monitor bool // Options.Monitor is a Reaper
+		console bool // Options.ConsoleDir is a fresh directory, empty after the error
+		is      func(error) bool
 	}{
 		{name: "invalid config", c: Config{Stdin: stdin, Stdout: "tcp://127.0.0.1:1"}, is: errdefs.IsInvalidArgument},
 		{name: "stdout missing", c: Config{Stdin: stdin, Stdout: missing}, is: errdefs.IsNotFound},
@@ -390,8 +390,8 @@ func TestOpenErrors(t *testing.T) {
 		{name: "stdin directory", c: Config{Stdin: dir, Stdout: out}, is: errdefs.IsInvalidArgument},
 		{name: "file under a regular file", c: Config{Stdin: stdin, Stdout: "file://" + regular + "/c.log"}, is: anyError},
 		{name: "file is a directory", c: Config{Stdin: stdin, Stdout: "file://" + dir}, is: anyError},
-		{name: "binary without launcher", c: Config{Stdin: stdin, Stdout: "binary:///bin/true"}, is: anyError},
-		{name: "binary missing", c: Config{Stdin: stdin, Stdout: "binary://" + missing}, launcher: true, is: anyError},
+		{name: "binary without monitor", c: Config{Stdin: stdin, Stdout: "binary:///bin/true"}, is: anyError},
+		{name: "binary missing", c: Config{Stdin: stdin, Stdout: "binary://" + missing}, monitor: true, is: anyError},
 		{name: "terminal console dir missing", c: Config{Stdin: stdin, Stdout: out, Terminal: true}, o: Options{ConsoleDir: missing}, is: anyError},
 		{name: "terminal stdout missing", c: Config{Stdin: stdin, Stdout: missing, Terminal: true}, console: true, is: errdefs.IsNotFound},
 		{name: "terminal stdout regular file", c: Config{Stdin: stdin, Stdout: regular, Terminal: true}, console: true, is: errdefs.IsInvalidArgument},
@@ -400,8 +400,8 @@ func TestOpenErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			testutil.CheckLeaks(t)
 			o := tt.o
-			if tt.launcher {
-				o.Launcher = newReaper(t)
+			if tt.monitor {
+				o.Monitor = newReaper(t)
 			}
 			if tt.console {
 				o.ConsoleDir = t.TempDir()

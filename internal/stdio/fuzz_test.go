@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/tether-shim/tether/internal/paths"
 )
 
 // FuzzValidate: stdio endpoints that pass Validate name clean absolute
@@ -27,14 +29,14 @@ func FuzzValidate(f *testing.F) {
 			if s == "" {
 				continue
 			}
-			if !cleanAbs(o.path) || slices.Contains(strings.Split(o.path, "/"), "..") {
+			if !paths.CleanAbs(o.path) || slices.Contains(strings.Split(o.path, "/"), "..") {
 				t.Fatalf("%q accepted with path %q", s, o.path)
 			}
 			if terminal && o.kind != kindFifo {
 				t.Fatalf("%q accepted with a terminal", s)
 			}
 		}
-		if stdin != "" && !cleanAbs(stdin) {
+		if stdin != "" && !paths.CleanAbs(stdin) {
 			t.Fatalf("stdin %q accepted", stdin)
 		}
 	})

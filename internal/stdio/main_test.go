@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -22,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tether-shim/tether/internal/exits"
+	"github.com/tether-shim/tether/internal/testutil"
 )
 
 // childEnv selects what the test binary does when it runs as a child (a
@@ -51,23 +51,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "set child subreaper:", err)
 		os.Exit(1)
 	}
-	primeRuntime()
+	testutil.PrimeRuntime()
 	os.Exit(m.Run())
-}
-
-// primeRuntime starts the process-lifetime parts of the runtime (the
-// netpoller's descriptors, the os/signal loop) that the first test would
-// otherwise start and testutil.CheckLeaks would count as leaks.
-func primeRuntime() {
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		panic(err)
-	}
-	pr.Close()
-	pw.Close()
-	c := make(chan os.Signal, 1)
-	signal.Notify(c, syscall.SIGCHLD)
-	signal.Stop(c)
 }
 
 func runChild(mode string) int {
@@ -138,18 +123,7 @@ func childCmd(t *testing.T, mode string) *exec.Cmd {
 		t.Fatalf("os.Executable: %v", err)
 	}
 	cmd := exec.Command(exe)
-	env := []string{childEnv + "=" + mode}
-	gorace := "atexit_sleep_ms=0"
-	for _, kv := range os.Environ() {
-		switch {
-		case strings.HasPrefix(kv, childEnv+"="):
-		case strings.HasPrefix(kv, "GORACE="):
-			gorace = strings.TrimPrefix(kv, "GORACE=") + " " + gorace
-		default:
-			env = append(env, kv)
-		}
-	}
-	cmd.Env = append(env, "GORACE="+gorace)
+	cmd.Env = testutil.ChildEnv(childEnv, mode)
 	return cmd
 }
 
@@ -407,11 +381,11 @@ func (b *lockedBuffer) String() string {
 	return string(b.buf)
 }
 
-// newReaper makes the shim's exit monitor, the Launcher of logging
+// newReaper makes the shim's exit monitor, the Monitor of logging
 // binaries, closed when the test ends.
 func newReaper(t *testing.T) *exits.Reaper {
 	t.Helper()
-	r, err := exits.New(nil)
+	r, err := exits.New(nil, nil)
 	if err != nil {
 		t.Fatalf("exits.New: %v", err)
 	}

@@ -28,31 +28,22 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 
 	"github.com/tether-shim/tether/internal/exits"
+	"github.com/tether-shim/tether/internal/paths"
 )
 
 // copyBufSize is the buffer of a copy while its stream has data. A pipe
 // hands out at most 64 KiB per read; 32 KiB halves the memory at no
 // measurable cost. An idle stream holds no buffer (see IO.buffer).
 const copyBufSize = 32 << 10
-
-// Launcher starts and stops the shim's own helper processes (logging
-// binaries). *exits.Reaper implements it.
-type Launcher interface {
-	Hold() (release func())
-	Watch(pid int, onExit func(exits.Exit)) error
-	Signal(pid int, sig syscall.Signal) error
-}
 
 // Config is the stdio a client asked for. Empty paths mean no such stream.
 type Config struct {
@@ -76,8 +67,14 @@ type Options struct {
 	// ID and Namespace are given to a logging binary as CONTAINER_ID and
 	// CONTAINER_NAMESPACE.
 	ID, Namespace string
-	// Launcher starts logging binaries; required for binary:// URIs.
-	Launcher Launcher
+	// Monitor watches and stops logging binaries; required for binary://
+	// URIs.
+	Monitor exits.Monitor
+	// Busy, if not nil, is called when a copy has read data and the func
+	// it returns once the copy has written it, so that the idle trimmer
+	// (trim.Trimmer.Begin) counts the copy as work under way. It must not
+	// block.
+	Busy func() (end func())
 	// ConsoleDir is where the console socket of a terminal is created.
 	ConsoleDir string
 }
@@ -135,21 +132,21 @@ func parseOutput(s string) (output, error) {
 	default:
 		return output{}, fmt.Errorf("stdio %q: scheme %q is not supported: %w", s, u.Scheme, errdefs.ErrInvalidArgument)
 	}
-	if !cleanAbs(o.path) {
-		return output{}, fmt.Errorf("stdio path %q must be absolute and clean: %w", o.path, errdefs.ErrInvalidArgument)
+	if err := paths.Check("stdio path", o.path); err != nil {
+		return output{}, err
 	}
 	return o, nil
 }
-
-func cleanAbs(p string) bool { return filepath.IsAbs(p) && filepath.Clean(p) == p }
 
 // Validate checks every endpoint: stdin a clean absolute fifo path, stdout
 // and stderr fifo paths or file:// / binary:// URIs with clean absolute
 // paths, the same scheme for both, and no file:// or binary:// with a
 // terminal. It does not touch the filesystem.
 func (c Config) Validate() error {
-	if c.Stdin != "" && !cleanAbs(c.Stdin) {
-		return fmt.Errorf("stdin path %q must be absolute and clean: %w", c.Stdin, errdefs.ErrInvalidArgument)
+	if c.Stdin != "" {
+		if err := paths.Check("stdin path", c.Stdin); err != nil {
+			return err
+		}
 	}
 	out, err := parseOutput(c.Stdout)
 	if err != nil {
@@ -207,6 +204,9 @@ type IO struct {
 
 	// bufs holds the copies' buffers between reads (see buffer).
 	bufs sync.Pool
+	// busy is Options.Busy: a copy holding a buffer is work under way
+	// (see lease). Set by Open.
+	busy func() (end func())
 
 	mu sync.Mutex
 	// stdinFifo is the client's stdin fifo, nil once closed; guarded by mu.
@@ -243,7 +243,7 @@ func Open(ctx context.Context, c Config, opts Options) (_ *IO, retErr error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	p := &IO{}
+	p := &IO{busy: opts.Busy}
 	defer func() {
 		if retErr != nil {
 			p.Close()

@@ -30,6 +30,7 @@ import (
 	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/cgroups"
 	"github.com/tether-shim/tether/internal/container"
+	"github.com/tether-shim/tether/internal/paths"
 	"github.com/tether-shim/tether/internal/runtime"
 	"github.com/tether-shim/tether/internal/stdio"
 )
@@ -45,10 +46,9 @@ type Config struct {
 	// BundleParent is the directory that holds the bundles this shim may
 	// serve (its own bundle's parent). Empty disables the check.
 	BundleParent string
-	// Deps are handed to every container.
+	// Deps are handed to every container; their Monitor also holds the
+	// orphan sweep off around runtime commands.
 	Deps container.Deps
-	// Holder suspends the orphan sweep around runtime commands.
-	Holder runtime.Holder
 	// Logger logs each Create at Debug, and failed Create, Start and
 	// Delete requests at Warn.
 	Logger *slog.Logger
@@ -215,8 +215,8 @@ func (s *Service) parseCreate(r *taskapi.CreateTaskRequest) (container.Config, s
 	}
 	var restore *runtime.CheckpointOpts
 	if cp := r.GetCheckpoint(); cp != "" {
-		if !filepath.IsAbs(cp) || filepath.Clean(cp) != cp {
-			return container.Config{}, "", fmt.Errorf("checkpoint path %q must be absolute and clean: %w", cp, errdefs.ErrInvalidArgument)
+		if err := paths.Check("checkpoint path", cp); err != nil {
+			return container.Config{}, "", err
 		}
 		restore = &runtime.CheckpointOpts{ImagePath: cp, WorkPath: opts.CriuWorkPath}
 	}
@@ -249,7 +249,6 @@ func (s *Service) parseCreate(r *taskapi.CreateTaskRequest) (container.Config, s
 			// as with containerd's shim.
 			SystemdCgroup: opts.SystemdCgroup || (runtime.IsSystemdCgroupsPath(spec.CgroupsPath) && s.systemdRunning()),
 		},
-		Holder:       s.cfg.Holder,
 		NoPivot:      opts.NoPivotRoot,
 		NoNewKeyring: opts.NoNewKeyring,
 		IoUID:        int(opts.IoUID),
@@ -496,8 +495,10 @@ func checkpointOptions(r *taskapi.CheckpointTaskRequest) (runtime.CheckpointOpts
 		}
 	}
 	for _, p := range []string{opts.ImagePath, opts.WorkPath} {
-		if p != "" && (!filepath.IsAbs(p) || filepath.Clean(p) != p) {
-			return opts, fmt.Errorf("checkpoint path %q must be absolute and clean: %w", p, errdefs.ErrInvalidArgument)
+		if p != "" {
+			if err := paths.Check("checkpoint path", p); err != nil {
+				return opts, err
+			}
 		}
 	}
 	switch opts.CgroupsMode {

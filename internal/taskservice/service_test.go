@@ -67,7 +67,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	logger := slog.New(slog.NewTextHandler(testLogOut(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	reaper, err := exits.New(logger)
+	reaper, err := exits.New(logger, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,8 +89,7 @@ func newHarness(t *testing.T) *harness {
 	h.svc = New(Config{
 		Namespace:      "test",
 		BundleParent:   h.bundles,
-		Deps:           container.Deps{Watcher: reaper, Events: h.rec, Logger: logger},
-		Holder:         reaper,
+		Deps:           container.Deps{Monitor: reaper, Events: h.rec, Logger: logger},
 		Logger:         logger,
 		Shutdown:       func() { once.Do(func() { close(h.shutdown) }) },
 		SystemdRunning: func() bool { return !h.noSystemd },

@@ -1,4 +1,4 @@
-package bootstrap
+package trim
 
 import (
 	"context"
@@ -21,9 +21,9 @@ import (
 
 // countingTrimmer is a trimmer with short timings whose trim and retrim only
 // count.
-func countingTrimmer() (*trimmer, *atomic.Int32, *atomic.Int32) {
+func countingTrimmer() (*Trimmer, *atomic.Int32, *atomic.Int32) {
 	var trims, retrims atomic.Int32
-	t := newTrimmer()
+	t := New()
 	t.trim = func() { trims.Add(1) }
 	t.retrim = func() { retrims.Add(1) }
 	t.drop = func() {}
@@ -52,7 +52,7 @@ func TestTrimmerRetrimsAfterCollectionsWhileIdle(t *testing.T) {
 	testutil.CheckLeaks(t)
 	tr, trims, retrims := countingTrimmer()
 	ctx, cancel := context.WithCancel(context.Background())
-	go tr.run(ctx)
+	go tr.Run(ctx)
 	defer func() {
 		cancel()
 		<-tr.done
@@ -83,7 +83,7 @@ func TestTrimmerWaitsForRequestsInFlight(t *testing.T) {
 	testutil.CheckLeaks(t)
 	tr, trims, _ := countingTrimmer()
 	ctx, cancel := context.WithCancel(context.Background())
-	go tr.run(ctx)
+	go tr.Run(ctx)
 	defer func() {
 		cancel()
 		<-tr.done
@@ -111,7 +111,7 @@ func TestTrimmerPausesCollectorWhileIdle(t *testing.T) {
 		return func() { resumes.Add(1) }
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	go tr.run(ctx)
+	go tr.Run(ctx)
 	waitCount(t, "trims", trims, 1)
 	waitCount(t, "pauses", &pauses, 1)
 	// Paused once the resume is stored, right after pauseGC returned.
@@ -171,20 +171,20 @@ func TestPauseCollectorRestoresSettings(t *testing.T) {
 	resume()
 }
 
-// TestNewTrimmerIsComplete: every hook of a server's trimmer is set (a nil
+// TestNewIsComplete: every hook of a server's trimmer is set (a nil
 // one crashed the server at its first trim, which the counting trimmers of
 // the other tests cannot show).
-func TestNewTrimmerIsComplete(t *testing.T) {
-	tr := newTrimmer()
+func TestNewIsComplete(t *testing.T) {
+	tr := New()
 	for name, f := range map[string]bool{
 		"trim": tr.trim != nil, "drop": tr.drop != nil, "retrim": tr.retrim != nil, "pauseGC": tr.pauseGC != nil,
 	} {
 		if !f {
-			t.Errorf("newTrimmer().%s is nil", name)
+			t.Errorf("New().%s is nil", name)
 		}
 	}
 	if tr.idle <= 0 || tr.delay <= 0 || tr.every <= 0 {
-		t.Errorf("newTrimmer() timings %v, %v, %v: want all positive", tr.idle, tr.delay, tr.every)
+		t.Errorf("New() timings %v, %v, %v: want all positive", tr.idle, tr.delay, tr.every)
 	}
 }
 
@@ -237,7 +237,7 @@ func TestTrimmerStops(t *testing.T) {
 	testutil.CheckLeaks(t)
 	tr, _, _ := countingTrimmer()
 	ctx, cancel := context.WithCancel(context.Background())
-	go tr.run(ctx)
+	go tr.Run(ctx)
 	cancel()
 	select {
 	case <-tr.done:
@@ -398,4 +398,16 @@ func TestRegressionPooledBufferHeldWhileIdle(t *testing.T) {
 		t.Fatal("a pooled buffer of 4 MiB outlived the trim")
 	}
 	runtime.KeepAlive(&pool)
+}
+
+// TestBeginDoesNotAllocate: Begin and its end run for every chunk a stdio
+// copy moves, so they allocate nothing.
+func TestBeginDoesNotAllocate(t *testing.T) {
+	tr := New()
+	if n := testing.AllocsPerRun(100, func() { tr.Begin()() }); n != 0 {
+		t.Fatalf("Begin and end allocate %v times per call, want 0", n)
+	}
+	if got := tr.Stats().Inflight; got != 0 {
+		t.Fatalf("work under way after every end: %d, want 0", got)
+	}
 }

@@ -1,4 +1,33 @@
-package bootstrap
+// Package trim gives an idle shim's memory back to the kernel. It changes
+// process-wide state behind the rest of the code's back: it pauses the
+// garbage collector under a memory limit, drops the page table entries of
+// the binary's read-only mappings, and ends parked OS threads. That is safe
+// only under these invariants, each enforced where named:
+//
+//   - No code in the shim locks an OS thread (runtime.LockOSThread), except
+//     shedThreads here, whose locked goroutine exits on purpose to end its
+//     thread; and none starts a child with a parent-death signal
+//     (SysProcAttr.Pdeathsig, go-runc's Runc.PdeathSignal), which Linux
+//     sends when the thread that started the child exits. A thread the
+//     shim depends on would be ended by the next trim. Enforced by
+//     TestNoThreadLocksOrPdeathsig, which reads the source of every package
+//     linked into the shim, with an explicit allow-list.
+//   - The collector is paused only while the shim is idle: all work begins
+//     with Begin (or Poke), which turns the collector back on before the
+//     work runs, and no trim runs while work begun with Begin is under way.
+//     The server's wiring (bootstrap.Serve) passes Begin to every source of
+//     work: each request (the ttrpc interceptor), each connection (the
+//     listener), each chunk of a stdio copy (stdio.Options.Busy) and each
+//     exit's handling (exits.New). Each of those packages tests that it
+//     calls what it is given.
+//   - GOGC and GOMEMLIMIT are the operator's whenever the collector runs:
+//     a pause restores them when it ends, and Run ends the pause when it
+//     returns (TestTrimmerPausesCollectorWhileIdle,
+//     TestPauseCollectorRestoresSettings).
+//   - Only read-only, file-backed mappings of a fixed-address executable
+//     are dropped: their pages are the file's, in the page cache
+//     (fixedAddressExecutable, readOnlyMapping).
+package trim
 
 import (
 	"context"
@@ -25,7 +54,7 @@ const (
 	retrimEvery = time.Minute
 )
 
-// trimmer gives memory back to the kernel once the server goes idle after a
+// Trimmer gives memory back to the kernel once the server goes idle after a
 // burst of requests: freed heap pages (trimMemory), and the page table
 // entries of the binary's read-only file mappings (text and rodata), which
 // the startup and the request path touched. Those pages stay in the page
@@ -44,16 +73,20 @@ const (
 // collections through a cleanup on an unreachable sentinel, re-armed after
 // each one.
 //
-// The trimmer's goroutine is owned by Serve, which stops it by cancelling
-// ctx and waits for done.
-type trimmer struct {
+// A Trimmer is made by New. Its goroutine, Run, is owned by the caller,
+// which stops it by cancelling Run's ctx and waits for Done. Poke, Begin and
+// Stats are safe for concurrent use and never block.
+type Trimmer struct {
 	poke chan struct{} // buffered 1; a request began or ended
 	// inflight counts the requests between Begin and their end; no trim
 	// runs while one is in flight (a slow Create must not have its
 	// threads shed or the collector paused under it).
 	inflight atomic.Int32
-	gc       chan struct{} // buffered 1; a garbage collection finished
-	done     chan struct{} // closed when the goroutine returns
+	// endFn is end as a func value, made once: Begin runs for every chunk
+	// of stdio, and must not allocate.
+	endFn func()
+	gc    chan struct{} // buffered 1; a garbage collection finished
+	done  chan struct{} // closed when the goroutine returns
 	// stopped ends the re-arming of the collection notice.
 	stopped atomic.Bool
 	// trims counts the trims, for the operator's metrics.
@@ -72,8 +105,9 @@ type trimmer struct {
 	idle, delay, every time.Duration
 }
 
-func newTrimmer() *trimmer {
-	return &trimmer{
+// New returns a Trimmer with the shim's timings and actions.
+func New() *Trimmer {
+	t := &Trimmer{
 		poke:    make(chan struct{}, 1),
 		gc:      make(chan struct{}, 1),
 		done:    make(chan struct{}),
@@ -85,29 +119,36 @@ func newTrimmer() *trimmer {
 		delay:   retrimDelay,
 		every:   retrimEvery,
 	}
+	t.endFn = t.end
+	return t
 }
 
 // Poke notes activity and turns the garbage collector back on if it was
-// paused; it never blocks. The server calls it before each request.
-func (t *trimmer) Poke() {
+// paused; it never blocks. The server's listener calls it for each
+// connection.
+func (t *Trimmer) Poke() {
 	t.resume()
 	t.nudge()
 }
 
-// Begin is Poke for a request that runs until the returned end is called:
-// the idle time counts from its end. The server calls it around each
-// request.
-func (t *trimmer) Begin() (end func()) {
+// Begin is Poke for work that runs until the returned end is called: no
+// trim runs meanwhile, and the idle time counts from its end. end must be
+// called exactly once. The server calls it around each request, each chunk
+// a stdio copy moves, and the handling of each exit.
+func (t *Trimmer) Begin() (end func()) {
 	t.inflight.Add(1)
 	t.Poke()
-	return func() {
-		t.inflight.Add(-1)
-		t.nudge()
-	}
+	return t.endFn
+}
+
+// end is the end of a Begin.
+func (t *Trimmer) end() {
+	t.inflight.Add(-1)
+	t.nudge()
 }
 
 // nudge restarts the idle time; it never blocks.
-func (t *trimmer) nudge() {
+func (t *Trimmer) nudge() {
 	select {
 	case t.poke <- struct{}{}:
 	default:
@@ -115,25 +156,31 @@ func (t *trimmer) nudge() {
 }
 
 // resume turns the collector back on if a trim paused it.
-func (t *trimmer) resume() {
+func (t *Trimmer) resume() {
 	if f := t.resumeGC.Swap(nil); f != nil {
 		(*f)()
 	}
 }
 
-// trimStats is what the trimmer tells the operator's metrics: how many
-// trims ran, how many requests are in flight, and whether the collector is
-// paused now.
-type trimStats struct {
-	trims    uint64
-	inflight int32
-	paused   bool
+// Stats is what the trimmer tells the operator's metrics (the server's
+// tether-metrics.txt).
+type Stats struct {
+	// Trims counts the trims so far.
+	Trims uint64
+	// Inflight is the work begun with Begin and not yet ended (the
+	// metrics' requests_inflight).
+	Inflight int32
+	// Paused is true while a trim has the collector paused.
+	Paused bool
 }
 
-// stats returns the trimmer's state now; any goroutine may call it.
-func (t *trimmer) stats() trimStats {
-	return trimStats{trims: t.trims.Load(), inflight: t.inflight.Load(), paused: t.resumeGC.Load() != nil}
+// Stats returns the trimmer's state now; any goroutine may call it.
+func (t *Trimmer) Stats() Stats {
+	return Stats{Trims: t.trims.Load(), Inflight: t.inflight.Load(), Paused: t.resumeGC.Load() != nil}
 }
+
+// Done is closed when Run has returned.
+func (t *Trimmer) Done() <-chan struct{} { return t.done }
 
 // gcSentinel is allocated only to become garbage: its cleanup tells the
 // trimmer that a collection ran. It holds a pointer so that it is never
@@ -141,13 +188,13 @@ func (t *trimmer) stats() trimStats {
 type gcSentinel struct{ _ *byte }
 
 // armGCNotice makes the next garbage collection call gcFinished.
-func (t *trimmer) armGCNotice() {
-	runtime.AddCleanup(new(gcSentinel), (*trimmer).gcFinished, t)
+func (t *Trimmer) armGCNotice() {
+	runtime.AddCleanup(new(gcSentinel), (*Trimmer).gcFinished, t)
 }
 
 // gcFinished runs on the runtime's cleanup goroutine after a collection: it
-// tells run, without blocking, and re-arms until the trimmer stops.
-func (t *trimmer) gcFinished() {
+// tells Run, without blocking, and re-arms until the trimmer stops.
+func (t *Trimmer) gcFinished() {
 	if t.stopped.Load() {
 		return
 	}
@@ -158,9 +205,11 @@ func (t *trimmer) gcFinished() {
 	t.armGCNotice()
 }
 
-// run trims once after startup and after every burst of pokes, and while
-// idle retrims after collections, until ctx is done.
-func (t *trimmer) run(ctx context.Context) {
+// Run trims once after startup and after every burst of pokes, and while
+// idle retrims after collections, until ctx is done; then it resumes the
+// collector if it was paused, and closes Done. Call it once, in a goroutine
+// the caller owns.
+func (t *Trimmer) Run(ctx context.Context) {
 	defer close(t.done)
 	defer t.stopped.Store(true)
 	defer t.resume()
@@ -269,7 +318,8 @@ const (
 // scheduler started a new one for the P the ended one held. Nothing in the
 // shim depends on the identity of a thread: it locks none otherwise, and it
 // starts no child with a parent-death signal, which Linux ties to the
-// thread that started the child.
+// thread that started the child (the package's first invariant, enforced
+// by TestNoThreadLocksOrPdeathsig).
 func shedThreads(limit int) {
 	misses := 0
 	for range limit {
