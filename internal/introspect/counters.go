@@ -22,8 +22,8 @@ type counters struct {
 // CountingSink counts, per container, the events that tell what happened
 // to it (TaskExit, TaskOOM, TaskExecStarted) on their way to the shim's
 // real sink, to which it hands every event unchanged. A container's
-// counters go when its TaskDelete passes: what is counted is what
-// happened while the shim served it.
+// counters come with its TaskCreate and go when its TaskDelete passes:
+// what is counted is what happened while the shim served it.
 //
 // It adds no goroutine and never blocks: Publish takes mu only to find
 // or drop a container's entry, then bumps an atomic, and calls the next
@@ -44,12 +44,22 @@ func NewCountingSink(next Sink) *CountingSink {
 // Publish counts event and hands it to the next sink.
 func (s *CountingSink) Publish(topic string, event proto.Message) {
 	switch e := event.(type) {
+	case *eventsapi.TaskCreate:
+		s.mu.Lock()
+		s.byID[e.GetContainerID()] = &counters{}
+		s.mu.Unlock()
 	case *eventsapi.TaskExit:
-		s.get(e.GetContainerID()).exits.Add(1)
+		if c := s.get(e.GetContainerID()); c != nil {
+			c.exits.Add(1)
+		}
 	case *eventsapi.TaskOOM:
-		s.get(e.GetContainerID()).ooms.Add(1)
+		if c := s.get(e.GetContainerID()); c != nil {
+			c.ooms.Add(1)
+		}
 	case *eventsapi.TaskExecStarted:
-		s.get(e.GetContainerID()).execs.Add(1)
+		if c := s.get(e.GetContainerID()); c != nil {
+			c.execs.Add(1)
+		}
 	case *eventsapi.TaskDelete:
 		if e.GetID() == "" || e.GetID() == e.GetContainerID() {
 			s.mu.Lock()
@@ -60,15 +70,14 @@ func (s *CountingSink) Publish(topic string, event proto.Message) {
 	s.next.Publish(topic, event)
 }
 
+// get returns the counters of container id, nil if it has none: only a
+// TaskCreate makes an entry, so an event that comes after the container's
+// TaskDelete (an exit collected after Delete stopped waiting for it) is
+// not counted and cannot bring an entry back for the shim's lifetime.
 func (s *CountingSink) get(id string) *counters {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c, ok := s.byID[id]
-	if !ok {
-		c = &counters{}
-		s.byID[id] = c
-	}
-	return c
+	return s.byID[id]
 }
 
 // Counters returns the counters of container id (zero if nothing was

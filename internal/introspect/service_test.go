@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	eventsapi "github.com/containerd/containerd/api/events"
 	"net"
 	"os"
 	"path/filepath"
@@ -79,6 +80,7 @@ func ctxT(t *testing.T) context.Context {
 func TestServiceRoundTrip(t *testing.T) {
 	rpc := &RPCStats{}
 	counting := NewCountingSink(discard{})
+	counting.Publish("/tasks/create", &eventsapi.TaskCreate{ContainerID: "b"})
 	counting.Publish("/tasks/exit", exitEvent("b"))
 	started := time.Now().Add(-time.Minute)
 	svc := NewService(Config{

@@ -147,6 +147,8 @@ func TestRPCStats(t *testing.T) {
 func TestCountingSink(t *testing.T) {
 	rec := &recorder{}
 	s := NewCountingSink(rec)
+	s.Publish("/tasks/create", &eventsapi.TaskCreate{ContainerID: "c"})
+	s.Publish("/tasks/create", &eventsapi.TaskCreate{ContainerID: "d"})
 	s.Publish("/tasks/exec-started", &eventsapi.TaskExecStarted{ContainerID: "c", ExecID: "e"})
 	s.Publish("/tasks/exit", &eventsapi.TaskExit{ContainerID: "c", ID: "e"})
 	s.Publish("/tasks/oom", &eventsapi.TaskOOM{ContainerID: "c"})
@@ -163,8 +165,27 @@ func TestCountingSink(t *testing.T) {
 	if got := s.Counters("d"); got.Exits != 1 {
 		t.Errorf("d: %+v", got)
 	}
-	want := "/tasks/exec-started /tasks/exit /tasks/oom /tasks/exit /tasks/exit /tasks/start /tasks/delete"
+	want := "/tasks/create /tasks/create /tasks/exec-started /tasks/exit /tasks/oom /tasks/exit /tasks/exit /tasks/start /tasks/delete"
 	if got := strings.Join(rec.topics, " "); got != want {
 		t.Errorf("forwarded %s, want %s", got, want)
+	}
+}
+
+// TestRegressionCountersOutlivedTheirContainer: an event of a container
+// that comes after its TaskDelete (an exit collected after Delete stopped
+// waiting for it) made a new entry that nothing removed, one more per such
+// container for the life of a group shim. Only TaskCreate makes one now.
+func TestRegressionCountersOutlivedTheirContainer(t *testing.T) {
+	s := NewCountingSink(&recorder{})
+	s.Publish("/tasks/create", &eventsapi.TaskCreate{ContainerID: "c"})
+	s.Publish("/tasks/delete", &eventsapi.TaskDelete{ContainerID: "c", ID: "c"})
+	s.Publish("/tasks/exit", exitEvent("c"))
+	s.Publish("/tasks/oom", &eventsapi.TaskOOM{ContainerID: "c"})
+	s.Publish("/tasks/exec-started", &eventsapi.TaskExecStarted{ContainerID: "c", ExecID: "e"})
+	s.mu.Lock()
+	n := len(s.byID)
+	s.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d entries after the container's delete, want 0", n)
 	}
 }
