@@ -125,6 +125,9 @@ func Probe(ctx context.Context, path, version string) (*Binary, error) {
 	cmd.Stdout = &limited{w: &stdout, n: maxAnswer}
 	cmd.Stderr = &limited{w: &stderr, n: maxAnswer}
 	cmd.Env = []string{"GOMAXPROCS=1"}
+	// Its output goes through pipes: a binary that leaves a child holding
+	// them must not keep Run (and the exit monitor's Hold) past ctx.
+	cmd.WaitDelay = time.Second
 	runErr := cmd.Run()
 	var a Answer
 	if err := json.Unmarshal(stdout.Bytes(), &a); err != nil || a.Shim != shimName {

@@ -299,7 +299,10 @@ func (l *ListenerGate) Accept(accept func() (*net.UnixConn, error)) (*net.UnixCo
 		if err != nil && l.interrupted && errors.Is(err, os.ErrDeadlineExceeded) {
 			continue
 		}
-		l.interrupted = false
+		// interrupted stays set even when accept won the race with
+		// Pause's past deadline: the next Accept clears that deadline.
+		// Clearing the flag here left it on the listener after a failed
+		// hand-over's Resume, and every later accept timed out.
 		l.state = stateBusy
 		q.notifyLocked()
 		return c, err

@@ -240,3 +240,25 @@ func TestHandOverFailsWhileARequestHangs(t *testing.T) {
 		t.Fatalf("Status after the second failed hand-over: %v", err)
 	}
 }
+
+// TestRegressionUpgradeAfterCancelLeftServerPaused: an upgrade whose checks
+// ended after the server had begun to stop (Cancel ran, nobody would call
+// HandOver) paused the server and queued itself, so the server never
+// stopped. It is refused now, and the server is not paused.
+func TestRegressionUpgradeAfterCancelLeftServerPaused(t *testing.T) {
+	s := startGatedServer(t)
+	_, up := gatedClient(t, s.sock)
+	s.up.Cancel()
+	_, err := up.Upgrade(context.Background(), Request{})
+	if err == nil || !strings.Contains(err.Error(), "the shim is stopping") {
+		t.Fatalf("Upgrade after Cancel = %v, want refused", err)
+	}
+	select {
+	case <-s.up.Pending():
+		t.Fatal("an upgrade was queued after Cancel")
+	default:
+	}
+	if st, err := up.Status(context.Background()); err != nil || st.Generation != 0 {
+		t.Fatalf("Status after the refusal = %+v, %v (paused?)", st, err)
+	}
+}

@@ -58,6 +58,9 @@ type Upgrader struct {
 	// busy: an upgrade was accepted and HandOver has not finished it.
 	busy    bool
 	lastErr string
+	// closed: Cancel ran (the server is stopping); no upgrade is
+	// accepted any more.
+	closed bool
 }
 
 // New returns an Upgrader.
@@ -105,10 +108,20 @@ func (u *Upgrader) Upgrade(ctx context.Context, r Request) (Accepted, error) {
 		return Accepted{}, err
 	}
 	u.mu.Lock()
+	if u.closed {
+		// Cancel ran while the checks did: nobody would hand over, and
+		// a paused server would never stop.
+		u.busy = false
+		u.mu.Unlock()
+		bin.Close()
+		return Accepted{}, fmt.Errorf("%w: the shim is stopping", ErrRefused)
+	}
 	u.lastErr = ""
-	u.mu.Unlock()
+	// Paused and queued under mu, so that Cancel either finds the
+	// upgrade queued or makes this refuse; pending has room for it.
 	u.cfg.Quiescer.Pause()
 	u.pending <- bin
+	u.mu.Unlock()
 	u.cfg.Logger.Info("upgrade accepted", "from", u.cfg.Version, "to", bin.Answer.Version, "exe", bin.Path)
 	return Accepted{From: u.cfg.Version, To: bin.Answer.Version, StateVersion: StateVersion, Exe: bin.Path}, nil
 }
@@ -254,6 +267,9 @@ func fileConn(fd int) (*net.UnixConn, error) {
 // stopping) and lets the server's readers go on, so that they see the
 // server's own shutdown.
 func (u *Upgrader) Cancel() {
+	u.mu.Lock()
+	u.closed = true
+	u.mu.Unlock()
 	select {
 	case bin := <-u.pending:
 		bin.Close()
