@@ -82,7 +82,7 @@ func (c *Container) Exec(ctx context.Context, execID string, specJSON []byte, cf
 // start runs an added exec process and publishes TaskExecStarted. The exec
 // counts as running from before the runtime call until its exit has been
 // published, so that the init's exit waits for it.
-func (k *execKind) start(ctx context.Context, p *Process) (_ int, retErr error) {
+func (k *execKind) start(ctx context.Context, p *Process) (int, error) {
 	c := k.c
 	if err := p.transition(OpStart); err != nil {
 		return 0, fmt.Errorf("start exec %s: %w", k.execID, err)

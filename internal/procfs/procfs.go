@@ -174,37 +174,6 @@ func Link(pid int, name string) (target string, deleted bool, err error) {
 // image, even when its path was replaced or unlinked.
 func ExeFile(pid int) string { return path(pid, "exe") }
 
-// StartTime returns the start time of pid in clock ticks since boot
-// (field 22 of /proc/<pid>/stat): with the pid, it names one process
-// across pid reuse.
-func StartTime(pid int) (uint64, error) {
-	data, err := os.ReadFile(path(pid, "stat"))
-	if err != nil {
-		return 0, err
-	}
-	return ParseStartTime(data)
-}
-
-// ParseStartTime parses field 22 of a /proc/<pid>/stat line. The command
-// name (field 2) is in parentheses and may hold spaces and parentheses:
-// the fields are counted after its last ')'.
-func ParseStartTime(data []byte) (uint64, error) {
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, errors.New("stat: no command name")
-	}
-	f := strings.Fields(string(data[i+1:]))
-	// f[0] is field 3 (state); field 22 is f[19].
-	if len(f) < 20 {
-		return 0, fmt.Errorf("stat: %d fields after the command name", len(f))
-	}
-	t, err := strconv.ParseUint(f[19], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("stat: start time %q", f[19])
-	}
-	return t, nil
-}
-
 // Pids lists the pids in /proc.
 func Pids() ([]int, error) {
 	ents, err := os.ReadDir(Root)

@@ -44,23 +44,6 @@ func TestParseSmapsRollup(t *testing.T) {
 	}
 }
 
-func TestParseStartTime(t *testing.T) {
-	// The command name may hold spaces and parentheses.
-	line := "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 10000 200 18446744073709551615\n"
-	if got, err := ParseStartTime([]byte(line)); err != nil || got != 987654 {
-		t.Errorf("got %d, %v; want 987654", got, err)
-	}
-	for _, bad := range []string{"", "1 (x", "1 (x) S 1 2", "1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 notanumber 1"} {
-		if _, err := ParseStartTime([]byte(bad)); err == nil {
-			t.Errorf("%q: no error", bad)
-		}
-	}
-	self, err := StartTime(os.Getpid())
-	if err != nil || self == 0 {
-		t.Errorf("StartTime(self) = %d, %v", self, err)
-	}
-}
-
 func TestParseCmdlineAndSocketLink(t *testing.T) {
 	if got := ParseCmdline([]byte("/bin/shim\x00-id\x00x y\x00serve\x00")); !reflect.DeepEqual(got, []string{"/bin/shim", "-id", "x y", "serve"}) {
 		t.Errorf("cmdline %q", got)
@@ -152,7 +135,6 @@ func TestStatsSelf(t *testing.T) {
 // and what they accept is sane.
 func FuzzParseProc(f *testing.F) {
 	f.Add([]byte("Name:\tx\nUid:\t0 0 0 0\nVmRSS:\t1 kB\nThreads:\t1\nPss:\t4 kB\n"))
-	f.Add([]byte("1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 1\n"))
 	f.Add([]byte("Num RefCount Protocol Flags Type St Inode Path\n0: 2 0 00010000 1 01 5 /p\n"))
 	f.Add([]byte("36 35 98:0 / /a\\040b rw - ext4 /dev/x rw\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -160,7 +142,6 @@ func FuzzParseProc(f *testing.F) {
 			t.Fatalf("status %+v accepted", s)
 		}
 		_, _ = ParseSmapsRollup(data)
-		_, _ = ParseStartTime(data)
 		for _, s := range ParseNetUnix(data) {
 			if strings.Contains(s.Path, "\n") {
 				t.Fatalf("socket path %q spans lines", s.Path)
