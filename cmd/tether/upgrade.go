@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/ttrpc"
 
+	"github.com/tether-shim/tether/internal/introspect"
 	"github.com/tether-shim/tether/internal/upgrade"
 )
 
@@ -37,7 +38,7 @@ func runUpgrade(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		for _, s := range found {
-			if s.Socket != "" && s.UID == os.Getuid() {
+			if s.Socket != "" && s.UID == os.Geteuid() {
 				shims = append(shims, s)
 			}
 		}
@@ -54,6 +55,9 @@ func runUpgrade(ctx context.Context, e *env, args []string) error {
 			}
 			s, err := resolveShim(a)
 			if err != nil {
+				return err
+			}
+			if err := ownShim(s); err != nil {
 				return err
 			}
 			shims = append(shims, s)
@@ -113,4 +117,14 @@ func upgradeShim(ctx context.Context, s shim, r upgrade.Request) (string, error)
 		return "", fmt.Errorf("unexpected status after the hand-over: %+v", after)
 	}
 	return fmt.Sprintf("upgraded %s -> %s (%s, generation %d)", acc.From, acc.To, acc.Exe, after.Generation), nil
+}
+
+// ownShim refuses a shim of another uid than this process's effective one:
+// as with ps, a process of another uid that looks like a shim is never
+// asked, let alone told to execute a binary.
+func ownShim(s shim) error {
+	if me := os.Geteuid(); s.UID != me {
+		return fmt.Errorf("shim %d runs as uid %d, this is uid %d: run tether as the shim's uid: %w", s.Pid, s.UID, me, introspect.ErrOtherUID)
+	}
+	return nil
 }

@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/tether-shim/tether/internal/introspect"
 )
 
 // TestRunUpgradeArguments: a command line upgrade cannot run is a usage
@@ -30,5 +33,18 @@ func TestRunUpgradeArguments(t *testing.T) {
 		if code != tc.code || !strings.Contains(stderr.String(), tc.want) {
 			t.Errorf("tether %q: exit %d, stderr %q; want %d and %q", tc.args, code, stderr.String(), tc.code, tc.want)
 		}
+	}
+}
+
+// TestRegressionUpgradeAskedShimOfOtherUID: `tether upgrade PID` sent
+// Upgrade to a shim of another uid (only --all filtered them); it is
+// refused by name now, as every other command refuses it.
+func TestRegressionUpgradeAskedShimOfOtherUID(t *testing.T) {
+	err := ownShim(shim{Pid: 4242, UID: 65534})
+	if !errors.Is(err, introspect.ErrOtherUID) || !strings.Contains(err.Error(), "run tether as the shim's uid") {
+		t.Errorf("a shim of uid 65534: %v", err)
+	}
+	if err := ownShim(shim{Pid: 4242, UID: os.Geteuid()}); err != nil {
+		t.Errorf("a shim of this uid: %v", err)
 	}
 }
