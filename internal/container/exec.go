@@ -143,8 +143,23 @@ func (k *execKind) kill(_ context.Context, p *Process, signal uint32, _ bool) er
 
 // delete forgets a created or stopped exec process.
 func (k *execKind) delete(_ context.Context, p *Process) (Status, error) {
-	if err := p.transition(OpDelete); err != nil {
+	p.mu.Lock()
+	exiting := p.state == Exiting
+	err := p.transitionLocked(OpDelete)
+	p.mu.Unlock()
+	if err != nil {
 		return Status{}, fmt.Errorf("delete exec %s: %w", k.execID, err)
+	}
+	// An exec deleted while Exiting has its exit collected but TaskExit
+	// not yet handed on: wait for it (it is under way, so the wait is
+	// short), so that its id is not free for a new exec whose
+	// TaskExecAdded would come before the old TaskExit.
+	if exiting {
+		select {
+		case <-p.done:
+		case <-time.After(deleteWaitTimeout):
+			k.c.deps.Logger.Warn("delete exec: exit not handed on", "id", k.c.id, "exec", k.execID)
+		}
 	}
 	if pipes := p.getPipes(); pipes != nil {
 		pipes.Close()

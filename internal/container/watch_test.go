@@ -1,12 +1,15 @@
 package container
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"os/exec"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/tether-shim/tether/internal/exits"
 	"github.com/tether-shim/tether/internal/stdio"
@@ -38,5 +41,34 @@ func TestRegressionUnwatchedPidKept(t *testing.T) {
 	// The unwatched process was killed.
 	if err := cmd.Wait(); err == nil {
 		t.Error("the unwatched process was not killed")
+	}
+}
+
+// TestRegressionExecDeletedBeforeItsExit: an exec deleted while Exiting
+// (its exit collected, TaskExit not yet handed on) left the container's
+// exec table at once, so a new exec of the same id could be announced
+// before the old one's TaskExit. Delete now waits for the exit to be
+// handed on.
+func TestRegressionExecDeletedBeforeItsExit(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	c := &Container{id: "c1", execs: map[string]*Process{}, deps: Deps{Logger: logger}}
+	k := &execKind{c: c, execID: "e1", startResolved: make(chan struct{})}
+	p := newProcess("c1", "e1", k, stdio.Config{}, nopSink{}, logger)
+	c.execs["e1"] = p
+	p.state = Exiting
+	var handedOn atomic.Bool
+	go func() {
+		time.Sleep(50 * time.Millisecond) // gives a delete that does not wait the time to return
+		handedOn.Store(true)
+		close(p.done)
+	}()
+	if _, err := k.delete(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	if !handedOn.Load() {
+		t.Error("delete returned before the exec's exit was handed on")
+	}
+	if _, ok := c.execs["e1"]; ok {
+		t.Error("the exec is still in the table after its delete")
 	}
 }
