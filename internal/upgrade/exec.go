@@ -49,23 +49,3 @@ func Exec(bin *Binary, argv, env []string, s State) error {
 	}
 	return fmt.Errorf("execve %s: %w", bin.Path, err)
 }
-
-// Dup returns a duplicate of the descriptor of c (close-on-exec, above 2),
-// without changing c's blocking mode (as File would).
-func Dup(c syscall.Conn) (int, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	nfd := -1
-	var derr error
-	if err := rc.Control(func(fd uintptr) {
-		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3)
-	}); err != nil {
-		return -1, err
-	}
-	if derr != nil {
-		return -1, fmt.Errorf("dup: %w", derr)
-	}
-	return nfd, nil
-}

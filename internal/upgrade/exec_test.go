@@ -19,6 +19,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/internal/handover"
 )
 
 // The exec test runs the test binary as a helper that sets the process
@@ -158,11 +160,11 @@ func helperBefore() int {
 	if err != nil {
 		return fail(err)
 	}
-	lfd, err := Dup(ln)
+	lfd, err := handover.Dup(ln)
 	if err != nil {
 		return fail(err)
 	}
-	cfd, err := Dup(conn)
+	cfd, err := handover.Dup(conn)
 	if err != nil {
 		return fail(err)
 	}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tether-shim/tether/internal/handover"
 )
 
 // quiesceTimeout bounds the wait for in-flight requests to be answered once
@@ -181,14 +183,14 @@ func (u *Upgrader) handOver(ctx context.Context, bin *Binary) error {
 			unix.Close(fd)
 		}
 	}()
-	lfd, err := Dup(u.cfg.Listener)
+	lfd, err := handover.Dup(u.cfg.Listener)
 	if err != nil {
 		return fmt.Errorf("listener: %w", err)
 	}
 	fds = append(fds, lfd)
 	s := State{Version: StateVersion, Generation: u.cfg.Generation + 1, From: u.cfg.Version, Exe: u.cfg.Exe, ListenerFD: lfd}
 	for _, c := range conns {
-		fd, err := Dup(c.Conn)
+		fd, err := handover.Dup(c.Conn)
 		if err != nil {
 			return fmt.Errorf("connection of peer %d: %w", c.PeerPID, err)
 		}
