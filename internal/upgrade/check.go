@@ -46,7 +46,7 @@ const shimName = "containerd-shim-tether-v2"
 // CheckFlag. It writes the Answer to out and returns the exit code: 0 if this
 // build takes the state version over, 1 if not, 2 on bad arguments.
 func RunCheck(args []string, version string, out io.Writer) int {
-	a := Answer{Shim: shimName, Version: version, Reads: []int{StateVersion}}
+	a := Answer{Shim: shimName, Version: version, Reads: Reads()}
 	if len(args) != 2 {
 		a.Reason = fmt.Sprintf("want %s <state version> <build>, got %d arguments", CheckFlag, len(args))
 		_ = json.NewEncoder(out).Encode(a)
