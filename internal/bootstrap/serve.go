@@ -147,7 +147,11 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	}
 	svc.Register(server)
 	quiescer := upgrade.NewQuiescer()
-	up, err := newUpgrader(logger, version, from, ln, quiescer, svc, reaper, publisher)
+	parts := &shimParts{logger: logger, svc: svc, reaper: reaper, publisher: publisher, counting: counting}
+	if from != nil {
+		parts.adopt(ctx, from.Shim)
+	}
+	up, err := newUpgrader(logger, version, from, ln, quiescer, parts)
 	if err != nil {
 		ln.Close()
 		return err

@@ -1,13 +1,19 @@
 package bootstrap
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 
+	"github.com/tether-shim/tether/internal/container"
 	"github.com/tether-shim/tether/internal/events"
 	"github.com/tether-shim/tether/internal/exits"
+	"github.com/tether-shim/tether/internal/handover"
+	"github.com/tether-shim/tether/internal/introspect"
 	"github.com/tether-shim/tether/internal/taskservice"
 	"github.com/tether-shim/tether/internal/upgrade"
 )
@@ -33,12 +39,113 @@ func serverListener(inherited *upgrade.State) (*net.UnixListener, []upgrade.Hand
 	return ln, nil, nil
 }
 
+// shimState is State.Shim of state version 2: what the shim holds besides
+// its connections. Its parts describe themselves (the Handed types); every
+// descriptor they name is in State.FDs.
+type shimState struct {
+	Reaper     exits.Handed                            `json:"reaper"`
+	Events     []events.HandedEvent                    `json:"events,omitempty"`
+	Containers []container.Handed                      `json:"containers,omitempty"`
+	Counters   map[string]introspect.ContainerCounters `json:"counters,omitempty"`
+}
+
+// shimParts are the parts of a server that a live upgrade quiesces,
+// describes and, in the new image, adopts.
+type shimParts struct {
+	logger    *slog.Logger
+	svc       *taskservice.Service
+	reaper    *exits.Reaper
+	publisher *events.Publisher
+	counting  *introspect.CountingSink
+
+	// resumes undo the quiescing of a snapshot, in reverse; only the
+	// server's main goroutine (Upgrader.HandOver) touches it.
+	resumes []func()
+}
+
+// snapshot quiesces the shim once its connections are quiescent, in the
+// order docs/design.md gives (exits, then each container's OOM watch and
+// stdio, then the event sender), each bounded by ctx, and describes it.
+func (s *shimParts) snapshot(ctx context.Context, files *handover.Files) (json.RawMessage, error) {
+	if err := s.reaper.Pause(ctx); err != nil {
+		return nil, fmt.Errorf("exits: %w", err)
+	}
+	s.resumes = append(s.resumes, s.reaper.Unpause)
+	if err := s.svc.Quiesce(ctx); err != nil {
+		return nil, err
+	}
+	s.resumes = append(s.resumes, s.svc.Unquiesce)
+	if err := s.publisher.Pause(ctx); err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	s.resumes = append(s.resumes, s.publisher.Unpause)
+
+	var st shimState
+	var err error
+	if st.Reaper, err = s.reaper.HandOver(files); err != nil {
+		return nil, fmt.Errorf("exits: %w", err)
+	}
+	if st.Containers, err = s.svc.HandOver(files); err != nil {
+		return nil, err
+	}
+	if st.Events, err = s.publisher.HandOver(); err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	for _, c := range st.Containers {
+		if st.Counters == nil {
+			st.Counters = make(map[string]introspect.ContainerCounters, len(st.Containers))
+		}
+		st.Counters[c.ID] = s.counting.Counters(c.ID)
+	}
+	return json.Marshal(st)
+}
+
+// resume undoes snapshot's quiescing after a failed hand-over.
+func (s *shimParts) resume() {
+	for i := len(s.resumes) - 1; i >= 0; i-- {
+		s.resumes[i]()
+	}
+	s.resumes = nil
+}
+
+// adopt takes over, in the image a live upgrade started, what the old
+// image described, before any request is served: the pidfds, the events
+// not yet delivered (first in the queue), the containers. The old image is
+// gone, so nothing goes back: what cannot be adopted is logged at Error and
+// the server serves on with the rest.
+func (s *shimParts) adopt(ctx context.Context, data json.RawMessage) {
+	if len(data) == 0 {
+		return
+	}
+	var st shimState
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&st); err != nil {
+		s.logger.Error("live upgrade: the shim description cannot be read; nothing of it is adopted", "error", err)
+		return
+	}
+	defer s.reaper.ForgetAdopted()
+	if err := s.reaper.Adopt(st.Reaper); err != nil {
+		s.logger.Error("live upgrade: exits monitor", "error", err)
+	}
+	if err := s.publisher.Adopt(st.Events); err != nil {
+		s.logger.Error("live upgrade: events not yet delivered", "error", err)
+	}
+	for id, c := range st.Counters {
+		s.counting.Adopt(id, c)
+	}
+	if err := s.svc.Adopt(ctx, st.Containers); err != nil {
+		s.logger.Error("live upgrade: containers", "error", err)
+	}
+	s.logger.Info("live upgrade: adopted", "containers", s.svc.Held(), "events", len(st.Events))
+}
+
 // newUpgrader returns the server's live upgrade (docs/design.md, "Live
 // upgrade"). The new image is the binary at the path the first image was
 // started from, run with the same arguments and the environment `start`
 // gives a server (serverEnv).
 func newUpgrader(logger *slog.Logger, version string, inherited *upgrade.State, ln *net.UnixListener, q *upgrade.Quiescer,
-	svc *taskservice.Service, reaper *exits.Reaper, publisher *events.Publisher) (*upgrade.Upgrader, error) {
+	parts *shimParts) (*upgrade.Upgrader, error) {
 	exe, generation := "", 0
 	if inherited != nil {
 		exe, generation = inherited.Exe, inherited.Generation
@@ -57,21 +164,10 @@ func newUpgrader(logger *slog.Logger, version string, inherited *upgrade.State, 
 		Env:        func() []string { return serverEnv(os.Environ()) },
 		Listener:   ln,
 		Quiescer:   q,
-		Hold:       reaper.Hold,
-		Busy: func() error {
-			if n := svc.Held(); n > 0 {
-				return fmt.Errorf("the shim holds %d containers, and handing containers over is not built yet (state version %d carries none): %w", n, upgrade.StateVersion, upgrade.ErrNotHandedOver)
-			}
-			if pids, err := reaper.Children(); err != nil {
-				return fmt.Errorf("list child processes: %w", err)
-			} else if len(pids) > 0 {
-				return fmt.Errorf("the shim has child processes %v, whose exits state version %d cannot carry: %w", pids, upgrade.StateVersion, upgrade.ErrNotHandedOver)
-			}
-			if n := publisher.Queued(); n > 0 {
-				return fmt.Errorf("%d events are not yet delivered to containerd, and state version %d carries none: %w", n, upgrade.StateVersion, upgrade.ErrNotHandedOver)
-			}
-			return nil
-		},
+		Hold:       parts.reaper.Hold,
+		Busy:       parts.svc.Busy,
+		Snapshot:   parts.snapshot,
+		Resume:     parts.resume,
 		// The new image's runtime must start without huge pages, as one
 		// `start` launches (thp.go); its Serve releases the flag.
 		BeforeExec:      holdHugePages,
