@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -117,10 +118,8 @@ func (s *shimParts) adopt(ctx context.Context, data json.RawMessage) {
 	if len(data) == 0 {
 		return
 	}
-	var st shimState
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&st); err != nil {
+	st, err := decodeShimState(data)
+	if err != nil {
 		s.logger.Error("live upgrade: the shim description cannot be read; nothing of it is adopted", "error", err)
 		return
 	}
@@ -138,6 +137,42 @@ func (s *shimParts) adopt(ctx context.Context, data json.RawMessage) {
 		s.logger.Error("live upgrade: containers", "error", err)
 	}
 	s.logger.Info("live upgrade: adopted", "containers", s.svc.Held(), "events", len(st.Events))
+}
+
+// decodeShimState decodes a shim description strictly (no unknown field)
+// and validates every container in it.
+func decodeShimState(data []byte) (shimState, error) {
+	var st shimState
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&st); err != nil {
+		return shimState{}, fmt.Errorf("shim description: %w", err)
+	}
+	if dec.More() {
+		return shimState{}, errors.New("shim description: data after the document")
+	}
+	seen := make(map[string]bool, len(st.Containers))
+	for _, c := range st.Containers {
+		if err := c.Validate(); err != nil {
+			return shimState{}, err
+		}
+		if seen[c.ID] {
+			return shimState{}, fmt.Errorf("shim description: container %s twice", c.ID)
+		}
+		seen[c.ID] = true
+	}
+	return st, nil
+}
+
+// CheckShimState is the new binary's side of the second dry run of a live
+// upgrade (upgrade.RunCheckState): it reads the shim description of s as
+// the new image would before adopting it, without taking a descriptor.
+func CheckShimState(s upgrade.State) error {
+	if len(s.Shim) == 0 {
+		return nil
+	}
+	_, err := decodeShimState(s.Shim)
+	return err
 }
 
 // newUpgrader returns the server's live upgrade (docs/design.md, "Live

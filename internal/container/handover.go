@@ -212,14 +212,11 @@ func (p *Process) handOver(files *handover.Files) (ProcessHanded, error) {
 // running (the stdio it adopted is closed); the processes themselves are
 // untouched.
 func AdoptContainer(ctx context.Context, h Handed, parent string, deps Deps) (_ *Container, retErr error) {
-	if err := ValidateID("container", h.ID); err != nil {
+	if err := h.Validate(); err != nil {
 		return nil, err
 	}
 	if err := ValidateBundle(h.ID, h.Bundle, parent); err != nil {
 		return nil, err
-	}
-	if h.IoUID < 0 || h.IoGID < 0 {
-		return nil, fmt.Errorf("adopt %s: io uid/gid %d/%d: %w", h.ID, h.IoUID, h.IoGID, errdefs.ErrInvalidArgument)
 	}
 	b := bundle.New(h.Bundle)
 	rc, err := runtime.LoadConfig(b.RuntimeConfig(), deps.Namespace)
@@ -245,23 +242,11 @@ func AdoptContainer(ctx context.Context, h Handed, parent string, deps Deps) (_ 
 			cleanup.run()
 		}
 	}()
-	if h.Init.ID != "" || h.Init.Spec != nil {
-		return nil, fmt.Errorf("adopt %s: the init has an exec id or spec: %w", h.ID, errdefs.ErrInvalidArgument)
-	}
 	if c.init, err = c.adoptProcess(ctx, h.Init, initKind{c}, &cleanup); err != nil {
 		return nil, err
 	}
 	watch := []*Process{c.init}
 	for _, eh := range h.Execs {
-		if err := ValidateID("exec", eh.ID); err != nil {
-			return nil, fmt.Errorf("adopt %s: %w", h.ID, err)
-		}
-		if eh.Spec == nil || len(eh.Spec.Args) == 0 {
-			return nil, fmt.Errorf("adopt %s: exec %s has no process spec: %w", h.ID, eh.ID, errdefs.ErrInvalidArgument)
-		}
-		if _, dup := c.execs[eh.ID]; dup {
-			return nil, fmt.Errorf("adopt %s: exec %s twice: %w", h.ID, eh.ID, errdefs.ErrInvalidArgument)
-		}
 		k := &execKind{c: c, execID: eh.ID, spec: *eh.Spec, startResolved: make(chan struct{})}
 		p, err := c.adoptProcess(ctx, eh, k, &cleanup)
 		if err != nil {
@@ -285,9 +270,6 @@ func AdoptContainer(ctx context.Context, h Handed, parent string, deps Deps) (_ 
 		}
 	}
 	if h.OOM != nil {
-		if c.cgroup == nil {
-			return nil, fmt.Errorf("adopt %s: an OOM watch without a cgroup: %w", h.ID, errdefs.ErrInvalidArgument)
-		}
 		if c.oom, err = c.cgroup.AdoptOOM(*h.OOM, c.publishOOM, deps.Logger.With("id", c.id)); err != nil {
 			// As at Create: the container keeps running without OOM
 			// events rather than being lost.
@@ -311,27 +293,13 @@ func AdoptContainer(ctx context.Context, h Handed, parent string, deps Deps) (_ 
 	return c, nil
 }
 
-// adoptProcess rebuilds one process of c from h.
+// adoptProcess rebuilds one process of c from h, which Validate checked.
 func (c *Container) adoptProcess(ctx context.Context, h ProcessHanded, k kind, cleanup *undo) (*Process, error) {
 	id := c.id
 	if h.ID != "" {
 		id = h.ID
 	}
-	st, ok := handedStates[h.State]
-	if !ok {
-		return nil, fmt.Errorf("adopt %s, process %s: state %q cannot be handed over: %w", c.id, id, h.State, errdefs.ErrInvalidArgument)
-	}
-	if err := h.Stdio.Validate(); err != nil {
-		return nil, fmt.Errorf("adopt %s, process %s: %w", c.id, id, err)
-	}
-	_, isInit := k.(initKind)
-	live := st == Running || st == Paused || (st == Created && isInit)
-	switch {
-	case h.Pid < 0, live && h.Pid == 0:
-		return nil, fmt.Errorf("adopt %s, process %s: %s with pid %d: %w", c.id, id, st, h.Pid, errdefs.ErrInvalidArgument)
-	case (st == Stopped) != (h.Exit != nil):
-		return nil, fmt.Errorf("adopt %s, process %s: %s with exit %v: %w", c.id, id, st, h.Exit, errdefs.ErrInvalidArgument)
-	}
+	st := handedStates[h.State]
 	logger := c.deps.Logger.With("id", c.id)
 	if h.ID != "" {
 		logger = logger.With("exec", h.ID)
@@ -370,4 +338,69 @@ func (c *Container) adoptProcess(ctx context.Context, h ProcessHanded, k kind, c
 		p.pipes = pipes
 	}
 	return p, nil
+}
+
+// Validate checks what a description promises, without touching anything:
+// valid container and exec ids, an absolute clean bundle path named after
+// the container, states a process can be handed over in, pids and exits
+// that agree with them, exec specs, stdio paths, an OOM watch only with a
+// cgroup. Errors are errdefs.ErrInvalidArgument. The second dry run of a
+// live upgrade runs it in the new binary (bootstrap.CheckShimState).
+func (h Handed) Validate() error {
+	if err := ValidateID("container", h.ID); err != nil {
+		return err
+	}
+	if err := ValidateBundle(h.ID, h.Bundle, ""); err != nil {
+		return err
+	}
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("handed-over container %s: %s: %w", h.ID, fmt.Sprintf(format, args...), errdefs.ErrInvalidArgument)
+	}
+	if h.IoUID < 0 || h.IoGID < 0 {
+		return bad("io uid/gid %d/%d", h.IoUID, h.IoGID)
+	}
+	if h.Init.ID != "" || h.Init.Spec != nil {
+		return bad("the init has an exec id or spec")
+	}
+	if err := h.Init.validate(true); err != nil {
+		return bad("init: %v", err)
+	}
+	seen := make(map[string]bool, len(h.Execs))
+	for _, e := range h.Execs {
+		if err := ValidateID("exec", e.ID); err != nil {
+			return bad("%v", err)
+		}
+		if seen[e.ID] {
+			return bad("exec %s twice", e.ID)
+		}
+		seen[e.ID] = true
+		if e.Spec == nil || len(e.Spec.Args) == 0 {
+			return bad("exec %s has no process spec", e.ID)
+		}
+		if err := e.validate(false); err != nil {
+			return bad("exec %s: %v", e.ID, err)
+		}
+	}
+	if h.OOM != nil && h.Cgroup == nil {
+		return bad("an OOM watch without a cgroup")
+	}
+	return nil
+}
+
+// validate checks a process's state, pid, exit and stdio paths.
+func (h ProcessHanded) validate(isInit bool) error {
+	st, ok := handedStates[h.State]
+	if !ok {
+		return fmt.Errorf("state %q cannot be handed over", h.State)
+	}
+	live := st == Running || st == Paused || (st == Created && isInit)
+	switch {
+	case h.Pid < 0, live && h.Pid == 0:
+		return fmt.Errorf("%s with pid %d", st, h.Pid)
+	case (st == Stopped) != (h.Exit != nil):
+		return fmt.Errorf("%s with exit %v", st, h.Exit)
+	case !isInit && st == Paused:
+		return errors.New("a paused exec")
+	}
+	return h.Stdio.Validate()
 }

@@ -223,6 +223,15 @@ func (u *Upgrader) handOver(ctx context.Context, bin *Binary) error {
 		fds = append(fds, fd)
 		s.Conns = append(s.Conns, Conn{FD: fd, PeerPID: c.PeerPID})
 	}
+	if len(s.Shim) > 0 {
+		doc, err := Encode(s)
+		if err != nil {
+			return err
+		}
+		if err := bin.CheckState(ctx, doc); err != nil {
+			return err
+		}
+	}
 	if u.cfg.BeforeExec != nil {
 		if err := u.cfg.BeforeExec(); err != nil {
 			return err
