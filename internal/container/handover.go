@@ -60,15 +60,16 @@ type ExitHanded struct {
 	At     time.Time `json:"at"`
 }
 
-// handedStates are the states a process can be handed over in: after the
-// quiesce no request is under way (no Starting, no Deleting) and no exit is
-// being handled (no Exiting).
-var handedStates = map[string]State{
-	Created.String():     Created,
-	StartFailed.String(): StartFailed,
-	Running.String():     Running,
-	Paused.String():      Paused,
-	Stopped.String():     Stopped,
+// handedState returns the state named name if a process can be handed over
+// in it: after the quiesce no request is under way (no Starting, no
+// Deleting) and no exit is being handled (no Exiting).
+func handedState(name string) (State, bool) {
+	for _, st := range []State{Created, StartFailed, Running, Paused, Stopped} {
+		if st.String() == name {
+			return st, true
+		}
+	}
+	return 0, false
 }
 
 // ErrNotQuiescent is returned (wrapped) by HandOver for a container with an
@@ -176,7 +177,7 @@ func (p *Process) handOver(files *handover.Files) (ProcessHanded, error) {
 	p.mu.Lock()
 	st, pid, exit, pipes := p.state, p.pid, p.exit, p.pipes
 	p.mu.Unlock()
-	if _, ok := handedStates[st.String()]; !ok {
+	if _, ok := handedState(st.String()); !ok {
 		return ProcessHanded{}, fmt.Errorf("process %s is %s: %w", p.id, st, ErrNotQuiescent)
 	}
 	h := ProcessHanded{State: st.String(), Pid: pid, Stdio: p.stdioCfg}
@@ -299,7 +300,7 @@ func (c *Container) adoptProcess(ctx context.Context, h ProcessHanded, k kind, c
 	if h.ID != "" {
 		id = h.ID
 	}
-	st := handedStates[h.State]
+	st, _ := handedState(h.State)
 	logger := c.deps.Logger.With("id", c.id)
 	if h.ID != "" {
 		logger = logger.With("exec", h.ID)
@@ -389,7 +390,7 @@ func (h Handed) Validate() error {
 
 // validate checks a process's state, pid, exit and stdio paths.
 func (h ProcessHanded) validate(isInit bool) error {
-	st, ok := handedStates[h.State]
+	st, ok := handedState(h.State)
 	if !ok {
 		return fmt.Errorf("state %q cannot be handed over", h.State)
 	}
