@@ -15,18 +15,75 @@ import (
 )
 
 // OutboxHanded describes one Outbox across a live upgrade. JSON.
-type OutboxHanded struct{}
+//
+// It carries the Outbox's flags but neither a pending start nor held
+// events: HandOver refuses an Outbox with a start pending, and only then can
+// events be held (an exit and what follows it wait for the start). A start
+// is pending only inside a Create or Start request, between its ExpectStart
+// and its Started or AbortStart, and the hand-over happens with no request
+// in flight. Were a pending start carried, nothing in the new image would
+// ever resolve it (the request that would is gone with the old image), so
+// the held exit would never be published; refusing instead fails the
+// upgrade before execve, and the old image, which still has the request,
+// goes on.
+type OutboxHanded struct {
+	// ExitSeen: Exit was called once; a later Exit is dropped (one exit
+	// per process).
+	ExitSeen bool `json:"exit_seen"`
+	// ExitPublished: the exit went to the Sink; a later start event is
+	// dropped (no start after the exit). Implies ExitSeen.
+	ExitPublished bool `json:"exit_published"`
+	// Abandoned: every event is dropped (the process's creation failed).
+	Abandoned bool `json:"abandoned"`
+}
+
+// Validate reports whether h describes an Outbox that HandOver could have
+// written: an exit published was seen, and an exit seen was published
+// unless the Outbox is abandoned (with no start pending, an exit is never
+// held).
+func (h OutboxHanded) Validate() error {
+	if h.ExitPublished && !h.ExitSeen {
+		return errors.New("events: handed outbox: exit published but not seen")
+	}
+	if h.ExitSeen && !h.ExitPublished && !h.Abandoned {
+		return errors.New("events: handed outbox: exit seen but neither published nor abandoned (an exit held with no start pending)")
+	}
+	return nil
+}
 
 // HandOver returns the Outbox's description; it fails if a start is
-// pending (an RPC under way, which the quiesce rules out).
+// pending (an RPC under way, which the quiesce rules out). It does not
+// change the Outbox. Call it once nothing calls the Outbox any more (the
+// reaper, the OOM watch and the requests are paused); a call racing it
+// might go unrecorded.
 func (o *Outbox) HandOver() (OutboxHanded, error) {
-	return OutboxHanded{}, errors.New("events: hand-over not built")
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.startPending {
+		return OutboxHanded{}, fmt.Errorf("events: outbox hand-over: a start is pending (%d event(s) held)", len(o.held))
+	}
+	return OutboxHanded{
+		ExitSeen:      o.exitSeen,
+		ExitPublished: o.exitPublished,
+		Abandoned:     o.abandoned,
+	}, nil
 }
 
 // AdoptOutbox rebuilds, in the image a live upgrade started, the Outbox h
-// describes.
+// describes, publishing to sink and warning to logger. It refuses an h that
+// Validate refuses, a nil sink and a nil logger.
 func AdoptOutbox(sink Sink, logger *slog.Logger, h OutboxHanded) (*Outbox, error) {
-	return nil, errors.New("events: hand-over not built")
+	if sink == nil || logger == nil {
+		return nil, errors.New("events: adopt outbox: nil sink or logger")
+	}
+	if err := h.Validate(); err != nil {
+		return nil, err
+	}
+	o := NewOutbox(sink, logger)
+	o.exitSeen = h.ExitSeen
+	o.exitPublished = h.ExitPublished
+	o.abandoned = h.Abandoned
+	return o, nil
 }
 
 // HandedEvent is one event not yet delivered, as it crosses a live upgrade.
