@@ -156,7 +156,7 @@ func (p *Publisher) Pause(ctx context.Context) error {
 		p.parked = make(chan struct{})
 	}
 	parked := p.parked
-	topic := p.queue[0].topic
+	topic := p.queue[0].topic // delivering: the head is still queued
 	p.mu.Unlock()
 	p.nudge() // cut a backoff short
 	select {

@@ -286,3 +286,46 @@ func TestPublisherPauseWithoutAddress(t *testing.T) {
 		t.Errorf("queued %d, want 0 (discarded)", st.Queued)
 	}
 }
+
+// Pause, HandOver and Unpause, again and again while events flow: each
+// pause parks the sender with nothing in flight (what containerd recorded
+// is exactly what left the queue, and the queue handed over is the rest,
+// in order), and in the end every event arrived once, in order.
+func TestPublisherPauseUnpauseRepeatedly(t *testing.T) {
+	testutil.CheckLeaks(t)
+	f := newFakeContainerd(t)
+	f.start()
+	p, _ := startPublisher(t, f.path, fastConfig())
+	const n, cycles = 1000, 200
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		for i := range n {
+			p.Publish(TopicExit, exitEvent(i))
+		}
+	}()
+	for c := range cycles {
+		if err := p.Pause(pauseCtx(t)); err != nil {
+			t.Fatalf("cycle %d: Pause: %v", c, err)
+		}
+		recorded, _ := f.recorded()
+		evs, err := p.HandOver()
+		if err != nil {
+			t.Fatalf("cycle %d: HandOver: %v", c, err)
+		}
+		for i, h := range evs {
+			if s := seqOf(t, handedRequest(t, h).GetEnvelope()); s != len(recorded)+i {
+				t.Fatalf("cycle %d: handed event %d is event %d, want %d (%d recorded)", c, i, s, len(recorded)+i, len(recorded))
+			}
+		}
+		p.Unpause()
+	}
+	select {
+	case <-published:
+	case <-time.After(waitLimit):
+		t.Fatalf("publishing did not finish within %v", waitLimit)
+	}
+	envs := f.waitRecorded(n)
+	closePublisher(t, p)
+	checkExactly(t, seqs(t, envs), n)
+}

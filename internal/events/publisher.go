@@ -131,8 +131,9 @@ type Publisher struct {
 	// failed): while it is set the sender takes no event off the queue.
 	paused bool
 	// delivering: the sender took queue[0] and works on it (a Forward, or
-	// the backoff after a failed one). Set and cleared by the sender only,
-	// in next; false whenever the sender is between deliveries.
+	// the backoff after a failed one); queue[0] is then that event. Set by
+	// the sender in next, cleared by it (betweenLocked) in next, in pop
+	// and as it stops; false whenever the sender is between deliveries.
 	delivering bool
 	// parked is closed by the sender when, paused, it is back between
 	// deliveries; a Pause that found the sender delivering waits on it.
@@ -310,13 +311,8 @@ func (p *Publisher) run(ctx context.Context) {
 func (p *Publisher) next(ctx context.Context) (item, bool) {
 	for {
 		p.mu.Lock()
-		p.delivering = false
-		if p.paused {
-			if p.parked != nil {
-				close(p.parked)
-				p.parked = nil
-			}
-		} else if len(p.queue) > 0 {
+		p.betweenLocked()
+		if !p.paused && len(p.queue) > 0 {
 			it := p.queue[0]
 			p.delivering = true
 			p.mu.Unlock()
@@ -335,10 +331,23 @@ func (p *Publisher) next(ctx context.Context) (item, bool) {
 	}
 }
 
-// pop removes the head of the queue. Only the sender calls it.
+// betweenLocked records that the sender is between deliveries (it takes
+// the next event only through next, which honours paused) and releases a
+// Pause waiting for that. Only the sender calls it, with mu held.
+func (p *Publisher) betweenLocked() {
+	p.delivering = false
+	if p.paused && p.parked != nil {
+		close(p.parked)
+		p.parked = nil
+	}
+}
+
+// pop removes the head of the queue; the sender is then between
+// deliveries. Only the sender calls it.
 func (p *Publisher) pop() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.betweenLocked()
 	p.queue[0] = item{}
 	p.queue = p.queue[1:]
 	if len(p.queue) == 0 {
@@ -357,7 +366,7 @@ func (p *Publisher) queued() int {
 // stops; after abandon it drops them silently (they were handed over).
 func (p *Publisher) finish() {
 	p.mu.Lock()
-	p.delivering = false
+	p.betweenLocked()
 	var topics []string
 	if !p.quiet {
 		topics = make([]string, len(p.queue))
