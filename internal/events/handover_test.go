@@ -33,15 +33,15 @@ func handedRequest(t *testing.T, h HandedEvent) *eventsapi.ForwardRequest {
 	return req
 }
 
-// throughJSON returns evs as the state document carries them: encoded to
-// JSON and decoded strictly (unknown fields refused), as upgrade.Decode does.
-func throughJSON(t *testing.T, evs []HandedEvent) []HandedEvent {
+// throughJSON returns v as the state document carries it: encoded to JSON
+// and decoded strictly (unknown fields refused), as upgrade.Decode does.
+func throughJSON[T any](t testing.TB, v T) T {
 	t.Helper()
-	data, err := json.Marshal(evs)
+	data, err := json.Marshal(v)
 	if err != nil {
 		t.Fatalf("marshal: %v", err)
 	}
-	var back []HandedEvent
+	var back T
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&back); err != nil {
@@ -233,14 +233,16 @@ func TestPublisherHandOverRefusedUnlessPaused(t *testing.T) {
 	}
 }
 
-// A Publisher without an address hands over nothing, and discards what it
-// adopts (after checking it), saying so.
+// A Publisher without an address has no sender: it pauses at once, hands
+// over nothing (what it is given while paused is discarded as ever), and
+// discards what it adopts (after checking it), saying so.
 func TestPublisherHandOverWithoutAddress(t *testing.T) {
 	testutil.CheckLeaks(t)
 	p, logs := startPublisher(t, "", defaultConfig())
 	if err := p.Pause(pauseCtx(t)); err != nil {
 		t.Fatalf("Pause: %v", err)
 	}
+	p.Publish(TopicExit, exitEvent(0))
 	evs, err := p.HandOver()
 	if err != nil || len(evs) != 0 {
 		t.Fatalf("HandOver = %v, %v; want nothing", evs, err)

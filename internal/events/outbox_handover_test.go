@@ -3,7 +3,6 @@ package events
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -54,23 +53,6 @@ func opNames(ops []outboxOp) string {
 	return "[" + strings.Join(names, " ") + "]"
 }
 
-// outboxThroughJSON returns h as the state document carries it: JSON,
-// decoded strictly.
-func outboxThroughJSON(t testing.TB, h OutboxHanded) OutboxHanded {
-	t.Helper()
-	data, err := json.Marshal(h)
-	if err != nil {
-		t.Fatalf("marshal: %v", err)
-	}
-	var back OutboxHanded
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&back); err != nil {
-		t.Fatalf("unmarshal %s: %v", data, err)
-	}
-	return back
-}
-
 // For every sequence of up to three Outbox calls before the hand-over and
 // up to three after it, an Outbox handed over (HandOver, JSON, AdoptOutbox
 // onto a new Sink) publishes, old and new Sink together, exactly what one
@@ -100,7 +82,7 @@ func TestOutboxHandOverEquivalence(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: HandOver: %v", opNames(before), err)
 		}
-		h = outboxThroughJSON(t, h)
+		h = throughJSON(t, h)
 		handed++
 		for _, after := range seqs {
 			refRec := &eventstest.Recorder{}
@@ -167,7 +149,7 @@ func TestOutboxHandOverAfterExit(t *testing.T) {
 	}
 	newRec := &eventstest.Recorder{}
 	logs, logger := testutil.NewLog(t)
-	adopted, err := AdoptOutbox(newRec, logger, outboxThroughJSON(t, h))
+	adopted, err := AdoptOutbox(newRec, logger, throughJSON(t, h))
 	if err != nil {
 		t.Fatalf("AdoptOutbox: %v", err)
 	}
@@ -199,7 +181,7 @@ func TestOutboxHandOverBeforeExit(t *testing.T) {
 		t.Errorf("handed %+v, want nothing set", h)
 	}
 	newRec := &eventstest.Recorder{}
-	adopted, err := AdoptOutbox(newRec, testLogger(t), outboxThroughJSON(t, h))
+	adopted, err := AdoptOutbox(newRec, testLogger(t), throughJSON(t, h))
 	if err != nil {
 		t.Fatalf("AdoptOutbox: %v", err)
 	}
@@ -284,7 +266,7 @@ func FuzzOutboxHanded(f *testing.F) {
 		if err != nil || again != h {
 			t.Fatalf("adopted %+v, handed over %+v, %v", h, again, err)
 		}
-		if fmt.Sprint(outboxThroughJSON(t, again)) != fmt.Sprint(h) {
+		if throughJSON(t, again) != h {
 			t.Fatalf("JSON round trip changed %+v", h)
 		}
 	})

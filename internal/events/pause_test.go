@@ -29,6 +29,40 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// heldForward is a Forward call the fake containerd holds: it waits, once
+// begun and before the event is recorded, until release is closed.
+type heldForward struct {
+	entered, release chan struct{}
+}
+
+// holdForward makes Forward call number call (counting from 1) wait for
+// release, then refuse the event with refuse if that is not nil.
+func holdForward(f *fakeContainerd, call int, refuse error) heldForward {
+	h := heldForward{entered: make(chan struct{}), release: make(chan struct{})}
+	f.before = func(_ context.Context, c int, _ *types.Envelope) error {
+		if c != call {
+			return nil
+		}
+		close(h.entered)
+		select {
+		case <-h.release:
+		case <-time.After(waitLimit):
+		}
+		return refuse
+	}
+	return h
+}
+
+// waitEntered waits (bounded) until the held call began.
+func (h heldForward) waitEntered(t *testing.T) {
+	t.Helper()
+	select {
+	case <-h.entered:
+	case <-time.After(waitLimit):
+		t.Fatalf("the held Forward did not begin within %v", waitLimit)
+	}
+}
+
 // pauseCtx is the bound of a Pause that is expected to succeed.
 func pauseCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
@@ -97,31 +131,17 @@ func TestPublisherPauseWaitsForForwardInFlight(t *testing.T) {
 		t.Run(fmt.Sprintf("fail=%v", fail), func(t *testing.T) {
 			testutil.CheckLeaks(t)
 			f := newFakeContainerd(t)
-			entered, release := make(chan struct{}), make(chan struct{})
-			f.before = func(_ context.Context, call int, env *types.Envelope) error {
-				if call != 2 { // the first attempt at event 1
-					return nil
-				}
-				close(entered)
-				select {
-				case <-release:
-				case <-time.After(waitLimit):
-				}
-				if fail {
-					return status.Error(codes.Unavailable, "fake containerd: not now")
-				}
-				return nil
+			var refuse error
+			if fail {
+				refuse = status.Error(codes.Unavailable, "fake containerd: not now")
 			}
+			held := holdForward(f, 2, refuse) // the first attempt at event 1
 			f.start()
 			p, _ := startPublisher(t, f.path, fastConfig())
 			for i := range 3 {
 				p.Publish(TopicExit, exitEvent(i))
 			}
-			select {
-			case <-entered:
-			case <-time.After(waitLimit):
-				t.Fatalf("event 1 not forwarded within %v", waitLimit)
-			}
+			held.waitEntered(t)
 
 			var released atomic.Bool
 			type result struct {
@@ -136,7 +156,7 @@ func TestPublisherPauseWaitsForForwardInFlight(t *testing.T) {
 			}()
 			waitUntil(t, "paused", p.isPaused)
 			released.Store(true)
-			close(release)
+			close(held.release)
 			var r result
 			select {
 			case r = <-paused:
@@ -177,27 +197,13 @@ func TestPublisherPauseWaitsForForwardInFlight(t *testing.T) {
 func TestPublisherPauseContextDone(t *testing.T) {
 	testutil.CheckLeaks(t)
 	f := newFakeContainerd(t)
-	entered, release := make(chan struct{}), make(chan struct{})
-	f.before = func(_ context.Context, call int, _ *types.Envelope) error {
-		if call == 1 {
-			close(entered)
-			select {
-			case <-release:
-			case <-time.After(waitLimit):
-			}
-		}
-		return nil
-	}
+	held := holdForward(f, 1, nil)
 	f.start()
 	p, _ := startPublisher(t, f.path, fastConfig())
 	for i := range 3 {
 		p.Publish(TopicExit, exitEvent(i))
 	}
-	select {
-	case <-entered:
-	case <-time.After(waitLimit):
-		t.Fatalf("event 0 not forwarded within %v", waitLimit)
-	}
+	held.waitEntered(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	err := p.Pause(ctx)
@@ -207,7 +213,7 @@ func TestPublisherPauseContextDone(t *testing.T) {
 	if p.isPaused() {
 		t.Error("a failed Pause left the publisher paused")
 	}
-	close(release)
+	close(held.release)
 	envs := f.waitRecorded(3)
 	closePublisher(t, p)
 	checkExactly(t, seqs(t, envs), 3)
@@ -269,21 +275,6 @@ func TestPublisherClosePaused(t *testing.T) {
 	})
 	if calls, _ := f.counts(); calls != 0 {
 		t.Errorf("%d Forward calls, want none", calls)
-	}
-}
-
-// A Publisher without an address has no sender: Pause and Unpause are
-// immediate and harmless.
-func TestPublisherPauseWithoutAddress(t *testing.T) {
-	testutil.CheckLeaks(t)
-	p, _ := startPublisher(t, "", defaultConfig())
-	if err := p.Pause(pauseCtx(t)); err != nil {
-		t.Fatalf("Pause: %v", err)
-	}
-	p.Publish(TopicExit, exitEvent(0))
-	p.Unpause()
-	if st := p.Stats(0); st.Queued != 0 {
-		t.Errorf("queued %d, want 0 (discarded)", st.Queued)
 	}
 }
 
