@@ -47,7 +47,8 @@
 // Outbox.HandOver carries an Outbox's flags (OutboxHanded) so that the
 // adopted Outbox keeps the one-exit rule and the start before the exit; it
 // refuses while a start is pending. HandOver changes nothing: after a failed
-// hand-over, Unpause resumes as before.
+// hand-over, Unpause resumes as before. A paused Publisher delivers nothing,
+// not even in Close.
 //
 // # Concurrency
 //
