@@ -287,7 +287,7 @@ func TestPublisherPauseUnpauseRepeatedly(t *testing.T) {
 	f := newFakeContainerd(t)
 	f.start()
 	p, _ := startPublisher(t, f.path, fastConfig())
-	const n, cycles = 1000, 200
+	const n, cycles = 500, 100
 	published := make(chan struct{})
 	go func() {
 		defer close(published)
