@@ -151,6 +151,11 @@ func decodeShimState(data []byte) (shimState, error) {
 	if dec.More() {
 		return shimState{}, errors.New("shim description: data after the document")
 	}
+	for i, e := range st.Events {
+		if err := e.Validate(); err != nil {
+			return shimState{}, fmt.Errorf("shim description: event %d: %w", i, err)
+		}
+	}
 	seen := make(map[string]bool, len(st.Containers))
 	for _, c := range st.Containers {
 		if err := c.Validate(); err != nil {

@@ -403,5 +403,8 @@ func (h ProcessHanded) validate(isInit bool) error {
 	case !isInit && st == Paused:
 		return errors.New("a paused exec")
 	}
+	if err := h.Outbox.Validate(); err != nil {
+		return err
+	}
 	return h.Stdio.Validate()
 }

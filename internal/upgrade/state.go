@@ -47,8 +47,9 @@ func Reads() []int { return []int{1, 2} }
 // before it starts any child.
 const EnvState = "TETHER_UPGRADE_STATE"
 
-// maxState bounds the state document a new image reads.
-const maxState = 1 << 20
+// maxState bounds the state document a new image reads: about a hundred
+// thousand undelivered events, or thousands of containers.
+const maxState = 32 << 20
 
 // ErrVersion is returned (wrapped) by Decode for a document of a version
 // this build cannot read.
