@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -689,6 +691,63 @@ func TestPauseFailsOnSlowClient(t *testing.T) {
 	drainIO(t, p, drainAll)
 	rd.wait(t)
 	checkSeq(t, "stdout", b.String(), strings.Repeat("x\n", fill/2)+seqText(n, "\n", same))
+}
+
+// TestPauseFailsOnStuckStdin: the stdin copy blocked writing to a process
+// that does not read its stdin makes Pause fail at its deadline too, and
+// resume: what the client typed reaches the process once it reads.
+func TestPauseFailsOnStuckStdin(t *testing.T) {
+	testutil.CheckLeaks(t)
+	in := mkfifo(t, t.TempDir(), "stdin")
+	var held atomic.Int32
+	busy := func() func() {
+		held.Add(1)
+		return func() { held.Add(-1) }
+	}
+	p := openIO(t, Config{Stdin: in}, Options{Busy: busy})
+	// The process's stdin pipe full before the client types: the copy's
+	// first write blocks, and stays blocked while nobody reads.
+	rc, err := p.stdinW.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fill := 0
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			n, err := unix.Write(int(fd), []byte("x\n"))
+			fill += max(n, 0)
+			if err != nil {
+				return
+			}
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	f := feed(t, in, 100, 2)
+	waitUntil(t, "the stdin copy holding the first line", func() bool { return held.Load() > 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := p.Pause(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Pause with the stdin copy stuck writing = %v, want DeadlineExceeded", err)
+	}
+	f.next()
+	// The process reads its stdin at last.
+	var b lockedBuffer
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(&b, p.stdinR)
+		done <- err
+	}()
+	f.wait(t)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("read the process's stdin: %v", err)
+		}
+	case <-time.After(bound):
+		t.Fatalf("no EOF on the process's stdin within %v", bound)
+	}
+	checkSeq(t, "stdin", b.String(), strings.Repeat("x\n", fill/2)+seqText(100, "\n", same))
 }
 
 // TestCloseWhilePaused: Drain and Close still end a paused IO's copies
