@@ -17,6 +17,10 @@
 //     comes first. Nothing written before that point is dropped.
 //   - A logging binary is a watched child of the shim, stopped (and waited
 //     for, with a deadline) by Close.
+//   - Once Pause returned, no copy reads until Unpause, and every byte a
+//     copy read has been written: an IO that HandOver describes and Adopt
+//     rebuilds in the next image loses no byte and copies none twice
+//     (handover.go).
 package stdio
 
 import (
