@@ -186,17 +186,16 @@ func (p *IO) liveLocked() int {
 
 // park holds a copy, between two buffers, while the IO is paused: until
 // Unpause, stopOutputs (for an output copy), Close or abandon releases it.
-// It reports whether the copy goes on: false once the IO was abandoned, or
-// an output copy was stopped. A stdin copy released by Close goes on to
-// find its fifo closed.
+// It reports whether the copy goes on: false once the IO was closed or
+// abandoned, or an output copy was stopped.
 func (p *IO) park(output bool) bool {
 	for {
 		p.mu.Lock()
-		if p.abandoned.Load() || output && p.stopping.Load() {
+		if p.abandoned.Load() || p.closed || output && p.stopping.Load() {
 			p.mu.Unlock()
 			return false
 		}
-		if !p.paused.Load() || p.closed {
+		if !p.paused.Load() {
 			p.mu.Unlock()
 			return true
 		}

@@ -576,7 +576,7 @@ func (p *IO) Close() error {
 		return nil
 	}
 	p.closed = true
-	// Parked copies go on to meet the end below.
+	// Parked copies end (see park).
 	p.releaseParked()
 	p.mu.Unlock()
 	p.CloseStdin()
