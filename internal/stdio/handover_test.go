@@ -206,6 +206,44 @@ func stageOf(p *IO, ro role) stage {
 	return p.stage[ro]
 }
 
+// echoRun is a process that echoes a client's numbered lines from its
+// stdin fifo to its stdout and stderr fifos, which the client reads.
+type echoRun struct {
+	n      int
+	f      *feeder
+	c      *container
+	bo, be lockedBuffer
+	ro, re *reader
+}
+
+// startEcho starts reading the fifos out and errp, runs the echo process
+// on p and feeds it 1..n through the fifo in, waiting at stops (see feed).
+func startEcho(t *testing.T, p *IO, in, out, errp string, n int, stops ...int) *echoRun {
+	t.Helper()
+	e := &echoRun{n: n}
+	e.ro = openReader(t, out, &e.bo, 4096, 0)
+	e.re = openReader(t, errp, &e.be, 4096, 0)
+	e.c = startContainer(t, p, nil, childCmd(t, "echo"))
+	e.f = feed(t, in, n, stops...)
+	return e
+}
+
+// finish waits for the client's last line and the process's exit, drains
+// p (the IO that has the copies by then), and checks that both fifos got
+// every number once, in order.
+func (e *echoRun) finish(t *testing.T, p *IO) {
+	t.Helper()
+	e.f.wait(t)
+	if status := e.c.wait(t); status != 0 {
+		t.Errorf("exit status %d", status)
+	}
+	drainIO(t, p, drainAll)
+	e.ro.wait(t)
+	e.re.wait(t)
+	checkSeq(t, "stdout", e.bo.String(), seqText(e.n, "\n", same))
+	checkSeq(t, "stderr", e.be.String(), seqText(e.n, ";", letters))
+}
+
 // TestHandOverFifo: stdin, stdout and stderr fifos, handed over twice
 // (an adopted IO hands over again) while a client writes a numbered
 // sequence into stdin, which the process echoes to stdout and stderr:
@@ -217,15 +255,11 @@ func TestHandOverFifo(t *testing.T) {
 	in, out, errp := mkfifo(t, dir, "stdin"), mkfifo(t, dir, "stdout"), mkfifo(t, dir, "stderr")
 	const n = 6000
 	p := openIO(t, Config{Stdin: in, Stdout: out, Stderr: errp}, Options{})
-	var bo, be lockedBuffer
-	ro := openReader(t, out, &bo, 4096, 0)
-	re := openReader(t, errp, &be, 4096, 0)
-	c := startContainer(t, p, nil, childCmd(t, "echo"))
-	f := feed(t, in, n, n/3, 2*n/3)
+	e := startEcho(t, p, in, out, errp, n, n/3, 2*n/3)
 
 	// The first third is on its way (in the fifo, the pipes, the
 	// process) while it is handed over.
-	waitUntil(t, "first line out", func() bool { return lines(&bo) > 0 })
+	waitUntil(t, "first line out", func() bool { return lines(&e.bo) > 0 })
 	q, h := handOverDesc(t, p, Options{})
 	if h.StdinFifo == 0 || h.StdinPipe == 0 || h.StdoutPipe == 0 || h.StderrPipe == 0 || h.StdoutFifo == 0 || h.StderrFifo == 0 {
 		t.Errorf("a descriptor is missing: %+v", h)
@@ -236,20 +270,12 @@ func TestHandOverFifo(t *testing.T) {
 	if h.Copies != (HandedCopies{Out: "reading", Err: "reading", In: "reading"}) {
 		t.Errorf("copies %+v, want all reading", h.Copies)
 	}
-	f.next()
-	waitUntil(t, "a third out", func() bool { return lines(&bo) > n/3 })
+	e.f.next()
+	waitUntil(t, "a third out", func() bool { return lines(&e.bo) > n/3 })
 	r := handOverIO(t, q, Options{})
-	f.next()
-	f.wait(t)
-	if status := c.wait(t); status != 0 {
-		t.Errorf("exit status %d", status)
-	}
-	drainIO(t, r, drainAll)
-	ro.wait(t)
-	re.wait(t)
-	checkSeq(t, "stdout", bo.String(), seqText(n, "\n", same))
-	checkSeq(t, "stderr", be.String(), seqText(n, ";", letters))
-	total := uint64(len(bo.String()) + len(be.String()))
+	e.f.next()
+	e.finish(t, r)
+	total := uint64(len(e.bo.String()) + len(e.be.String()))
 	if got := r.Stats().OutBytes; got < total {
 		t.Errorf("OutBytes %d after two hand-overs, want at least the %d bytes delivered", got, total)
 	}
@@ -487,21 +513,7 @@ func TestHandOverPending(t *testing.T) {
 	if h.ContainerStdin == 0 || h.ContainerStdout == 0 || h.ContainerStderr == 0 {
 		t.Errorf("container-side ends not handed over before start: %+v", h)
 	}
-	var bo, be lockedBuffer
-	ro := openReader(t, out, &bo, 4096, 0)
-	re := openReader(t, errp, &be, 4096, 0)
-	const n = 3000
-	c := startContainer(t, q, nil, childCmd(t, "echo"))
-	f := feed(t, in, n)
-	f.wait(t)
-	if status := c.wait(t); status != 0 {
-		t.Errorf("exit status %d", status)
-	}
-	drainIO(t, q, drainAll)
-	ro.wait(t)
-	re.wait(t)
-	checkSeq(t, "stdout", bo.String(), seqText(n, "\n", same))
-	checkSeq(t, "stderr", be.String(), seqText(n, ";", letters))
+	startEcho(t, q, in, out, errp, 3000).finish(t, q)
 }
 
 // TestHandOverPendingConsole: a terminal whose console socket has not
@@ -597,12 +609,8 @@ func TestUnpauseResumes(t *testing.T) {
 	in, out, errp := mkfifo(t, dir, "stdin"), mkfifo(t, dir, "stdout"), mkfifo(t, dir, "stderr")
 	const n = 4000
 	p := openIO(t, Config{Stdin: in, Stdout: out, Stderr: errp}, Options{})
-	var bo, be lockedBuffer
-	ro := openReader(t, out, &bo, 4096, 0)
-	re := openReader(t, errp, &be, 4096, 0)
-	c := startContainer(t, p, nil, childCmd(t, "echo"))
-	f := feed(t, in, n, n/4, n/2)
-	waitUntil(t, "first line out", func() bool { return lines(&bo) > 0 })
+	e := startEcho(t, p, in, out, errp, n, n/4, n/2)
+	waitUntil(t, "first line out", func() bool { return lines(&e.bo) > 0 })
 
 	var files handover.Files
 	if _, err := p.HandOver(&files); err == nil {
@@ -629,20 +637,12 @@ func TestUnpauseResumes(t *testing.T) {
 		files.Close()
 		p.Unpause()
 		p.Unpause() // a second one does nothing
-		f.next()
+		e.f.next()
 		if round == 0 {
-			waitUntil(t, "output after Unpause", func() bool { return lines(&bo) > n/4 })
+			waitUntil(t, "output after Unpause", func() bool { return lines(&e.bo) > n/4 })
 		}
 	}
-	f.wait(t)
-	if status := c.wait(t); status != 0 {
-		t.Errorf("exit status %d", status)
-	}
-	drainIO(t, p, drainAll)
-	ro.wait(t)
-	re.wait(t)
-	checkSeq(t, "stdout", bo.String(), seqText(n, "\n", same))
-	checkSeq(t, "stderr", be.String(), seqText(n, ";", letters))
+	e.finish(t, p)
 }
 
 // TestPauseFailsOnSlowClient: a copy blocked writing to a client that does
@@ -845,4 +845,60 @@ func TestAdoptRefusesBadHanded(t *testing.T) {
 	if _, err := unix.FcntlInt(uintptr(regFD), unix.F_GETFD, 0); err != nil {
 		t.Errorf("Adopt closed a descriptor it refused: %v", err)
 	}
+
+	// A descriptor Adopt took before it found a bad one is closed again.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	pipeFD, err := handover.Dup(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	if q, err := Adopt(ctx, Handed{Config: fifoCfg, Copies: reading, StdoutPipe: pipeFD, StdoutFifo: unused}, Options{}); err == nil {
+		q.Close()
+		t.Fatal("Adopt with a fifo not open succeeded")
+	}
+	if _, err := unix.FcntlInt(uintptr(pipeFD), unix.F_GETFD, 0); err == nil {
+		unix.Close(pipeFD)
+		t.Error("Adopt left open a descriptor it had taken before failing")
+	}
+}
+
+// TestHandOverRefusesStdinClosedWhilePaused: CloseStdin on a paused IO
+// closes the fifo its parked copy reads: HandOver fails (that copy has not
+// ended yet), and after Unpause the process reads EOF as usual.
+func TestHandOverRefusesStdinClosedWhilePaused(t *testing.T) {
+	testutil.CheckLeaks(t)
+	dir := t.TempDir()
+	in, out := mkfifo(t, dir, "stdin"), mkfifo(t, dir, "stdout")
+	p := openIO(t, Config{Stdin: in, Stdout: out}, Options{})
+	var b lockedBuffer
+	rd := openReader(t, out, &b, 4096, 0)
+	c := startContainer(t, p, nil, childCmd(t, "echo"))
+	f := feed(t, in, 10, 10)
+	waitUntil(t, "nine lines out", func() bool { return lines(&b) == 9 })
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	if err := p.Pause(ctx); err != nil {
+		t.Fatalf("Pause: %v", err)
+	}
+	p.CloseStdin()
+	var files handover.Files
+	if h, err := p.HandOver(&files); err == nil {
+		t.Errorf("HandOver after CloseStdin while paused succeeded: %+v", h)
+	}
+	files.Close()
+	p.Unpause()
+	if status := c.wait(t); status != 0 {
+		t.Errorf("exit status %d", status)
+	}
+	drainIO(t, p, drainAll)
+	rd.wait(t)
+	checkSeq(t, "stdout", b.String(), seqText(9, "\n", same))
+	_ = f // held at its last line until the test ends: the fifo stays open
 }
