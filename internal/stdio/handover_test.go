@@ -63,6 +63,14 @@ func handOverDesc(t *testing.T, p *IO, opts Options) (*IO, Handed) {
 	if err := p.Pause(ctx); err != nil {
 		t.Fatalf("Pause: %v", err)
 	}
+	return handOverPaused(t, p, opts)
+}
+
+// handOverPaused is handOverDesc of an IO already paused.
+func handOverPaused(t *testing.T, p *IO, opts Options) (*IO, Handed) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
 	var files handover.Files
 	h, err := p.HandOver(&files)
 	if err != nil {
@@ -136,8 +144,10 @@ type feeder struct {
 	order  []int
 	mu     sync.Mutex
 	passed int
-	done   chan struct{}
-	err    error // read after done is closed
+	// at receives each stop as the feeder reaches it.
+	at   chan int
+	done chan struct{}
+	err  error // read after done is closed
 }
 
 // feed starts writing 1..n into the stdin fifo at path, one line per
@@ -148,7 +158,7 @@ func feed(t *testing.T, path string, n int, stops ...int) *feeder {
 	if err != nil {
 		t.Fatalf("open %s for writing: %v", path, err)
 	}
-	fd := &feeder{f: f, stops: map[int]chan struct{}{}, order: stops, done: make(chan struct{})}
+	fd := &feeder{f: f, stops: map[int]chan struct{}{}, order: stops, at: make(chan int, len(stops)), done: make(chan struct{})}
 	for _, s := range stops {
 		fd.stops[s] = make(chan struct{})
 	}
@@ -157,6 +167,7 @@ func feed(t *testing.T, path string, n int, stops ...int) *feeder {
 		defer f.Close()
 		for i := 1; i <= n; i++ {
 			if ch, ok := fd.stops[i]; ok {
+				fd.at <- i
 				<-ch
 			}
 			if _, err := f.WriteString(strconv.Itoa(i) + "\n"); err != nil {
@@ -184,6 +195,22 @@ func (fd *feeder) next() bool {
 	close(fd.stops[fd.order[fd.passed]])
 	fd.passed++
 	return true
+}
+
+// reached waits (bounded) until the feeder has written everything before
+// its stop k.
+func (fd *feeder) reached(t *testing.T, k int) {
+	t.Helper()
+	for {
+		select {
+		case i := <-fd.at:
+			if i == k {
+				return
+			}
+		case <-time.After(bound):
+			t.Fatalf("the stdin feeder did not reach %d within %v", k, bound)
+		}
+	}
 }
 
 // wait waits (bounded) until the feeder wrote everything and closed the fifo.
@@ -270,9 +297,22 @@ func TestHandOverFifo(t *testing.T) {
 	if h.Copies != (HandedCopies{Out: "reading", Err: "reading", In: "reading"}) {
 		t.Errorf("copies %+v, want all reading", h.Copies)
 	}
+	// The second third, written while the adopted IO is paused, stays in
+	// the stdin fifo for the next one.
+	e.f.reached(t, n/3)
+	waitUntil(t, "the first third out", func() bool { return lines(&e.bo) == n/3-1 })
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	if err := q.Pause(ctx); err != nil {
+		t.Fatalf("Pause: %v", err)
+	}
 	e.f.next()
-	waitUntil(t, "a third out", func() bool { return lines(&e.bo) > n/3 })
-	r := handOverIO(t, q, Options{})
+	e.f.reached(t, 2*n/3)
+	want := len(seqText(2*n/3-1, "\n", same)) - len(seqText(n/3-1, "\n", same))
+	if got := fionread(t, q.stdinFifo.f); got != want {
+		t.Errorf("%d bytes in the stdin fifo after a paused IO's client wrote %d", got, want)
+	}
+	r, _ := handOverPaused(t, q, Options{})
 	e.f.next()
 	e.finish(t, r)
 	total := uint64(len(e.bo.String()) + len(e.be.String()))
