@@ -801,7 +801,8 @@ func TestCloseWhilePaused(t *testing.T) {
 	openReader(t, out, &b, 4096, 0)
 	c := startContainer(t, p, nil, childCmd(t, "echo"))
 	f := feed(t, in, 10, 5)
-	waitUntil(t, "first line out", func() bool { return lines(&b) > 0 })
+	// All echoed, so that the process is reading when its stdout closes.
+	waitUntil(t, "four lines out", func() bool { return lines(&b) == 4 })
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	if err := p.Pause(ctx); err != nil {
