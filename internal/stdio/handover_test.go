@@ -623,11 +623,17 @@ func TestHandOverClosing(t *testing.T) {
 	checkSeq(t, "stdout", b.String(), seqText(n, "\n", same))
 }
 
-// TestHandOverNull: an IO without stdio hands over nothing and adopts.
+// TestHandOverNull: an IO without stdio hands over nothing but its
+// counters, and adopts.
 func TestHandOverNull(t *testing.T) {
 	testutil.CheckLeaks(t)
 	p := openIO(t, Config{}, Options{})
+	p.progress.Store(11)
+	p.dropped.Store(7)
 	q, h := handOverDesc(t, p, Options{})
+	if got := q.Stats(); got != (Stats{OutBytes: 11, Drops: 7}) {
+		t.Errorf("adopted stats %+v, want 11 out and 7 dropped", got)
+	}
 	if len(h.fds()) != 10 || h.Console != nil || h.LoggerPid != 0 {
 		t.Errorf("null stdio handed %+v", h)
 	}
