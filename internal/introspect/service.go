@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"os"
 	"runtime"
-	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -181,20 +180,17 @@ func (s *Service) Snapshot() *Snapshot {
 }
 
 // goMemory reads the Go runtime's heap objects and total mapped memory
-// (runtime/metrics: no stop of the world, unlike ReadMemStats).
+// (MemStats.HeapAlloc and Sys, the same figures as runtime/metrics'
+// /memory/classes/heap/objects:bytes and /memory/classes/total:bytes).
+// ReadMemStats stops the world for a few microseconds, once per snapshot
+// an operator asks for; runtime/metrics would not, but linking it costs
+// every shim about 15 kB of heap for good (its init builds the table of
+// metric descriptions), which an idle shim must not pay
+// (docs/performance.md).
 func goMemory() (heap, total uint64) {
-	samples := []metrics.Sample{
-		{Name: "/memory/classes/heap/objects:bytes"},
-		{Name: "/memory/classes/total:bytes"},
-	}
-	metrics.Read(samples)
-	if samples[0].Value.Kind() == metrics.KindUint64 {
-		heap = samples[0].Value.Uint64()
-	}
-	if samples[1].Value.Kind() == metrics.KindUint64 {
-		total = samples[1].Value.Uint64()
-	}
-	return heap, total
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc, ms.Sys
 }
 
 // Stacks returns the stacks of every goroutine, in the format of an

@@ -111,6 +111,9 @@ func TestServiceRoundTrip(t *testing.T) {
 	if snap.Schema != SchemaVersion || snap.Shim.Version != "v-test" || snap.Shim.Pid != os.Getpid() || snap.Shim.Goroutines == 0 {
 		t.Errorf("shim = %+v", snap.Shim)
 	}
+	if snap.Shim.HeapBytes == 0 || snap.Shim.GoRuntimeBytes < snap.Shim.HeapBytes {
+		t.Errorf("Go heap %d bytes, Go runtime %d bytes: want a heap, within the runtime's memory", snap.Shim.HeapBytes, snap.Shim.GoRuntimeBytes)
+	}
 	if snap.Shim.UptimeSeconds < 60 {
 		t.Errorf("uptime %v s, want at least the minute since StartedAt", snap.Shim.UptimeSeconds)
 	}
