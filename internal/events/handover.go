@@ -26,7 +26,9 @@ type HandedEvent struct{}
 
 // Pause parks the sender between deliveries, bounded by ctx. Unpause undoes
 // it.
-func (p *Publisher) Pause(ctx context.Context) error { return errors.New("events: hand-over not built") }
+func (p *Publisher) Pause(ctx context.Context) error {
+	return errors.New("events: hand-over not built")
+}
 
 // Unpause resumes the sender after a failed hand-over.
 func (p *Publisher) Unpause() {}
