@@ -12,7 +12,9 @@ type OOMHanded struct{}
 
 // Pause stops the watcher from reporting, bounded by ctx: a kill from now
 // on is left for the new image. Unpause undoes it.
-func (w *OOMWatcher) Pause(ctx context.Context) error { return errors.New("cgroups: hand-over not built") }
+func (w *OOMWatcher) Pause(ctx context.Context) error {
+	return errors.New("cgroups: hand-over not built")
+}
 
 // Unpause resumes reporting after a failed hand-over.
 func (w *OOMWatcher) Unpause() {}
