@@ -63,6 +63,28 @@ func readOOMKill(t *testing.T, dir string) uint64 {
 	return kv["oom_kill"]
 }
 
+// v1OOMWatch makes a v1 memory cgroup limited to 32 MiB, a child in it
+// that will allocate without bound once run, and a watcher of the cgroup
+// (counting notifications if asked) reporting to rec, which never blocks.
+func v1OOMWatch(t *testing.T, notifications bool) (cg *testCgroup, c *Cgroup, ch *child, rec *recorder, w *OOMWatcher) {
+	t.Helper()
+	cg = newTestCgroup(t, false)
+	cg.limitMemory(t, "33554432")
+	ch = oomChild(t, cg)
+	c, err := Load(ch.pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec = newRecorder()
+	rec.unblock()
+	w, err = watchV1(c.v1["memory"], rec.onOOM, testLogger(t), notifications, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	return cg, c, ch, rec, w
+}
+
 // TestOOMHandOverV1 runs real OOM kills in a v1 memory cgroup: a kill
 // reported before the hand-over is not reported again, a kill while the old
 // watcher is paused is reported by the adopted watcher exactly once and
@@ -78,21 +100,8 @@ func TestOOMHandOverV1(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			testutil.CheckLeaks(t)
-			cg := newTestCgroup(t, false)
-			cg.limitMemory(t, "33554432")
-			ch1 := oomChild(t, cg)
-			c, err := Load(ch1.pid())
-			if err != nil {
-				t.Fatal(err)
-			}
+			cg, c, ch1, rec1, w1 := v1OOMWatch(t, tc.notifications)
 			dir := c.v1["memory"]
-			rec1 := newRecorder()
-			rec1.unblock()
-			w1, err := watchV1(dir, rec1.onOOM, testLogger(t), tc.notifications, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = w1.Close() })
 
 			// Kill 1, reported by the old watcher.
 			ch1.run(t)
@@ -169,20 +178,7 @@ func TestOOMUnpauseV1(t *testing.T) {
 	for _, notifications := range []bool{false, true} {
 		t.Run("notifications="+strconv.FormatBool(notifications), func(t *testing.T) {
 			testutil.CheckLeaks(t)
-			cg := newTestCgroup(t, false)
-			cg.limitMemory(t, "33554432")
-			ch1 := oomChild(t, cg)
-			c, err := Load(ch1.pid())
-			if err != nil {
-				t.Fatal(err)
-			}
-			rec := newRecorder()
-			rec.unblock()
-			w, err := watchV1(c.v1["memory"], rec.onOOM, testLogger(t), notifications, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = w.Close() })
+			cg, _, ch1, rec, w := v1OOMWatch(t, notifications)
 			if err := w.Pause(context.Background()); err != nil {
 				t.Fatal(err)
 			}

@@ -208,10 +208,16 @@ func (r *Reaper) release() {
 	}
 	r.mu.Unlock()
 	if sweep {
-		select {
-		case r.kick <- struct{}{}:
-		default: // a sweep is already queued
-		}
+		r.kickSweep()
+	}
+}
+
+// kickSweep asks the sweeper for a sweep (the one deferred by a Hold or a
+// pause, or one for pids given up), without blocking.
+func (r *Reaper) kickSweep() {
+	select {
+	case r.kick <- struct{}{}:
+	default: // a sweep is already queued
 	}
 }
 

@@ -120,10 +120,7 @@ func (r *Reaper) Unpause() {
 	}
 	r.mu.Unlock()
 	if sweep {
-		select {
-		case r.kick <- struct{}{}:
-		default:
-		}
+		r.kickSweep()
 	}
 }
 
@@ -278,9 +275,6 @@ func (r *Reaper) ForgetAdopted() {
 		r.logger.Info("exits: handed pids nobody watched again, left to the sweep", "pids", pids)
 	}
 	if sweep {
-		select {
-		case r.kick <- struct{}{}:
-		default:
-		}
+		r.kickSweep()
 	}
 }
