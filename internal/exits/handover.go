@@ -23,7 +23,8 @@ const maxHandedFD = 1 << 20
 // pid whose exit happened during the hand-over is a zombie child of the
 // new image: the kernel keeps it, with its status, across execve.
 type Handed struct {
-	// Pids are the watched pids, in increasing order.
+	// Pids are the watched pids (HandOver writes them in increasing order;
+	// any order is read).
 	Pids []HandedPid `json:"pids"`
 }
 

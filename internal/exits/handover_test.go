@@ -249,7 +249,7 @@ func TestHandOverAdopt(t *testing.T) {
 			oldExits := make(chan Exit, 8)
 			release := old.Hold()
 			pidA, inA := stdinChild(t, "7") // exits during the hand-over
-			pidB, inB := stdinChild(t, "9") // exits after the new Watch
+			pidB, _ := stdinChild(t, "9")   // killed through the new Reaper
 			pidC := spawn(t, "sleep", nil)  // never watched again
 			t.Cleanup(func() {
 				// If the test failed before it killed C; a pid no longer
@@ -318,6 +318,9 @@ func TestHandOverAdopt(t *testing.T) {
 			fileB := adopted.adopted[pidB]
 			fileC := adopted.adopted[pidC]
 			adopted.mu.Unlock()
+			if err := adopted.Signal(pidB, unix.SIGKILL); !errors.Is(err, unix.ESRCH) {
+				t.Errorf("Signal of a handed pid not watched again: %v, want ESRCH", err)
+			}
 			if err := adopted.Watch(pidB, func(e Exit) { newExits <- e }); err != nil {
 				t.Fatal(err)
 			}
@@ -332,9 +335,13 @@ func TestHandOverAdopt(t *testing.T) {
 			if e := waitExit(t, newExits); e.Pid != pidA || e.Status != 7 {
 				t.Errorf("exit %+v, want pid %d status 7", e, pidA)
 			}
-			inB.Close()
-			if e := waitExit(t, newExits); e.Pid != pidB || e.Status != 9 {
-				t.Errorf("exit %+v, want pid %d status 9", e, pidB)
+			// Signal goes through the handed pidfd (or kill on the
+			// fallback).
+			if err := adopted.Signal(pidB, unix.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			if e := waitExit(t, newExits); e.Pid != pidB || e.Status != 128+int(unix.SIGKILL) {
+				t.Errorf("exit %+v, want pid %d status 137", e, pidB)
 			}
 
 			adopted.ForgetAdopted()
