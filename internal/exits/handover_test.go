@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -507,4 +508,59 @@ func FuzzHandedValidate(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Exits that race with Pause and Unpause: each is reported exactly once,
+// with its status, whether it was collected before the pause, parked by it
+// or collected after Unpause.
+func TestPauseAmidExits(t *testing.T) {
+	const n = 30
+	for _, m := range testModes() {
+		t.Run(m.name, func(t *testing.T) {
+			testutil.CheckLeaks(t)
+			r, _ := newTestReaper(t, m.opts)
+			exits := make(chan Exit, 2*n)
+			want := map[int]int{}
+			release := r.Hold()
+			for i := range n {
+				code := 10 + i
+				pid := spawn(t, "exit:"+strconv.Itoa(code), nil)
+				want[pid] = code
+				if err := r.Watch(pid, func(e Exit) { exits <- e }); err != nil {
+					t.Fatal(err)
+				}
+				if i == n/2 {
+					// Some have exited already, some are being
+					// reported, some are still starting.
+					if err := r.Pause(context.Background()); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			release()
+			var files handover.Files
+			if _, err := r.HandOver(&files); err != nil {
+				t.Fatal(err)
+			}
+			files.Close()
+			r.Unpause()
+			for range n {
+				e := waitExit(t, exits)
+				code, ok := want[e.Pid]
+				if !ok {
+					t.Fatalf("exit of %d reported twice, or of a pid never watched: %+v", e.Pid, e)
+				}
+				if e.Status != code {
+					t.Errorf("pid %d: status %d, want %d", e.Pid, e.Status, code)
+				}
+				delete(want, e.Pid)
+			}
+			if err := r.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if len(exits) != 0 {
+				t.Errorf("exit reported twice: %+v", <-exits)
+			}
+		})
+	}
 }
