@@ -109,24 +109,47 @@ func (s *shimParts) resume() {
 	s.resumes = nil
 }
 
-// adopt takes over, in the image a live upgrade started, what the old
-// image described, before any request is served: the pidfds, the events
-// not yet delivered (first in the queue), the containers. The old image is
-// gone, so nothing goes back: what cannot be adopted is logged at Error and
-// the server serves on with the rest.
-func (s *shimParts) adopt(ctx context.Context, data json.RawMessage) {
-	if len(data) == 0 {
-		return
+// inheritedShim decodes the shim description a live upgrade handed to this
+// image, nil if there is none (a server `start` launched, or a state
+// version 1). The old image is gone, so a description that cannot be read
+// is logged at Error and nothing of it is adopted: the server serves on.
+func inheritedShim(logger *slog.Logger, from *upgrade.State) *shimState {
+	if from == nil || len(from.Shim) == 0 {
+		return nil
 	}
-	st, err := decodeShimState(data)
+	st, err := decodeShimState(from.Shim)
 	if err != nil {
-		s.logger.Error("live upgrade: the shim description cannot be read; nothing of it is adopted", "error", err)
+		logger.Error("live upgrade: the shim description cannot be read; nothing of it is adopted", "error", err)
+		return nil
+	}
+	return &st
+}
+
+// newReaper returns the server's exit monitor: with the pidfds the old
+// image handed over, taken before its first sweep (which would reap a
+// handed process that exited during the hand-over, status and all).
+func newReaper(logger *slog.Logger, busy func() (end func()), st *shimState) (*exits.Reaper, error) {
+	if st == nil {
+		return exits.New(logger, busy)
+	}
+	r, err := exits.NewAdopted(logger, busy, st.Reaper)
+	if err == nil {
+		return r, nil
+	}
+	logger.Error("live upgrade: the exit monitor's pidfds cannot be adopted; exits of handed processes are collected by pid", "error", err)
+	return exits.New(logger, busy)
+}
+
+// adopt takes over, in the image a live upgrade started, what the old
+// image described, before any request is served: the undelivered events
+// (first in the queue), the per-container counters, the containers. The
+// reaper took the pidfds already (newReaper). What cannot be adopted is
+// logged at Error and the server serves on with the rest.
+func (s *shimParts) adopt(ctx context.Context, st *shimState) {
+	if st == nil {
 		return
 	}
 	defer s.reaper.ForgetAdopted()
-	if err := s.reaper.Adopt(st.Reaper); err != nil {
-		s.logger.Error("live upgrade: exits monitor", "error", err)
-	}
 	if err := s.publisher.Adopt(st.Events); err != nil {
 		s.logger.Error("live upgrade: events not yet delivered", "error", err)
 	}
