@@ -61,7 +61,7 @@ import "os"
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "-upgrade-check" {
-		os.Stdout.WriteString(` + "`" + `{"shim":"containerd-shim-tether-v2","version":"future","reads":[2],"ok":false,"reason":"state version 1 is no longer read"}` + "`" + `)
+		os.Stdout.WriteString(` + "`" + `{"shim":"containerd-shim-tether-v2","version":"future","reads":[3],"ok":false,"reason":"state version 2 is no longer read"}` + "`" + `)
 		os.Exit(1)
 	}
 	os.Exit(2)
@@ -443,7 +443,7 @@ func TestShimLiveUpgrade(t *testing.T) {
 		req     Request
 		want    string
 	}{
-		{"a build that cannot read the state", func() { install(t, future, exe, 0o755) }, Request{}, "cannot take over state version 1: state version 1 is no longer read"},
+		{"a build that cannot read the state", func() { install(t, future, exe, 0o755) }, Request{}, "cannot take over state version 2: state version 2 is no longer read"},
 		{"a script", func() { install(t, script, exe, 0o755) }, Request{}, "is not an ELF executable"},
 		{"not a shim", func() { install(t, "/bin/true", exe, 0o755) }, Request{}, "gave no answer to -upgrade-check"},
 		{"not executable", func() { install(t, binB, exe, 0o644) }, Request{}, "is not an executable file"},
