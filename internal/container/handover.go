@@ -324,14 +324,7 @@ func (c *Container) adoptProcess(ctx context.Context, h ProcessHanded, k kind, c
 		close(p.done)
 	}
 	if h.IO != nil {
-		pipes, err := stdio.Adopt(ctx, *h.IO, stdio.Options{
-			UID:       c.ioUID,
-			GID:       c.ioGID,
-			ID:        c.id,
-			Namespace: c.deps.Namespace,
-			Monitor:   c.deps.Monitor,
-			Busy:      c.deps.Busy,
-		})
+		pipes, err := stdio.Adopt(ctx, *h.IO, c.stdioOptions())
 		if err != nil {
 			return nil, fmt.Errorf("adopt %s, process %s: stdio: %w", c.id, id, err)
 		}

@@ -53,15 +53,20 @@ func RunCheck(args []string, version string, out io.Writer) int {
 		return 2
 	}
 	v, err := strconv.Atoi(args[0])
-	switch {
-	case err != nil:
-		a.Reason = fmt.Sprintf("state version %q is not a number", args[0])
-	default:
-		if err := CanTake(v); err != nil {
-			a.Reason = err.Error()
-		} else {
-			a.OK = true
-		}
+	if err != nil {
+		err = fmt.Errorf("state version %q is not a number", args[0])
+	} else {
+		err = CanTake(v)
+	}
+	return answer(out, a, err)
+}
+
+// answer completes a with err (ok without one), writes it to out and
+// returns the dry run's exit code: 0 if ok, 1 if not.
+func answer(out io.Writer, a Answer, err error) int {
+	a.OK = err == nil
+	if err != nil {
+		a.Reason = err.Error()
 	}
 	_ = json.NewEncoder(out).Encode(a)
 	if !a.OK {
@@ -178,16 +183,7 @@ func RunCheckState(in io.Reader, version string, validate func(State) error, out
 			err = validate(s)
 		}
 	}
-	if err != nil {
-		a.Reason = err.Error()
-	} else {
-		a.OK = true
-	}
-	_ = json.NewEncoder(out).Encode(a)
-	if !a.OK {
-		return 1
-	}
-	return 0
+	return answer(out, a, err)
 }
 
 // CheckState runs the second dry run: it gives the new binary the state
