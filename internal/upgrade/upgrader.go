@@ -38,8 +38,11 @@ type Config struct {
 	// its connections.
 	Listener *net.UnixListener
 	Quiescer *Quiescer
-	// Busy returns why the server holds state the hand-over cannot carry
-	// (a Create under way), or nil.
+	// Busy returns why the server, once quiescent, cannot be handed over
+	// (a Create still under way), or nil. It is asked only then: before
+	// the pause, a request under way is no reason to refuse, since the
+	// quiesce waits for its answer (a churning node always has a Create
+	// in flight).
 	Busy func() error
 	// Snapshot, once the connections are quiescent, quiesces the rest of
 	// the shim (exits, OOM watches, stdio copies, the event sender) and
@@ -151,9 +154,6 @@ func (u *Upgrader) Upgrade(ctx context.Context, r Request) (Accepted, error) {
 
 // check runs the checks of Upgrade and returns the binary to execute.
 func (u *Upgrader) check(ctx context.Context, r Request) (*Binary, error) {
-	if err := u.cfg.Busy(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
-	}
 	release := func() {}
 	if u.cfg.Hold != nil {
 		release = u.cfg.Hold()
