@@ -48,77 +48,88 @@ const (
 type upgcBuilds struct {
 	a, b string // the same source, two versions: two different builds
 	old  string // one that cannot take the state over: a refused upgrade
-	// oldState is the state version old writes and reads.
-	oldState int
 }
 
-// buildShimAs builds the shim with main.version set to version, with the
-// go build -overlay file overlay if not empty.
-func buildShimAs(t *testing.T, version, overlay string) string {
+// buildShimAs builds the shim with main.version set to version.
+func buildShimAs(t *testing.T, version string) string {
 	t.Helper()
 	root, err := testkit.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), shimBinaryName)
-	args := []string{"build", "-ldflags", "-X main.version=" + version, "-o", out}
-	if overlay != "" {
-		args = append(args, "-overlay", overlay)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", append(args, "./cmd/containerd-shim-tether-v2")...)
+	cmd := exec.CommandContext(ctx, "go", "build", "-ldflags", "-X main.version="+version, "-o", out, "./cmd/containerd-shim-tether-v2")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %q: %v\n%s", args, err, b)
+		t.Fatalf("go build -X main.version=%s: %v\n%s", version, err, b)
 	}
 	return out
 }
 
-// stateVersionRE is the declaration of the state version a build writes
-// (internal/upgrade/state.go).
-var stateVersionRE = regexp.MustCompile(`(?m)^const StateVersion = (\d+)$`)
+// oldShimSource is a stand-in for a build that cannot take over the state
+// a running shim writes (a downgrade across a format change): an ELF binary
+// that answers the dry run of live upgrade (docs/design.md, "Live
+// upgrade": `<binary> -upgrade-check <state version> <build>`, one JSON
+// object, exit 1 for no) as such a build would, as the upgrade package's
+// tests do. StateVersion is a constant, so no -X makes a real build of
+// another state version, and a patched constant would not do either: a
+// build reads a set of versions.
+const oldShimSource = `package main
 
-// buildUpgcShims builds the three shims of the test. The refused one is the
-// same source with StateVersion one less (through go build -overlay): a
-// build of the format before, as a downgrade across a format change would
-// install. Its dry run answers that it cannot take over this build's state.
+import (
+	"encoding/json"
+	"os"
+)
+
+const version = "` + upgcBuildOld + `"
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "-upgrade-check" {
+		asked := ""
+		if len(os.Args) > 2 {
+			asked = os.Args[2]
+		}
+		_ = json.NewEncoder(os.Stdout).Encode(map[string]any{
+			"shim": "containerd-shim-tether-v2", "version": version, "reads": []int{0}, "ok": false,
+			"reason": "state version " + asked + " is not read by this build (it reads version 0)",
+		})
+		os.Exit(1)
+	}
+	if len(os.Args) > 1 && os.Args[1] == "-v" {
+		os.Stdout.WriteString("containerd-shim-tether-v2 " + version + "\n")
+		os.Exit(0)
+	}
+	os.Stderr.WriteString("` + upgcBuildOld + `: a stand-in that only answers -upgrade-check\n")
+	os.Exit(2)
+}
+`
+
+// buildUpgcShims builds the shims of the test: A and B, and the stand-in
+// of a build that cannot take the state over.
 func buildUpgcShims(t *testing.T) upgcBuilds {
 	t.Helper()
-	root, err := testkit.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var b upgcBuilds
-	b.a = buildShimAs(t, upgcBuildA, "")
-	b.b = buildShimAs(t, upgcBuildB, "")
+	b.a = buildShimAs(t, upgcBuildA)
+	b.b = buildShimAs(t, upgcBuildB)
 
-	src := filepath.Join(root, "internal", "upgrade", "state.go")
-	data, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := stateVersionRE.FindSubmatch(data)
-	if m == nil {
-		t.Fatalf("%s has no line `const StateVersion = N`: the test's refusing build (the state version before) must be made another way", src)
-	}
-	current, _ := strconv.Atoi(string(m[1]))
-	b.oldState = current - 1
 	dir := t.TempDir()
-	patched := filepath.Join(dir, "state.go")
-	if err := os.WriteFile(patched, stateVersionRE.ReplaceAll(data, []byte(fmt.Sprintf("const StateVersion = %d", b.oldState))), 0o644); err != nil {
-		t.Fatal(err)
+	for name, content := range map[string]string{"go.mod": "module upgcold\n\ngo 1.21\n", "main.go": oldShimSource} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	overlay, err := json.Marshal(map[string]map[string]string{"Replace": {src: patched}})
-	if err != nil {
-		t.Fatal(err)
+	b.old = filepath.Join(t.TempDir(), shimBinaryName)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", b.old, ".")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-buildvcs=false", "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build of the stand-in %s: %v\n%s", upgcBuildOld, err, out)
 	}
-	overlayFile := filepath.Join(dir, "overlay.json")
-	if err := os.WriteFile(overlayFile, overlay, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	b.old = buildShimAs(t, upgcBuildOld, overlayFile)
 
 	// The builds differ: in content and in what they say they are.
 	for _, p := range []struct{ bin, want string }{{b.a, upgcBuildA}, {b.b, upgcBuildB}, {b.old, upgcBuildOld}} {
@@ -134,7 +145,7 @@ func buildUpgcShims(t *testing.T) upgcBuilds {
 	if string(da) == string(db) {
 		t.Fatal("the two builds are the same bytes")
 	}
-	t.Logf("builds: %s (%s), %s (%s), %s (%s, state version %d, this build's is %d)", upgcBuildA, b.a, upgcBuildB, b.b, upgcBuildOld, b.old, b.oldState, current)
+	t.Logf("builds: %s (%s), %s (%s), %s (%s, a stand-in that refuses every state version)", upgcBuildA, b.a, upgcBuildB, b.b, upgcBuildOld, b.old)
 	return b
 }
 
@@ -615,8 +626,8 @@ func (u *upgc) churnOne(i int) churnLife {
 // machine). Then: every shim keeps its pid and socket, /proc/PID/exe is B
 // and `tether ps` says B; every container keeps its pid and runs; the
 // counter log and the logger's record go on with no gap and no duplicate;
-// the terminal still answers; the logger keeps its pid. A build of the
-// state version before (StateVersion - 1, through go build -overlay) is
+// the terminal still answers; the logger keeps its pid. A binary that
+// cannot take the state over (a stand-in answering the dry run so) is
 // refused and changes nothing. Then exec (exit 7, its output), resize of
 // the terminal (stty size follows), pause/resume, Stats and, at the end,
 // kill of every container work, and every exit reaches containerd with its
@@ -787,7 +798,7 @@ func upgcRun(t *testing.T, v *cdVersion, builds upgcBuilds, logger string) {
 	installShim(t, builds.old, exe)
 	out, err = u.upgrade(t, upgcBuildOld, shimPids)
 	if err == nil {
-		t.Errorf("tether upgrade to %s (state version %d) succeeded; want it refused", upgcBuildOld, builds.oldState)
+		t.Errorf("tether upgrade to %s, which reads no state version of this build, succeeded; want it refused", upgcBuildOld)
 	}
 	for _, p := range shimPids {
 		if l := shimLine(out, p); !strings.Contains(l, "upgrade refused") || !strings.Contains(l, "cannot take over state version") {
