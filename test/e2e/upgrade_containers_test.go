@@ -634,7 +634,10 @@ func (u *upgc) churnOne(i int) churnLife {
 //     `stty size`;
 //   - logbin: stdout to a binary:// logger (testdata/logger), a numbered
 //     line every 50 ms, exits 25 on SIGTERM;
-//   - counter: a counter every 10 ms to a file:// log.
+//   - counter: a counter every 10 ms to a file:// log;
+//   - exited: a shim of its own, exited 3 before the upgrade and not
+//     deleted until the end (the CRI plugin keeps exited containers): its
+//     status and code must survive the upgrades.
 //
 // single and tty have a Wait held from before their start to their exit,
 // as the CRI plugin holds one for every container: a Wait request stays in
@@ -737,16 +740,46 @@ func upgcRun(t *testing.T, v *cdVersion, builds upgcBuilds, logger string) {
 	counter := u.start(t, "counter", cio.LogFile(counterLog), nil, false, syscall.SIGKILL, 137,
 		"/bin/sh", "-c", `i=0; while :; do echo $i; i=$((i+1)); usleep 10000; done`)
 
-	ctrs := []*upgcCtr{single, g1, g2, g3, tty, logbin, counter}
+	// exited: a container that exited (3) before the upgrade and is not
+	// deleted yet, as the CRI plugin keeps an exited container until it is
+	// removed.
+	exited := func() *upgcCtr {
+		ctx, cancel := clientCtx(ns)
+		defer cancel()
+		cont, err := u.c.NewContainer(ctx, "exited", containerd.WithNewSpec(oci.WithRootFSPath(rootfsDir), oci.WithProcessArgs("/bin/sh", "-c", "exit 3")))
+		if err != nil {
+			t.Fatalf("NewContainer exited: %v", err)
+		}
+		task, err := cont.NewTask(ctx, cio.NullIO)
+		if err != nil {
+			t.Fatalf("NewTask exited: %v", err)
+		}
+		if err := task.Start(ctx); err != nil {
+			t.Fatalf("Start exited: %v", err)
+		}
+		d.waitStatus(t, ns, "exited", "STOPPED")
+		return &upgcCtr{id: "exited", cont: cont, task: task, pid: task.Pid(), code: 3, shim: d.shimOf(t, ns, "exited")}
+	}()
+	checkExited := func(when string) {
+		t.Helper()
+		ctx, cancel := clientCtx(ns)
+		defer cancel()
+		if st, err := exited.task.Status(ctx); err != nil || st.Status != containerd.Stopped || st.ExitStatus != 3 {
+			t.Errorf("%s: the exited container's status is %+v (%v), want stopped with exit status 3", when, st, err)
+		}
+	}
+
+	ctrs := []*upgcCtr{single, g1, g2, g3, tty, logbin, counter} // the running ones
+	every := append(slices.Clone(ctrs), exited)
 	if g1.shim.pid != g2.shim.pid || g1.shim.pid != g3.shim.pid {
 		t.Fatalf("g1, g2 and g3 are served by the shims %d, %d and %d; want one group shim", g1.shim.pid, g2.shim.pid, g3.shim.pid)
 	}
 	shims := map[int]int{} // shim pid -> its containers
-	for _, c := range ctrs {
+	for _, c := range every {
 		shims[c.shim.pid]++
 	}
-	if len(shims) != 5 {
-		t.Fatalf("%d shims for single, the group, tty, logbin and counter, want 5: %v", len(shims), shims)
+	if len(shims) != 6 {
+		t.Fatalf("%d shims for single, the group, tty, logbin, counter and exited, want 6: %v", len(shims), shims)
 	}
 	shimPids := make([]int, 0, len(shims))
 	for p := range shims {
@@ -798,7 +831,7 @@ func upgcRun(t *testing.T, v *cdVersion, builds upgcBuilds, logger string) {
 	const refusedV1 = "upgrade refused: the shim holds"
 	why := func(p int, hint bool) string {
 		var ids, held []string
-		for _, c := range ctrs {
+		for _, c := range every {
 			if c.shim.pid == p {
 				ids = append(ids, c.id)
 				if c.waitC != nil {
@@ -832,7 +865,7 @@ func upgcRun(t *testing.T, v *cdVersion, builds upgcBuilds, logger string) {
 			whys = append(whys, why(p, head == ""))
 		}
 		t.Fatalf("tether upgrade to build %s upgraded no shim (exit: %v).%s\n  %s\n"+
-			"The setup was complete: 5 shims (3 containers in the group shim), a terminal, a binary:// logger, a file:// counter "+
+			"The setup was complete: 6 shims (3 containers in the group shim, one exited and not deleted), a terminal, a binary:// logger, a file:// counter "+
 			"at %d lines with no gap, two different builds; after the failed upgrade the shims, containers and counter (%d lines) go on unchanged.",
 			upgcBuildB, err, head, strings.Join(whys, "\n  "), nCounter, n)
 	}
@@ -848,6 +881,7 @@ func upgcRun(t *testing.T, v *cdVersion, builds upgcBuilds, logger string) {
 	u.checkShims(t, "after the upgrade", shims, instB, upgcBuildB)
 	u.checkShims(t, "after the upgrade, not upgraded", stayed, instA, upgcBuildA)
 	u.checkContainers(t, "after the upgrade", ctrs)
+	checkExited("after the upgrade")
 	nCounter = waitSeqGrows(t, "the counter log after the upgrade", counterLog, "", nCounter+50)
 	nBin = waitSeqGrows(t, "the logger's record after the upgrade", recOut, "bin-", nBin+5)
 	if p := loggerPid(t, logger, rec); p != loggerP || !alive(loggerP) {
@@ -868,6 +902,7 @@ func upgcRun(t *testing.T, v *cdVersion, builds upgcBuilds, logger string) {
 	}
 	u.checkShims(t, "after the refused upgrade", shims, instB, upgcBuildB)
 	u.checkContainers(t, "after the refused upgrade", ctrs)
+	checkExited("after the refused upgrade")
 	nCounter = waitSeqGrows(t, "the counter log after the refused upgrade", counterLog, "", nCounter+20)
 	// B back in place: containerd runs the binary on disk for every new
 	// container's `start` (and `delete`).
@@ -978,14 +1013,15 @@ func upgcRun(t *testing.T, v *cdVersion, builds upgcBuilds, logger string) {
 		}
 		u.checkShims(t, fmt.Sprintf("after upgrade %d of %d", round, upgcRounds), done, inst, to)
 		if failed > 0 {
-			if failedRounds++; failedRounds >= 2 {
+			if failedRounds++; failedRounds >= 5 {
 				stopChurn()
-				t.Fatalf("round %d: upgrades failed in two rounds; stopping", round)
+				t.Fatalf("round %d: upgrades failed in five rounds; stopping", round)
 			}
 		}
 	}
 	stopChurn()
 	u.checkContainers(t, "after the upgrades in a row", ctrs)
+	checkExited("after the upgrades in a row")
 	nCounter = waitSeqGrows(t, "the counter log after the upgrades in a row", counterLog, "", nCounter+20)
 	nBin = waitSeqGrows(t, "the logger's record after the upgrades in a row", recOut, "bin-", nBin+2)
 	ttyAsk(t, "churned", "41 123", nil)
@@ -1059,6 +1095,9 @@ func upgcRun(t *testing.T, v *cdVersion, builds upgcBuilds, logger string) {
 	}
 	waitFor(t, 30*time.Second, "a /tasks/exit event with its code for every container and exec", func() (bool, string) {
 		var miss []string
+		if !slices.Contains(u.exits.statuses("exited", "exited"), 3) {
+			miss = append(miss, fmt.Sprintf("exited (want 3, got %v)", u.exits.statuses("exited", "exited")))
+		}
 		for _, c := range ctrs {
 			if !slices.Contains(u.exits.statuses(c.id, c.id), c.code) {
 				miss = append(miss, fmt.Sprintf("%s (want %d, got %v)", c.id, c.code, u.exits.statuses(c.id, c.id)))
@@ -1077,7 +1116,7 @@ func upgcRun(t *testing.T, v *cdVersion, builds upgcBuilds, logger string) {
 	}
 
 	// 7. Delete everything; nothing may be left.
-	for _, c := range ctrs {
+	for _, c := range every {
 		ctx, cancel := clientCtx(ns)
 		u.markDeleting(c.id)
 		if es, err := c.task.Delete(ctx); err != nil {
