@@ -983,6 +983,7 @@ func upgcRun(t *testing.T, v *cdVersion, builds upgcBuilds, logger string) {
 		}
 		inst := installShim(t, build, exe)
 		pending, all, failed := shimPids, len(stayed) == 0, 0
+		done := map[int]int{} // the shims upgraded in this round
 		for attempt := 0; len(pending) > 0 && attempt < 10; attempt++ {
 			out, _ := u.upgrade(t, to, pending, all)
 			all = false
@@ -991,6 +992,7 @@ func upgcRun(t *testing.T, v *cdVersion, builds upgcBuilds, logger string) {
 				switch l := shimLine(out, p); {
 				case strings.Contains(l, fmt.Sprintf("upgraded %s -> %s", cur[p], to)):
 					cur[p] = to
+					done[p] = shims[p]
 				case strings.Contains(l, "upgrade refused") && strings.Contains(l, "being created"):
 					again = append(again, p)
 					busyRetries++
@@ -1004,12 +1006,6 @@ func upgcRun(t *testing.T, v *cdVersion, builds upgcBuilds, logger string) {
 		if len(pending) > 0 {
 			failed += len(pending)
 			t.Errorf("round %d: shims %v refused ten times in a row for a Create in flight", round, pending)
-		}
-		done := map[int]int{}
-		for p, n := range shims {
-			if cur[p] == to {
-				done[p] = n
-			}
 		}
 		u.checkShims(t, fmt.Sprintf("after upgrade %d of %d", round, upgcRounds), done, inst, to)
 		if failed > 0 {
