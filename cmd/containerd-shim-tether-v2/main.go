@@ -26,6 +26,9 @@ func run() int {
 	if len(os.Args) > 1 && os.Args[1] == upgrade.CheckFlag {
 		return upgrade.RunCheck(os.Args[2:], version, os.Stdout)
 	}
+	if len(os.Args) > 1 && os.Args[1] == upgrade.CheckStateFlag {
+		return upgrade.RunCheckState(os.Stdin, version, bootstrap.CheckShimState, os.Stdout)
+	}
 	f, err := bootstrap.ParseFlags(os.Args[1:], os.Stderr)
 	if err != nil {
 		return 2

@@ -20,7 +20,6 @@ import (
 	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/container"
 	"github.com/tether-shim/tether/internal/events"
-	"github.com/tether-shim/tether/internal/exits"
 	"github.com/tether-shim/tether/internal/introspect"
 	"github.com/tether-shim/tether/internal/taskservice"
 	"github.com/tether-shim/tether/internal/trim"
@@ -115,7 +114,8 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	// Every source of work wakes the trimmer: requests and connections
 	// (below), stdio copies (Deps.Busy) and exits.
 	tr := trim.New()
-	reaper, err := exits.New(logger, tr.Begin)
+	handed := inheritedShim(logger, from)
+	reaper, err := newReaper(logger, tr.Begin, handed)
 	if err != nil {
 		ln.Close()
 		return err
@@ -147,7 +147,9 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	}
 	svc.Register(server)
 	quiescer := upgrade.NewQuiescer()
-	up, err := newUpgrader(logger, version, from, ln, quiescer, svc, reaper, publisher)
+	parts := &shimParts{logger: logger, svc: svc, reaper: reaper, publisher: publisher, counting: counting}
+	parts.adopt(ctx, handed)
+	up, err := newUpgrader(logger, version, from, ln, quiescer, parts)
 	if err != nil {
 		ln.Close()
 		return err

@@ -1,13 +1,20 @@
 package bootstrap
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 
+	"github.com/tether-shim/tether/internal/container"
 	"github.com/tether-shim/tether/internal/events"
 	"github.com/tether-shim/tether/internal/exits"
+	"github.com/tether-shim/tether/internal/handover"
+	"github.com/tether-shim/tether/internal/introspect"
 	"github.com/tether-shim/tether/internal/taskservice"
 	"github.com/tether-shim/tether/internal/upgrade"
 )
@@ -33,12 +40,175 @@ func serverListener(inherited *upgrade.State) (*net.UnixListener, []upgrade.Hand
 	return ln, nil, nil
 }
 
+// shimState is State.Shim of state version 2: what the shim holds besides
+// its connections. Its parts describe themselves (the Handed types); every
+// descriptor they name is in State.FDs.
+type shimState struct {
+	Reaper     exits.Handed                            `json:"reaper"`
+	Events     []events.HandedEvent                    `json:"events,omitempty"`
+	Containers []container.Handed                      `json:"containers,omitempty"`
+	Counters   map[string]introspect.ContainerCounters `json:"counters,omitempty"`
+}
+
+// shimParts are the parts of a server that a live upgrade quiesces,
+// describes and, in the new image, adopts.
+type shimParts struct {
+	logger    *slog.Logger
+	svc       *taskservice.Service
+	reaper    *exits.Reaper
+	publisher *events.Publisher
+	counting  *introspect.CountingSink
+
+	// resumes undo the quiescing of a snapshot, in reverse; only the
+	// server's main goroutine (Upgrader.HandOver) touches it.
+	resumes []func()
+}
+
+// snapshot quiesces the shim once its connections are quiescent, in the
+// order docs/design.md gives (exits, then each container's OOM watch and
+// stdio, then the event sender), each bounded by ctx, and describes it.
+func (s *shimParts) snapshot(ctx context.Context, files *handover.Files) (json.RawMessage, error) {
+	if err := s.reaper.Pause(ctx); err != nil {
+		return nil, fmt.Errorf("exits: %w", err)
+	}
+	s.resumes = append(s.resumes, s.reaper.Unpause)
+	if err := s.svc.Quiesce(ctx); err != nil {
+		return nil, err
+	}
+	s.resumes = append(s.resumes, s.svc.Unquiesce)
+	if err := s.publisher.Pause(ctx); err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	s.resumes = append(s.resumes, s.publisher.Unpause)
+
+	var st shimState
+	var err error
+	if st.Reaper, err = s.reaper.HandOver(files); err != nil {
+		return nil, fmt.Errorf("exits: %w", err)
+	}
+	if st.Containers, err = s.svc.HandOver(files); err != nil {
+		return nil, err
+	}
+	if st.Events, err = s.publisher.HandOver(); err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	for _, c := range st.Containers {
+		if st.Counters == nil {
+			st.Counters = make(map[string]introspect.ContainerCounters, len(st.Containers))
+		}
+		st.Counters[c.ID] = s.counting.Counters(c.ID)
+	}
+	return json.Marshal(st)
+}
+
+// resume undoes snapshot's quiescing after a failed hand-over.
+func (s *shimParts) resume() {
+	for i := len(s.resumes) - 1; i >= 0; i-- {
+		s.resumes[i]()
+	}
+	s.resumes = nil
+}
+
+// inheritedShim decodes the shim description a live upgrade handed to this
+// image, nil if there is none (a server `start` launched, or a state
+// version 1). The old image is gone, so a description that cannot be read
+// is logged at Error and nothing of it is adopted: the server serves on.
+func inheritedShim(logger *slog.Logger, from *upgrade.State) *shimState {
+	if from == nil || len(from.Shim) == 0 {
+		return nil
+	}
+	st, err := decodeShimState(from.Shim)
+	if err != nil {
+		logger.Error("live upgrade: the shim description cannot be read; nothing of it is adopted", "error", err)
+		return nil
+	}
+	return &st
+}
+
+// newReaper returns the server's exit monitor: with the pidfds the old
+// image handed over, taken before its first sweep (which would reap a
+// handed process that exited during the hand-over, status and all).
+func newReaper(logger *slog.Logger, busy func() (end func()), st *shimState) (*exits.Reaper, error) {
+	if st == nil {
+		return exits.New(logger, busy)
+	}
+	r, err := exits.NewAdopted(logger, busy, st.Reaper)
+	if err == nil {
+		return r, nil
+	}
+	logger.Error("live upgrade: the exit monitor's pidfds cannot be adopted; exits of handed processes are collected by pid", "error", err)
+	return exits.New(logger, busy)
+}
+
+// adopt takes over, in the image a live upgrade started, what the old
+// image described, before any request is served: the undelivered events
+// (first in the queue), the per-container counters, the containers. The
+// reaper took the pidfds already (newReaper). What cannot be adopted is
+// logged at Error and the server serves on with the rest.
+func (s *shimParts) adopt(ctx context.Context, st *shimState) {
+	if st == nil {
+		return
+	}
+	defer s.reaper.ForgetAdopted()
+	if err := s.publisher.Adopt(st.Events); err != nil {
+		s.logger.Error("live upgrade: events not yet delivered", "error", err)
+	}
+	for id, c := range st.Counters {
+		s.counting.Adopt(id, c)
+	}
+	if err := s.svc.Adopt(ctx, st.Containers); err != nil {
+		s.logger.Error("live upgrade: containers", "error", err)
+	}
+	s.logger.Info("live upgrade: adopted", "containers", s.svc.Held(), "events", len(st.Events))
+}
+
+// decodeShimState decodes a shim description strictly (no unknown field)
+// and validates every container in it.
+func decodeShimState(data []byte) (shimState, error) {
+	var st shimState
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&st); err != nil {
+		return shimState{}, fmt.Errorf("shim description: %w", err)
+	}
+	if dec.More() {
+		return shimState{}, errors.New("shim description: data after the document")
+	}
+	for i, e := range st.Events {
+		if err := e.Validate(); err != nil {
+			return shimState{}, fmt.Errorf("shim description: event %d: %w", i, err)
+		}
+	}
+	seen := make(map[string]bool, len(st.Containers))
+	for _, c := range st.Containers {
+		if err := c.Validate(); err != nil {
+			return shimState{}, err
+		}
+		if seen[c.ID] {
+			return shimState{}, fmt.Errorf("shim description: container %s twice", c.ID)
+		}
+		seen[c.ID] = true
+	}
+	return st, nil
+}
+
+// CheckShimState is the new binary's side of the second dry run of a live
+// upgrade (upgrade.RunCheckState): it reads the shim description of s as
+// the new image would before adopting it, without taking a descriptor.
+func CheckShimState(s upgrade.State) error {
+	if len(s.Shim) == 0 {
+		return nil
+	}
+	_, err := decodeShimState(s.Shim)
+	return err
+}
+
 // newUpgrader returns the server's live upgrade (docs/design.md, "Live
 // upgrade"). The new image is the binary at the path the first image was
 // started from, run with the same arguments and the environment `start`
 // gives a server (serverEnv).
 func newUpgrader(logger *slog.Logger, version string, inherited *upgrade.State, ln *net.UnixListener, q *upgrade.Quiescer,
-	svc *taskservice.Service, reaper *exits.Reaper, publisher *events.Publisher) (*upgrade.Upgrader, error) {
+	parts *shimParts) (*upgrade.Upgrader, error) {
 	exe, generation := "", 0
 	if inherited != nil {
 		exe, generation = inherited.Exe, inherited.Generation
@@ -57,21 +227,10 @@ func newUpgrader(logger *slog.Logger, version string, inherited *upgrade.State, 
 		Env:        func() []string { return serverEnv(os.Environ()) },
 		Listener:   ln,
 		Quiescer:   q,
-		Hold:       reaper.Hold,
-		Busy: func() error {
-			if n := svc.Held(); n > 0 {
-				return fmt.Errorf("the shim holds %d containers, and handing containers over is not built yet (state version %d carries none): %w", n, upgrade.StateVersion, upgrade.ErrNotHandedOver)
-			}
-			if pids, err := reaper.Children(); err != nil {
-				return fmt.Errorf("list child processes: %w", err)
-			} else if len(pids) > 0 {
-				return fmt.Errorf("the shim has child processes %v, whose exits state version %d cannot carry: %w", pids, upgrade.StateVersion, upgrade.ErrNotHandedOver)
-			}
-			if n := publisher.Queued(); n > 0 {
-				return fmt.Errorf("%d events are not yet delivered to containerd, and state version %d carries none: %w", n, upgrade.StateVersion, upgrade.ErrNotHandedOver)
-			}
-			return nil
-		},
+		Hold:       parts.reaper.Hold,
+		Busy:       parts.svc.Busy,
+		Snapshot:   parts.snapshot,
+		Resume:     parts.resume,
 		// The new image's runtime must start without huge pages, as one
 		// `start` launches (thp.go); its Serve releases the flag.
 		BeforeExec:      holdHugePages,

@@ -46,6 +46,15 @@
 //     with it and advance it in one critical section, so one OOM kill is
 //     reported by exactly one of them, and never twice. Several kills seen at
 //     once are reported once.
+//   - Hand-over (live upgrade, handover.go). From Pause until Unpause a
+//     watcher reports nothing (no onOOM, Check answers false); Pause
+//     returns once an onOOM under way has returned. HandOver describes
+//     what it counted (the counter value up to which every kill was
+//     reported, or the v1 notifications not reported); AdoptOOM in the new
+//     image registers anew and reports every kill above that once. No
+//     descriptor is passed: the kernel's counter is the truth. Exception:
+//     v1 kernels without oom_kill (before 4.13) lose a notification that
+//     comes between HandOver and AdoptOOM's registration.
 //   - Goroutines. A watcher owns at most one goroutine, which waits in Go's
 //     netpoller (no OS thread blocked per container). Close stops it and
 //     waits for it; no onOOM call starts after Close has begun.

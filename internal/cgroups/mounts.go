@@ -44,17 +44,15 @@ func (m mount) dir(cgPath string) (string, bool) {
 }
 
 // parseMountinfo returns the cgroup and cgroup2 mounts of a mountinfo file
-// (procfs.ParseMountinfo).
+// (procfs.ParseMountinfoOf: every container's start reads the file, and
+// the other mounts, however many, make no garbage).
 func parseMountinfo(data []byte) ([]mount, error) {
-	all, err := procfs.ParseMountinfo(data)
+	cg, err := procfs.ParseMountinfoOf(data, "cgroup", "cgroup2")
 	if err != nil {
 		return nil, fmt.Errorf("cgroups: %w: %w", err, errdefs.ErrInternal)
 	}
-	var out []mount
-	for _, pm := range all {
-		if pm.FSType != "cgroup" && pm.FSType != "cgroup2" {
-			continue
-		}
+	out := make([]mount, 0, len(cg))
+	for _, pm := range cg {
 		m := mount{dev: pm.Dev, root: pm.Root, point: pm.Point, v2: pm.FSType == "cgroup2"}
 		if !m.v2 {
 			m.controllers = strings.Split(pm.SuperOpts, ",")

@@ -109,6 +109,16 @@ type OOMWatcher struct {
 	// wokeBy names the fds of the last epoll wake-up (srcV2Events), for
 	// the log.
 	wokeBy []string
+	// Live upgrade (handover.go). paused is set by Pause: nothing is
+	// reported (the goroutine skips its updates, Check answers false) and
+	// a srcV1Events watcher leaves its eventfd undrained. kicked is set by
+	// Unpause, which also sets a past read deadline, so that the goroutine
+	// looks again. reporting is true while the goroutine runs onOOM; idle,
+	// made by a Pause that found it true, is closed when onOOM returned.
+	paused    bool
+	kicked    bool
+	reporting bool
+	idle      chan struct{}
 }
 
 // WatchOOM watches the cgroup's memory controller for OOM kills and calls
@@ -129,13 +139,13 @@ func (c *Cgroup) WatchOOM(onOOM func(), logger *slog.Logger) (*OOMWatcher, error
 	}
 	logger = logger.With("cgroup", c.path)
 	if c.mode == Unified {
-		return watchV2(c.v2, onOOM, logger)
+		return watchV2(c.v2, onOOM, logger, nil)
 	}
 	dir, ok := c.v1["memory"]
 	if !ok {
 		return nil, fmt.Errorf("cgroups: cgroup %s: the memory controller is not mounted: %w", c.path, errdefs.ErrFailedPrecondition)
 	}
-	return watchV1(dir, onOOM, logger, false)
+	return watchV1(dir, onOOM, logger, false, nil)
 }
 
 // missing is the error for a counter file p that is not there: the cgroup
@@ -151,7 +161,8 @@ func missing(p string) error {
 // cgroup at dir (cgroup.event_control, Documentation/admin-guide/cgroup-v1/memory.rst).
 // notifications makes it count notifications even where the kernel has the
 // oom_kill counter (the tests use it to run the path of older kernels).
-func watchV1(dir string, onOOM func(), logger *slog.Logger, notifications bool) (*OOMWatcher, error) {
+// from, if not nil, is what a watcher handed over counted (AdoptOOM).
+func watchV1(dir string, onOOM func(), logger *slog.Logger, notifications bool, from *OOMHanded) (*OOMWatcher, error) {
 	ctl := filepath.Join(dir, "memory.oom_control")
 	kv, ok, err := readFlatKeyed(ctl)
 	if err != nil {
@@ -163,6 +174,9 @@ func watchV1(dir string, onOOM func(), logger *slog.Logger, notifications bool) 
 	w := &OOMWatcher{src: srcV1Events, counter: ctl, onOOM: onOOM, logger: logger, evfd: -1, ifd: -1, popfd: -1, parentfd: -1}
 	if n, ok := kv["oom_kill"]; ok && !notifications {
 		w.src, w.base = srcV1Counter, n
+	}
+	if err := w.continueFrom(from); err != nil {
+		return nil, err
 	}
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
@@ -209,13 +223,13 @@ func registerEventfd(dir, ctl string, efd int) error {
 // systemd (told through inotify) removes the cgroup, and the kill is
 // counted by then. inotify stays for files that cannot be polled (a
 // regular file standing in for memory.events in the tests) and IN_IGNORED.
-func watchV2(dir string, onOOM func(), logger *slog.Logger) (*OOMWatcher, error) {
-	return watchV2File(filepath.Join(dir, "memory.events"), onOOM, logger)
+func watchV2(dir string, onOOM func(), logger *slog.Logger, from *OOMHanded) (*OOMWatcher, error) {
+	return watchV2File(filepath.Join(dir, "memory.events"), onOOM, logger, from)
 }
 
 // watchV2File is watchV2 for the file ev (the tests use it on another
 // cgroup file where the host has no v2 memory controller).
-func watchV2File(ev string, onOOM func(), logger *slog.Logger) (_ *OOMWatcher, retErr error) {
+func watchV2File(ev string, onOOM func(), logger *slog.Logger, from *OOMHanded) (_ *OOMWatcher, retErr error) {
 	dir := filepath.Dir(ev)
 	w := &OOMWatcher{src: srcV2Events, counter: ev, onOOM: onOOM, logger: logger, evfd: -1, ifd: -1, popfd: -1, parentfd: -1}
 	defer func() {
@@ -236,6 +250,9 @@ func watchV2File(ev string, onOOM func(), logger *slog.Logger) (_ *OOMWatcher, r
 		return nil, err
 	}
 	w.base = kv["oom_kill"]
+	if err := w.continueFrom(from); err != nil {
+		return nil, err
+	}
 	if p := filepath.Join(filepath.Dir(dir), "memory.events"); filepath.Dir(dir) != dir {
 		// The root cgroup has no memory.events: no parent to infer from.
 		if pkv, ok, err := readFlatKeyed(p); err == nil && ok {
@@ -404,7 +421,14 @@ func (w *OOMWatcher) run() {
 			}
 		}
 		w.mu.Lock()
+		if w.paused {
+			// A kill is left for the new image, or for Unpause, which
+			// wakes this goroutine again.
+			w.mu.Unlock()
+			continue
+		}
 		report, stop, err := w.updateLocked()
+		w.reporting = report
 		w.mu.Unlock()
 		if err != nil {
 			w.logger.Warn("cgroups: read OOM counter", "file", w.counter, "error", err)
@@ -412,6 +436,13 @@ func (w *OOMWatcher) run() {
 		if report {
 			w.logger.Info("cgroups: OOM kill", "by", by)
 			w.onOOM()
+			w.mu.Lock()
+			w.reporting = false
+			if w.idle != nil {
+				close(w.idle)
+				w.idle = nil
+			}
+			w.mu.Unlock()
 		}
 		if stop {
 			return
@@ -430,15 +461,28 @@ func (w *OOMWatcher) wait(delay time.Duration) (woke bool, err error) {
 	if err := w.file.SetReadDeadline(deadline); err != nil {
 		return false, err
 	}
+	// After the deadline is set: an Unpause that set its past deadline
+	// before ours has set kicked already.
+	if w.takeKick() {
+		return w.afterKick()
+	}
 	var derr error
 	err = w.conn.Read(func(fd uintptr) bool {
 		w.mu.Lock()
 		defer w.mu.Unlock()
+		if w.paused && w.src == srcV1Events {
+			// The notifications are the count: leave them in the
+			// eventfd for HandOver or Unpause.
+			return false
+		}
 		var got bool
 		got, derr = w.drainLocked(int(fd))
 		return got || derr != nil
 	})
 	if errors.Is(err, os.ErrDeadlineExceeded) {
+		if w.takeKick() {
+			return w.afterKick()
+		}
 		return false, nil
 	}
 	if err == nil {
@@ -624,7 +668,9 @@ func (w *OOMWatcher) isClosed() bool {
 // It reads the kernel's counter itself, so a kill is seen even if the
 // watcher goroutine has not woken up yet; the kill is then not reported to
 // onOOM again. A removed cgroup has no counter left, and Check returns
-// false (see CheckExit). After Close, Check returns false.
+// false (see CheckExit). After Close, and while the watcher is paused (live
+// upgrade: the kill is left for the new image or for Unpause), Check
+// returns false.
 func (w *OOMWatcher) Check() bool {
 	report, _ := w.check(false)
 	return report
@@ -655,7 +701,7 @@ func (w *OOMWatcher) CheckExit(sigkilled bool) (report, inferred bool) {
 
 func (w *OOMWatcher) check(sigkilled bool) (report, inferred bool) {
 	w.mu.Lock()
-	if w.closed {
+	if w.closed || w.paused {
 		w.mu.Unlock()
 		return false, false
 	}

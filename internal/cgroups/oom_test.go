@@ -72,7 +72,7 @@ func TestWatchOOMV1(t *testing.T) {
 			}
 			rec := newRecorder()
 			t.Cleanup(rec.unblock)
-			w, err := watchV1(c.v1["memory"], rec.onOOM, slog.Default(), tc.notifications)
+			w, err := watchV1(c.v1["memory"], rec.onOOM, slog.Default(), tc.notifications, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -158,7 +158,7 @@ func TestWatchOOMV1Removed(t *testing.T) {
 			}
 			rec := newRecorder()
 			rec.unblock()
-			w, err := watchV1(c.v1["memory"], rec.onOOM, slog.Default(), notifications)
+			w, err := watchV1(c.v1["memory"], rec.onOOM, slog.Default(), notifications, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

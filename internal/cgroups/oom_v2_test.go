@@ -234,7 +234,7 @@ func TestWatchOOMV2Kernfs(t *testing.T) {
 
 	rec := newRecorder()
 	rec.unblock()
-	w, err := watchV2File(ev, rec.onOOM, testLogger(t))
+	w, err := watchV2File(ev, rec.onOOM, testLogger(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -296,15 +296,20 @@ func (c *Container) openIO(ctx context.Context, cfg stdio.Config) (procIO, error
 	if cfg.IsNull() {
 		return procIO{}, nil
 	}
-	pipes, err := stdio.Open(ctx, cfg, stdio.Options{
+	pipes, err := stdio.Open(ctx, cfg, c.stdioOptions())
+	return procIO{pipes: pipes}, err
+}
+
+// stdioOptions are what the stdio of every process of c gets.
+func (c *Container) stdioOptions() stdio.Options {
+	return stdio.Options{
 		UID:       c.ioUID,
 		GID:       c.ioGID,
 		ID:        c.id,
 		Namespace: c.deps.Namespace,
 		Monitor:   c.deps.Monitor,
 		Busy:      c.deps.Busy,
-	})
-	return procIO{pipes: pipes}, err
+	}
 }
 
 // runcIO is what the runtime command gets: an untyped nil for no stdio.

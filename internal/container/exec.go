@@ -37,7 +37,7 @@ type execKind struct {
 	startResolved chan struct{}
 }
 
-func (*execKind) lifecycle() lifecycle { return execLifecycle }
+func (*execKind) lifecycle() *lifecycle { return &execLifecycle }
 
 // Exec adds an exec process to the container, in the created state; Start
 // runs it. The spec is a JSON runtime-spec Process. A duplicate id is

@@ -22,7 +22,7 @@ type initKind struct {
 	c *Container
 }
 
-func (initKind) lifecycle() lifecycle { return initLifecycle }
+func (initKind) lifecycle() *lifecycle { return &initLifecycle }
 
 // start runs the runtime's start (or restore) and publishes TaskStart.
 func (k initKind) start(ctx context.Context, p *Process) (int, error) {

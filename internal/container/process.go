@@ -34,7 +34,7 @@ type Status struct {
 // execKind implement it; nothing outside them tells an init from an exec.
 type kind interface {
 	// lifecycle is the process's transition table.
-	lifecycle() lifecycle
+	lifecycle() *lifecycle
 	start(ctx context.Context, p *Process) (int, error)
 	kill(ctx context.Context, p *Process, signal uint32, all bool) error
 	delete(ctx context.Context, p *Process) (Status, error)

@@ -130,29 +130,45 @@ func (o Op) String() string {
 	return fmt.Sprintf("op(%d)", int(o))
 }
 
+// numStates and numOps size a lifecycle.
+const (
+	numStates = int(Deleted) + 1
+	numOps    = int(OpCheckpoint) + 1
+)
+
 // lifecycle is a transition table: for each state, the operations allowed
 // in it and the state each one leads to. An operation missing from a
 // state's row is refused with a *TransitionError. Tables are read-only.
-type lifecycle map[State]map[Op]State
+// Arrays, not maps: a map literal is built on the heap by the package's
+// init in every shim process, for good (2.3 kB, 25 allocations; see
+// docs/performance.md), an array literal is part of the binary.
+type lifecycle [numStates][numOps]transition
+
+// transition is one cell of a lifecycle: ok if the operation is allowed,
+// and the state it leads to.
+type transition struct {
+	to State
+	ok bool
+}
 
 // initLifecycle is the lifecycle of a container's init process, and so of
 // the container.
 var initLifecycle = lifecycle{
-	Created: {OpStart: Starting, OpKill: Created, OpExit: Exiting, OpDelete: Deleting, OpUpdate: Created},
+	Created: {OpStart: {Starting, true}, OpKill: {Created, true}, OpExit: {Exiting, true}, OpDelete: {Deleting, true}, OpUpdate: {Created, true}},
 	// The runtime's start is under way: the init may already run and
 	// exit, and it can be killed and updated as a created one.
-	Starting:    {OpStarted: Running, OpStartFailed: StartFailed, OpKill: Starting, OpExit: Exiting, OpUpdate: Starting},
-	StartFailed: {OpKill: StartFailed, OpExit: Exiting, OpDelete: Deleting, OpUpdate: StartFailed},
-	Running:     {OpPause: Paused, OpKill: Running, OpExec: Running, OpExecStart: Running, OpExit: Exiting, OpUpdate: Running, OpCheckpoint: Running},
-	Paused:      {OpResume: Running, OpKill: Paused, OpExit: Exiting, OpUpdate: Paused, OpCheckpoint: Paused},
+	Starting:    {OpStarted: {Running, true}, OpStartFailed: {StartFailed, true}, OpKill: {Starting, true}, OpExit: {Exiting, true}, OpUpdate: {Starting, true}},
+	StartFailed: {OpKill: {StartFailed, true}, OpExit: {Exiting, true}, OpDelete: {Deleting, true}, OpUpdate: {StartFailed, true}},
+	Running:     {OpPause: {Paused, true}, OpKill: {Running, true}, OpExec: {Running, true}, OpExecStart: {Running, true}, OpExit: {Exiting, true}, OpUpdate: {Running, true}, OpCheckpoint: {Running, true}},
+	Paused:      {OpResume: {Running, true}, OpKill: {Paused, true}, OpExit: {Exiting, true}, OpUpdate: {Paused, true}, OpCheckpoint: {Paused, true}},
 	// As with containerd's shim, an exec added while the exit is pending
 	// is accepted and its start refused.
-	Exiting: {OpExec: Exiting, OpExited: Stopped, OpDelete: Deleting},
-	Stopped: {OpDelete: Deleting},
+	Exiting: {OpExec: {Exiting, true}, OpExited: {Stopped, true}, OpDelete: {Deleting, true}},
+	Stopped: {OpDelete: {Deleting, true}},
 	// The forced delete of a created container kills its init, whose
 	// exit comes while it is deleted; a kill meanwhile goes to the
 	// runtime, which answers for a container being deleted.
-	Deleting: {OpKill: Deleting, OpExit: Deleting, OpExited: Deleting, OpDeleted: Deleted},
+	Deleting: {OpKill: {Deleting, true}, OpExit: {Deleting, true}, OpExited: {Deleting, true}, OpDeleted: {Deleted, true}},
 	Deleted:  {},
 }
 
@@ -160,20 +176,22 @@ var initLifecycle = lifecycle{
 // before Running, so it cannot be killed before then, and it is deleted in
 // one step (the runtime has nothing of it to delete).
 var execLifecycle = lifecycle{
-	Created:     {OpStart: Starting, OpDelete: Deleted},
-	Starting:    {OpStarted: Running, OpStartFailed: StartFailed, OpExit: Exiting},
-	StartFailed: {OpDelete: Deleted},
-	Running:     {OpKill: Running, OpExit: Exiting},
-	Exiting:     {OpExited: Stopped, OpDelete: Deleted},
-	Stopped:     {OpDelete: Deleted},
+	Created:     {OpStart: {Starting, true}, OpDelete: {Deleted, true}},
+	Starting:    {OpStarted: {Running, true}, OpStartFailed: {StartFailed, true}, OpExit: {Exiting, true}},
+	StartFailed: {OpDelete: {Deleted, true}},
+	Running:     {OpKill: {Running, true}, OpExit: {Exiting, true}},
+	Exiting:     {OpExited: {Stopped, true}, OpDelete: {Deleted, true}},
+	Stopped:     {OpDelete: {Deleted, true}},
 	Deleted:     {},
 }
 
 // next returns the state that op leads to from s, or a *TransitionError
 // when the lifecycle does not allow op in s.
-func (l lifecycle) next(s State, op Op) (State, error) {
-	if to, ok := l[s][op]; ok {
-		return to, nil
+func (l *lifecycle) next(s State, op Op) (State, error) {
+	if s >= 0 && int(s) < numStates && op >= 0 && int(op) < numOps {
+		if t := l[s][op]; t.ok {
+			return t.to, nil
+		}
 	}
 	return s, &TransitionError{From: s, Op: op}
 }

@@ -35,6 +35,21 @@
 // start event always precedes the exit event, even when the reaper observes
 // the exit before the Start handler publishes the start.
 //
+// # Live upgrade
+//
+// Both cross a live upgrade's execve (docs/design.md, "Live upgrade").
+// Publisher.Pause parks the sender between deliveries; HandOver then returns
+// the queue, in order, each event as the ForwardRequest the old image would
+// have sent (HandedEvent), and the new image's Publisher.Adopt queues them
+// before anything is published: no event is lost, reordered or re-stamped,
+// and only the event in flight at the pause can reach containerd twice (if
+// its acknowledgement was lost), as after any lost acknowledgement.
+// Outbox.HandOver carries an Outbox's flags (OutboxHanded) so that the
+// adopted Outbox keeps the one-exit rule and the start before the exit; it
+// refuses while a start is pending. HandOver changes nothing: after a failed
+// hand-over, Unpause resumes as before. A paused Publisher delivers nothing,
+// not even in Close.
+//
 // # Concurrency
 //
 // Each Publisher owns exactly one goroutine, the sender; Close stops it and

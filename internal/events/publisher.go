@@ -87,6 +87,9 @@ type item struct {
 //     at least once: an event whose acknowledgement was lost is sent again,
 //     right after itself, never after a later event.
 //   - After Close, Publish logs at Warn and drops the event.
+//   - While paused (Pause, for a live upgrade) the sender takes no event off
+//     the queue; Publish still appends. HandOver then returns the queue, and
+//     Adopt in the new image puts it back, in order, before anything else.
 //
 // A Publisher created with an empty (or non-unix) address starts no
 // goroutine and discards every event; it logs that once, at construction.
@@ -112,16 +115,33 @@ type Publisher struct {
 	// the others by the sender; never reset.
 	published, delivered, retried, dropped atomic.Uint64
 
-	// mu guards queue, closing and undelivered.
+	// mu guards queue, closing, undelivered, paused, delivering, parked
+	// and quiet.
 	mu sync.Mutex
 	// queue is the FIFO of events not yet delivered; queue[0] is the event
-	// the sender is working on. Only Publish appends, only the sender pops.
+	// the sender is working on. Publish appends, Adopt fills an empty
+	// queue, only the sender pops.
 	queue []item
 	// closing is set by Close; from then Publish drops.
 	closing bool
 	// undelivered lists the topics of the events still queued when the
 	// sender stopped; set once, by the sender, as it returns.
 	undelivered []string
+	// paused is set by Pause and cleared by Unpause (or by a Pause that
+	// failed): while it is set the sender takes no event off the queue.
+	paused bool
+	// delivering: the sender took queue[0] and works on it (a Forward, or
+	// the backoff after a failed one); queue[0] is then that event. Set by
+	// the sender in next, cleared by it (betweenLocked) in next, in pop
+	// and as it stops; false whenever the sender is between deliveries.
+	delivering bool
+	// parked is closed by the sender when, paused, it is back between
+	// deliveries; a Pause that found the sender delivering waits on it.
+	// nil when nobody waits.
+	parked chan struct{}
+	// quiet is set by abandon: the sender stops without reporting the
+	// queue (it was handed over).
+	quiet bool
 }
 
 // NewPublisher returns a Publisher that forwards events for namespace to the
@@ -226,7 +246,9 @@ func (p *Publisher) Publish(topic string, event proto.Message) {
 // (count and topics) and returns an error saying how many. Close is
 // idempotent and safe to call concurrently; every call reports the same
 // outcome. The wait after ctx is done is bounded: every blocking step of the
-// sender observes the cancellation.
+// sender observes the cancellation. A paused Publisher delivers nothing:
+// Close then waits for ctx and reports the queue undelivered, unless it was
+// empty; Unpause first to flush it.
 func (p *Publisher) Close(ctx context.Context) error {
 	p.mu.Lock()
 	p.closing = true
@@ -281,18 +303,22 @@ func (p *Publisher) run(ctx context.Context) {
 	}
 }
 
-// next returns the head of the queue, waiting for one if the queue is empty.
-// It reports false when the queue is empty and Close was called, or when ctx
-// is done.
+// next returns the head of the queue, waiting for one if the queue is empty
+// or the Publisher is paused. It reports false when the queue is empty and
+// Close was called, or when ctx is done. Between its call and its return
+// the sender is between deliveries: delivering is false, and a Pause
+// waiting for that is released.
 func (p *Publisher) next(ctx context.Context) (item, bool) {
 	for {
 		p.mu.Lock()
-		if len(p.queue) > 0 {
+		p.betweenLocked()
+		if !p.paused && len(p.queue) > 0 {
 			it := p.queue[0]
+			p.delivering = true
 			p.mu.Unlock()
 			return it, true
 		}
-		closing := p.closing
+		closing := p.closing && len(p.queue) == 0
 		p.mu.Unlock()
 		if closing {
 			return item{}, false
@@ -305,10 +331,23 @@ func (p *Publisher) next(ctx context.Context) (item, bool) {
 	}
 }
 
-// pop removes the head of the queue. Only the sender calls it.
+// betweenLocked records that the sender is between deliveries (it takes
+// the next event only through next, which honours paused) and releases a
+// Pause waiting for that. Only the sender calls it, with mu held.
+func (p *Publisher) betweenLocked() {
+	p.delivering = false
+	if p.paused && p.parked != nil {
+		close(p.parked)
+		p.parked = nil
+	}
+}
+
+// pop removes the head of the queue; the sender is then between
+// deliveries. Only the sender calls it.
 func (p *Publisher) pop() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.betweenLocked()
 	p.queue[0] = item{}
 	p.queue = p.queue[1:]
 	if len(p.queue) == 0 {
@@ -324,12 +363,16 @@ func (p *Publisher) queued() int {
 }
 
 // finish records and reports the events left in the queue as the sender
-// stops.
+// stops; after abandon it drops them silently (they were handed over).
 func (p *Publisher) finish() {
 	p.mu.Lock()
-	topics := make([]string, len(p.queue))
-	for i, it := range p.queue {
-		topics[i] = it.topic
+	p.betweenLocked()
+	var topics []string
+	if !p.quiet {
+		topics = make([]string, len(p.queue))
+		for i, it := range p.queue {
+			topics[i] = it.topic
+		}
 	}
 	p.queue = nil
 	p.undelivered = topics
@@ -365,55 +408,74 @@ type sender struct {
 	svc    eventsapi.TTRPCEventsService
 	// backoff is the wait after the next failure; 0 means cfg.backoffMin.
 	backoff time.Duration
+	// failures and appFailures count the failed attempts at the head of
+	// the queue (all of them, and those containerd answered with an
+	// application error); reset when the head is popped. They live here,
+	// not in deliver, so that a Pause between two attempts does not reset
+	// the application-error bound.
+	failures, appFailures int
 }
 
 // deliver forwards it until containerd accepts it or it is given up on, then
-// pops it from the queue and reports true. It reports false, leaving it
-// queued, when ctx is done.
+// pops it from the queue and reports true. It also reports true, leaving it
+// at the head of the queue, when the Publisher is paused after a failed
+// attempt (next then parks the sender; it retries once unpaused). It reports
+// false, leaving it queued, when ctx is done.
 func (s *sender) deliver(ctx context.Context, it item) bool {
 	cfg := s.p.cfg
-	failures, appFailures := 0, 0
 	for {
 		err := s.forward(ctx, it)
 		if err == nil {
-			if failures > 0 {
-				s.p.logger.Info("events: event delivered after retries", "topic", it.topic, "attempts", failures+1)
+			if s.failures > 0 {
+				s.p.logger.Info("events: event delivered after retries", "topic", it.topic, "attempts", s.failures+1)
 			}
 			s.p.pop()
 			s.p.delivered.Add(1)
-			s.backoff = 0
+			s.reset()
 			return true
 		}
 		if ctx.Err() != nil {
 			return false
 		}
-		failures++
+		s.failures++
 		if isApplicationError(err) {
-			appFailures++
-			if appFailures >= cfg.maxAppAttempts {
+			s.appFailures++
+			if s.appFailures >= cfg.maxAppAttempts {
 				s.p.logger.Error("events: containerd rejected event, dropping it",
-					"topic", it.topic, "attempts", appFailures, "error", err)
+					"topic", it.topic, "attempts", s.appFailures, "error", err)
 				s.p.pop()
 				s.p.dropped.Add(1)
-				s.backoff = 0
+				s.reset()
 				return true
 			}
 			s.p.logger.Warn("events: containerd rejected event, will retry",
-				"topic", it.topic, "attempt", appFailures, "max_attempts", cfg.maxAppAttempts, "error", err)
+				"topic", it.topic, "attempt", s.appFailures, "max_attempts", cfg.maxAppAttempts, "error", err)
 		} else {
 			s.disconnect()
 			level := slog.LevelDebug
-			if failures == 1 || failures%cfg.warnEvery == 0 {
+			if s.failures == 1 || s.failures%cfg.warnEvery == 0 {
 				level = slog.LevelWarn
 			}
 			s.p.logger.Log(ctx, level, "events: cannot forward event to containerd, will retry",
-				"topic", it.topic, "attempt", failures, "queued", s.p.queued(), "address", s.p.path, "error", err)
+				"topic", it.topic, "attempt", s.failures, "queued", s.p.queued(), "address", s.p.path, "error", err)
 		}
 		s.p.retried.Add(1)
+		if s.p.isPaused() {
+			return true
+		}
 		if !s.sleep(ctx) {
 			return false
 		}
+		if s.p.isPaused() {
+			return true
+		}
 	}
+}
+
+// reset forgets the failures of the event just popped.
+func (s *sender) reset() {
+	s.backoff = 0
+	s.failures, s.appFailures = 0, 0
 }
 
 // nextWait returns the wait after the current failure and doubles the next
@@ -428,15 +490,24 @@ func (s *sender) nextWait() time.Duration {
 }
 
 // sleep waits out the current backoff. It reports false if ctx was done
-// first.
+// first. A Pause cuts it short (it reports true; the caller looks at
+// paused): a wake-up for anything else (Publish, Close) does not, and its
+// token is not needed afterwards, since next looks at the queue and at
+// closing before it waits.
 func (s *sender) sleep(ctx context.Context) bool {
 	t := time.NewTimer(s.nextWait())
 	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
+	for {
+		select {
+		case <-t.C:
+			return true
+		case <-ctx.Done():
+			return false
+		case <-s.p.wake:
+			if s.p.isPaused() {
+				return true
+			}
+		}
 	}
 }
 

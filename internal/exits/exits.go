@@ -25,6 +25,14 @@
 //   - Close stops every goroutine the Reaper started and waits for it. No exit
 //     is collected after Close has begun; onExit calls for exits collected
 //     before that are allowed to finish, and Close waits for them.
+//   - Pause (live upgrade, handover.go). From Pause until Unpause no watcher
+//     reaps and no sweep runs: every exit stays a zombie, which the kernel
+//     keeps across execve. Pause returns once every onExit of an exit
+//     collected before it has returned. After Unpause an exit that happened
+//     meanwhile is collected and reported exactly once, as if nothing had
+//     happened. A Reaper made by NewAdopted watches a handed pid through
+//     the handed pidfd and its sweep never reaps a handed pid before Watch
+//     claims it or ForgetAdopted gives it up.
 package exits
 
 import (
@@ -103,9 +111,29 @@ type Reaper struct {
 	// watched maps each watched pid to its pidfd (nil on the wait4 fallback).
 	// A pid is removed when its exit is collected.
 	watched map[int]*os.File
-	// chld is closed and replaced by the sweeper on every SIGCHLD; it wakes
-	// the fallback watchers, which have no pidfd to wait on.
+	// chld is closed and replaced by the sweeper on every SIGCHLD, and by
+	// Unpause; it wakes the fallback watchers, which have no pidfd to wait
+	// on.
 	chld chan struct{}
+
+	// Live upgrade (handover.go). paused is set by Pause: no watcher reaps
+	// and the sweep is held (it records pending), so every exit from then
+	// on stays a zombie. resume is made by Pause and closed by Unpause: the
+	// pidfd watchers that found the Reaper paused wait on it. reporting
+	// counts the exits collected whose onExit has not returned yet (taken
+	// in the critical section that reaps); idle, made by a Pause that found
+	// reporting > 0, is closed when it drops to 0. looks counts, per pid,
+	// the times its watcher tried to reap (the tests observe it); an entry
+	// goes when the exit is collected. adopted maps the pids a NewAdopted
+	// Reaper was handed and no Watch has claimed yet to their pidfds (nil:
+	// the wait4 fallback); the sweep skips them like watched pids, until
+	// ForgetAdopted.
+	paused    bool
+	resume    chan struct{}
+	reporting int
+	idle      chan struct{}
+	looks     map[int]int
+	adopted   map[int]*os.File
 }
 
 // New makes this process a child subreaper, starts listening for SIGCHLD and
@@ -115,10 +143,12 @@ type Reaper struct {
 // exit as work under way; it must not block. The caller must Close the
 // Reaper. The subreaper attribute is not cleared by Close.
 func New(logger *slog.Logger, busy func() (end func())) (*Reaper, error) {
-	return newReaper(logger, options{busy: busy})
+	return newReaper(logger, options{busy: busy}, nil)
 }
 
-func newReaper(logger *slog.Logger, opts options) (*Reaper, error) {
+// newReaper makes a Reaper; if from is not nil it adopts the pids and
+// pidfds it describes before the sweeper starts (NewAdopted).
+func newReaper(logger *slog.Logger, opts options, from *Handed) (*Reaper, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -139,7 +169,15 @@ func newReaper(logger *slog.Logger, opts options) (*Reaper, error) {
 		kick:         make(chan struct{}, 1),
 		done:         make(chan struct{}),
 		watched:      make(map[int]*os.File),
+		looks:        make(map[int]int),
 		chld:         make(chan struct{}),
+	}
+	if from != nil {
+		// Before the sweeper starts: its first sweep would reap a handed
+		// pid that exited during the hand-over, and its status with it.
+		if err := r.adopt(*from); err != nil {
+			return nil, err
+		}
 	}
 	signal.Notify(r.sigCh, syscall.SIGCHLD)
 	r.wg.Add(1)
@@ -164,16 +202,22 @@ func (r *Reaper) Hold() (release func()) {
 func (r *Reaper) release() {
 	r.mu.Lock()
 	r.holds--
-	sweep := r.holds == 0 && r.pending && !r.closed
+	sweep := r.holds == 0 && r.pending && !r.closed && !r.paused
 	if sweep {
 		r.pending = false
 	}
 	r.mu.Unlock()
 	if sweep {
-		select {
-		case r.kick <- struct{}{}:
-		default: // a sweep is already queued
-		}
+		r.kickSweep()
+	}
+}
+
+// kickSweep asks the sweeper for a sweep (the one deferred by a Hold or a
+// pause, or one for pids given up), without blocking.
+func (r *Reaper) kickSweep() {
+	select {
+	case r.kick <- struct{}{}:
+	default: // a sweep is already queued
 	}
 }
 
@@ -201,8 +245,16 @@ func (r *Reaper) Watch(pid int, onExit func(Exit)) error {
 		return fmt.Errorf("exits: watch pid %d: already watched", pid)
 	}
 	// The child check and the insertion into watched happen under mu, so no
-	// sweep can reap pid in between.
-	f, err := r.openLocked(pid)
+	// sweep can reap pid in between. A pid handed over by a live upgrade
+	// is watched through the pidfd the old image opened.
+	var f *os.File
+	var err error
+	if af, ok := r.adopted[pid]; ok {
+		delete(r.adopted, pid)
+		f, err = r.claimLocked(pid, af)
+	} else {
+		f, err = r.openLocked(pid)
+	}
 	if err != nil {
 		return fmt.Errorf("exits: watch pid %d: %w", pid, err)
 	}
@@ -260,9 +312,13 @@ func (r *Reaper) checkChildLocked(pid int) error {
 }
 
 // Close stops the sweep, cancels every watch whose exit has not been
-// collected (their onExit is never called), closes every pidfd and waits for
-// every goroutine the Reaper started, including running onExit calls. It is
-// idempotent and always returns nil. Cancelled processes are left unreaped.
+// collected (their onExit is never called), closes every pidfd (the adopted
+// ones no Watch claimed too) and waits for every goroutine the Reaper
+// started, including running onExit calls. It is idempotent and always
+// returns nil. Cancelled processes are left unreaped. Close reaps nothing
+// and closes only the Reaper's own descriptors, so on a paused Reaper whose
+// pids were handed over it abandons them without side effects: duplicates
+// of its pidfds (HandOver's) stay valid.
 func (r *Reaper) Close() error {
 	r.mu.Lock()
 	if r.closed {
@@ -271,12 +327,18 @@ func (r *Reaper) Close() error {
 		return nil
 	}
 	r.closed = true
-	files := make([]*os.File, 0, len(r.watched))
+	files := make([]*os.File, 0, len(r.watched)+len(r.adopted))
 	for _, f := range r.watched {
 		if f != nil {
 			files = append(files, f)
 		}
 	}
+	for _, f := range r.adopted {
+		if f != nil {
+			files = append(files, f)
+		}
+	}
+	r.adopted = nil
 	r.mu.Unlock()
 
 	signal.Stop(r.sigCh)

@@ -125,7 +125,7 @@ func newTestReaper(t *testing.T, opts options) (*Reaper, *logSink) {
 	t.Helper()
 	sink := &logSink{t: t}
 	logger := slog.New(slog.NewTextHandler(sink, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	r, err := newReaper(logger, opts)
+	r, err := newReaper(logger, opts, nil)
 	if err != nil {
 		t.Fatalf("newReaper: %v", err)
 	}

@@ -30,7 +30,7 @@ func (r *Reaper) runSweeper() {
 }
 
 // wakeFallbackWatchers tells the wait4 fallback watchers that a child
-// changed state. Only the sweeper closes r.chld.
+// changed state. r.chld is closed, under mu, only here and in Unpause.
 func (r *Reaper) wakeFallbackWatchers() {
 	r.mu.Lock()
 	close(r.chld)
@@ -61,6 +61,10 @@ func (r *Reaper) sweep() {
 			r.mu.Unlock()
 			continue
 		}
+		if _, ok := r.adopted[pid]; ok {
+			r.mu.Unlock()
+			continue
+		}
 		// WNOHANG: reaps pid only if it is a zombie, never waits.
 		var ws unix.WaitStatus
 		wpid, err := wait4(pid, &ws, unix.WNOHANG)
@@ -83,12 +87,13 @@ func (r *Reaper) sweepAllowed() bool {
 }
 
 // sweepAllowedLocked reports whether the sweep may reap now; if a Hold is
-// active it records the sweep as pending, to run at the last release.
+// active or the Reaper is paused it records the sweep as pending, to run at
+// the last release or at Unpause.
 func (r *Reaper) sweepAllowedLocked() bool {
 	if r.closed {
 		return false
 	}
-	if r.holds > 0 {
+	if r.holds > 0 || r.paused {
 		r.pending = true
 		return false
 	}

@@ -22,6 +22,7 @@ const (
 	notYet    collected = iota // still running; wait for readiness
 	gotExit                    // exit collected; report it
 	cancelled                  // the Reaper is closed; report nothing
+	parked                     // the Reaper is paused; wait for Unpause, reap nothing
 )
 
 // watchPidfd is the watcher goroutine of pid: it waits for the pidfd f to
@@ -29,6 +30,16 @@ const (
 func (r *Reaper) watchPidfd(pid int, f *os.File, onExit func(Exit)) {
 	defer r.wg.Done()
 	ex, state, err := r.awaitPidfd(pid, f)
+	for err == nil && state == parked {
+		// Paused: wait for Unpause, then look again (rc.Read tries
+		// before it waits, so an exit that happened meanwhile, whose
+		// readiness was consumed by the try that parked, is seen).
+		if !r.waitUnpaused() {
+			state = cancelled
+			break
+		}
+		ex, state, err = r.awaitPidfd(pid, f)
+	}
 	// Closing f evicts it from the netpoller; Close may have done it already.
 	_ = f.Close()
 	if err != nil {
@@ -50,11 +61,41 @@ func (r *Reaper) watchPidfd(pid int, f *os.File, onExit func(Exit)) {
 	}
 }
 
-// report calls onExit with ex, counted as work under way (New's busy).
+// report calls onExit with ex, counted as work under way (New's busy). The
+// reap that collected ex counted it in reporting; report ends that.
 func (r *Reaper) report(ex Exit, onExit func(Exit)) {
+	defer r.reported()
 	end := r.opts.busy()
 	defer end()
 	onExit(ex)
+}
+
+// reported ends the count of an exit being reported, and tells a Pause
+// waiting for the last one.
+func (r *Reaper) reported() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reporting--
+	if r.reporting == 0 && r.idle != nil {
+		close(r.idle)
+		r.idle = nil
+	}
+}
+
+// waitUnpaused waits until the Reaper is not paused; false if it was closed.
+func (r *Reaper) waitUnpaused() bool {
+	r.mu.Lock()
+	paused, resume := r.paused, r.resume
+	r.mu.Unlock()
+	if !paused {
+		return true
+	}
+	select {
+	case <-resume:
+		return true
+	case <-r.done:
+		return false
+	}
 }
 
 // awaitPidfd collects the exit of pid through its pidfd f. err is non-nil
@@ -98,12 +139,18 @@ func (r *Reaper) reapPidfdLocked(pid, pidfd int) (Exit, collected, error) {
 	if r.closed {
 		return Exit{}, cancelled, nil
 	}
+	r.looks[pid]++
+	if r.paused {
+		return Exit{}, parked, nil
+	}
 	var info siginfo
 	err := waitid(unix.P_PIDFD, pidfd, &info, unix.WEXITED|unix.WNOHANG)
 	if err == nil && info.Pid == 0 {
 		return Exit{}, notYet, nil
 	}
 	delete(r.watched, pid)
+	delete(r.looks, pid)
+	r.reporting++
 	ex := Exit{Pid: pid, Status: lostStatus, At: time.Now()}
 	if err != nil {
 		return ex, gotExit, err
@@ -132,9 +179,10 @@ func (r *Reaper) watchWait4(pid int, onExit func(Exit)) {
 
 // watchWait4Loop collects the exit of pid with wait4(pid, WNOHANG), retried
 // on every SIGCHLD (the sweeper closes r.chld), and calls onExit. No thread
-// is blocked and Close (r.done) stops it. pid cannot be reused meanwhile: it
-// is our child, it stays in watched so the sweep skips it, and only this loop
-// reaps it.
+// is blocked and Close (r.done) stops it. While the Reaper is paused it
+// reaps nothing and waits for the next wake-up (Unpause closes r.chld too).
+// pid cannot be reused meanwhile: it is our child, it stays in watched so
+// the sweep skips it, and only this loop reaps it.
 func (r *Reaper) watchWait4Loop(pid int, onExit func(Exit)) {
 	for {
 		r.mu.Lock()
@@ -153,6 +201,7 @@ func (r *Reaper) watchWait4Loop(pid int, onExit func(Exit)) {
 		case cancelled:
 			return
 		}
+		// notYet or parked.
 		select {
 		case <-wake:
 		case <-r.done:
@@ -166,12 +215,18 @@ func (r *Reaper) reapWait4Locked(pid int) (Exit, collected, error) {
 	if r.closed {
 		return Exit{}, cancelled, nil
 	}
+	r.looks[pid]++
+	if r.paused {
+		return Exit{}, parked, nil
+	}
 	var ws unix.WaitStatus
 	wpid, err := wait4(pid, &ws, unix.WNOHANG)
 	if err == nil && wpid == 0 {
 		return Exit{}, notYet, nil
 	}
 	delete(r.watched, pid)
+	delete(r.looks, pid)
+	r.reporting++
 	ex := Exit{Pid: pid, Status: lostStatus, At: time.Now()}
 	if err != nil {
 		return ex, gotExit, err

@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/wrapperspb"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // Errors of a Client, for errors.Is.
@@ -102,14 +102,19 @@ func PeerCred(c *net.UnixConn) (uid, pid int, err error) {
 // Close closes the connection.
 func (c *Client) Close() error { return c.c.Close() }
 
-// call calls method with req and returns the reply's bytes.
+// call calls method with req and returns the reply's bytes. A reply of
+// another type than BytesType is an error: a shim of another version of
+// the service.
 func (c *Client) call(ctx context.Context, method string, req []byte) ([]byte, error) {
-	var resp wrapperspb.BytesValue
-	if err := c.c.Call(ctx, ServiceName, method, wrapperspb.Bytes(req), &resp); err != nil {
+	var resp anypb.Any
+	if err := c.c.Call(ctx, ServiceName, method, &anypb.Any{TypeUrl: BytesType, Value: req}, &resp); err != nil {
 		if s, ok := status.FromError(err); ok && s.Code() == codes.Unimplemented {
 			return nil, fmt.Errorf("%w (%s)", ErrNotServed, s.Message())
 		}
 		return nil, fmt.Errorf("%s: %w", method, err)
+	}
+	if t := resp.GetTypeUrl(); t != BytesType {
+		return nil, fmt.Errorf("%s: answer of type %q, want %q: the shim speaks another version of %s", method, t, BytesType, ServiceName)
 	}
 	return resp.GetValue(), nil
 }

@@ -91,3 +91,16 @@ func (s *CountingSink) Counters(id string) ContainerCounters {
 	}
 	return ContainerCounters{Exits: c.exits.Load(), OOMs: c.ooms.Load(), Execs: c.execs.Load()}
 }
+
+// Adopt gives container id, handed over by a live upgrade, its entry
+// again, with the counts the old image had: the container's TaskCreate was
+// the old image's.
+func (s *CountingSink) Adopt(id string, c ContainerCounters) {
+	n := &counters{}
+	n.exits.Store(c.Exits)
+	n.ooms.Store(c.OOMs)
+	n.execs.Store(c.Execs)
+	s.mu.Lock()
+	s.byID[id] = n
+	s.mu.Unlock()
+}

@@ -17,8 +17,9 @@
 //     bumped on paths that run anyway (an RPC, an event, a copy).
 //   - Only the shim's own uid reaches it: it is served on the shim's
 //     socket, whose listener admits peers of that uid only (SO_PEERCRED).
-//   - The wire format is JSON (encoding/json) carried in a
-//     google.protobuf.BytesValue, both ways; the JSON is the documented
-//     schema of `tether inspect -o json` (docs/operators.md), versioned by
-//     Snapshot.Schema. Decoders reject a schema they do not know.
+//   - The wire format is JSON (encoding/json) carried in the value of a
+//     google.protobuf.Any of type BytesType, both ways; the JSON is the
+//     documented schema of `tether inspect -o json` (docs/operators.md),
+//     versioned by Snapshot.Schema. Decoders reject a schema they do not
+//     know.
 package introspect

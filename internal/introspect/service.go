@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"os"
 	"runtime"
-	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -16,21 +15,29 @@ import (
 	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/wrapperspb"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // ServiceName is the ttrpc service the shim serves for the tool.
 const ServiceName = "tether.introspect.v1.Introspect"
 
-// Methods of ServiceName. Each takes and returns a
-// google.protobuf.BytesValue: a JSON request (ProfileRequest for Profile,
-// empty for the others) and, in return, a JSON Snapshot, the text of the
-// goroutine dump, or a profile in pprof's format.
+// Methods of ServiceName. Each takes and returns a google.protobuf.Any of
+// type BytesType whose value is the message: a JSON request
+// (ProfileRequest for Profile, empty for the others) and, in return, a
+// JSON Snapshot, the text of the goroutine dump, or a profile in pprof's
+// format.
 const (
 	MethodSnapshot = "Snapshot"
 	MethodStacks   = "Stacks"
 	MethodProfile  = "Profile"
 )
+
+// BytesType is the type URL of the google.protobuf.Any that carries every
+// request and reply of ServiceName, its value the bytes the method takes
+// or gives. An Any, not a google.protobuf.BytesValue: the shim links anypb
+// anyway (the task API), and linking wrapperspb would cost every shim the
+// heap its init registers, about 12 kB for good (docs/performance.md).
+const BytesType = "tether.introspect.v1/bytes"
 
 // Profile kinds.
 const (
@@ -114,13 +121,18 @@ func (s *Service) Register(srv *ttrpc.Server) {
 	}})
 }
 
-// bytesMethod adapts a handler of JSON or raw bytes to ttrpc; a reply
-// larger than ttrpc can carry is ResourceExhausted.
+// bytesMethod adapts a handler of JSON or raw bytes to ttrpc. A request
+// must be of BytesType, or empty (the empty message of a request without
+// bytes reads the same in every encoding); a reply larger than ttrpc can
+// carry is ResourceExhausted.
 func bytesMethod(h func(context.Context, []byte) ([]byte, error)) ttrpc.Method {
 	return func(ctx context.Context, unmarshal func(any) error) (any, error) {
-		var req wrapperspb.BytesValue
+		var req anypb.Any
 		if err := unmarshal(&req); err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "decode request: %v", err)
+		}
+		if t := req.GetTypeUrl(); t != BytesType && (t != "" || len(req.GetValue()) != 0) {
+			return nil, status.Errorf(codes.InvalidArgument, "request of type %q, want %q (a tether tool of another version?)", t, BytesType)
 		}
 		out, err := h(ctx, req.GetValue())
 		if err != nil {
@@ -132,7 +144,7 @@ func bytesMethod(h func(context.Context, []byte) ([]byte, error)) ttrpc.Method {
 		if len(out) > maxReply {
 			return nil, status.Errorf(codes.ResourceExhausted, "reply of %d bytes is larger than ttrpc carries", len(out))
 		}
-		return wrapperspb.Bytes(out), nil
+		return &anypb.Any{TypeUrl: BytesType, Value: out}, nil
 	}
 }
 
@@ -181,20 +193,17 @@ func (s *Service) Snapshot() *Snapshot {
 }
 
 // goMemory reads the Go runtime's heap objects and total mapped memory
-// (runtime/metrics: no stop of the world, unlike ReadMemStats).
+// (MemStats.HeapAlloc and Sys, the same figures as runtime/metrics'
+// /memory/classes/heap/objects:bytes and /memory/classes/total:bytes).
+// ReadMemStats stops the world for a few microseconds, once per snapshot
+// an operator asks for; runtime/metrics would not, but linking it costs
+// every shim about 15 kB of heap for good (its init builds the table of
+// metric descriptions), which an idle shim must not pay
+// (docs/performance.md).
 func goMemory() (heap, total uint64) {
-	samples := []metrics.Sample{
-		{Name: "/memory/classes/heap/objects:bytes"},
-		{Name: "/memory/classes/total:bytes"},
-	}
-	metrics.Read(samples)
-	if samples[0].Value.Kind() == metrics.KindUint64 {
-		heap = samples[0].Value.Uint64()
-	}
-	if samples[1].Value.Kind() == metrics.KindUint64 {
-		total = samples[1].Value.Uint64()
-	}
-	return heap, total
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc, ms.Sys
 }
 
 // Stacks returns the stacks of every goroutine, in the format of an

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tether-shim/tether/internal/testutil"
 )
@@ -111,6 +112,9 @@ func TestServiceRoundTrip(t *testing.T) {
 	if snap.Schema != SchemaVersion || snap.Shim.Version != "v-test" || snap.Shim.Pid != os.Getpid() || snap.Shim.Goroutines == 0 {
 		t.Errorf("shim = %+v", snap.Shim)
 	}
+	if snap.Shim.HeapBytes == 0 || snap.Shim.GoRuntimeBytes < snap.Shim.HeapBytes {
+		t.Errorf("Go heap %d bytes, Go runtime %d bytes: want a heap, within the runtime's memory", snap.Shim.HeapBytes, snap.Shim.GoRuntimeBytes)
+	}
 	if snap.Shim.UptimeSeconds < 60 {
 		t.Errorf("uptime %v s, want at least the minute since StartedAt", snap.Shim.UptimeSeconds)
 	}
@@ -167,6 +171,48 @@ func TestClientOlderShim(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "older version") {
 		t.Errorf("error %q does not say the shim is older", err)
+	}
+}
+
+// TestWireTypeChecked: the service refuses a request carried in an Any of
+// another type than BytesType (a tool of another version), and the client
+// refuses a reply of another type (a shim of another version) rather than
+// decoding bytes it does not know. An empty request is any version's.
+func TestWireTypeChecked(t *testing.T) {
+	svc := NewService(Config{Source: fakeSource{}})
+	srv := newServer(t)
+	svc.Register(srv)
+	path := serve(t, srv)
+	c := dialT(t, path)
+	ctx := ctxT(t)
+	for _, req := range []*anypb.Any{
+		{TypeUrl: "google.protobuf.BytesValue", Value: []byte(`{"kind":"heap"}`)},
+		{TypeUrl: "tether.introspect.v0/bytes"},
+	} {
+		var resp anypb.Any
+		err := c.c.Call(ctx, ServiceName, MethodProfile, req, &resp)
+		if s, _ := status.FromError(err); s.Code() != codes.InvalidArgument || !strings.Contains(s.Message(), BytesType) {
+			t.Errorf("request %v: %v, want InvalidArgument naming %q", req, err, BytesType)
+		}
+	}
+	var resp anypb.Any
+	if err := c.c.Call(ctx, ServiceName, MethodSnapshot, &anypb.Any{}, &resp); err != nil || resp.GetTypeUrl() != BytesType {
+		t.Errorf("empty request: %v, reply of type %q, want %q", err, resp.GetTypeUrl(), BytesType)
+	}
+
+	other := newServer(t)
+	other.RegisterService(ServiceName, &ttrpc.ServiceDesc{Methods: map[string]ttrpc.Method{
+		MethodSnapshot: func(ctx context.Context, unmarshal func(any) error) (any, error) {
+			var req anypb.Any
+			if err := unmarshal(&req); err != nil {
+				return nil, err
+			}
+			return &anypb.Any{TypeUrl: "tether.introspect.v9/bytes", Value: []byte("{}")}, nil
+		},
+	}})
+	oc := dialT(t, serve(t, other))
+	if _, err := oc.Snapshot(ctx); err == nil || !strings.Contains(err.Error(), "another version") {
+		t.Errorf("reply of another type: %v, want an error saying the shim speaks another version", err)
 	}
 }
 

@@ -78,6 +78,55 @@ func TestParseNetUnix(t *testing.T) {
 	}
 }
 
+// TestParseMountinfoOf: only the mounts of the types asked for, each
+// checked as ParseMountinfo checks it (a malformed line of another type is
+// still an error), with strings that are not views of the file; the lines
+// of other types allocate nothing.
+func TestParseMountinfoOf(t *testing.T) {
+	in := "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n" +
+		"\n" +
+		"27 22 0:26 / /sys/fs/cgroup/memory rw,nosuid shared:9 - cgroup cgroup rw,memory\n" +
+		"40 36 0:33 / /run/b/rootfs rw shared:2 - overlay overlay rw,lowerdir=/l\n" +
+		"28 22 0:27 /kubepods /mnt/cg\\040x rw - cgroup2 cgroup2 rw\n"
+	data := []byte(in)
+	got, err := ParseMountinfoOf(data, "cgroup", "cgroup2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Mount{
+		{Dev: "0:26", Root: "/", Point: "/sys/fs/cgroup/memory", FSType: "cgroup", Source: "cgroup", SuperOpts: "rw,memory"},
+		{Dev: "0:27", Root: "/kubepods", Point: "/mnt/cg x", FSType: "cgroup2", Source: "cgroup2", SuperOpts: "rw"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %+v\nwant %+v", got, want)
+	}
+	all, err := ParseMountinfo(data)
+	if err != nil || len(all) != 4 || all[1] != want[0] || all[3] != want[1] {
+		t.Errorf("ParseMountinfo of the same file: %+v, %v; want 4 mounts, among them %+v", all, err, want)
+	}
+	for i := range data {
+		data[i] = 'x'
+	}
+	if got[0].Point != "/sys/fs/cgroup/memory" || got[1].SuperOpts != "rw" {
+		t.Errorf("mounts changed with the file they were parsed from: %+v", got)
+	}
+
+	other := []byte(strings.Repeat("40 36 0:33 / /run/b/rootfs rw shared:2 - overlay overlay rw,lowerdir=/l\n", 50))
+	if n := testing.AllocsPerRun(20, func() {
+		if ms, err := ParseMountinfoOf(other, "cgroup", "cgroup2"); err != nil || len(ms) != 0 {
+			t.Fatalf("%d mounts, %v; want none", len(ms), err)
+		}
+	}); n != 0 {
+		t.Errorf("50 lines of another type allocate %v times, want 0", n)
+	}
+	if _, err := ParseMountinfoOf([]byte("24 31 0:22 / /sys rw - sysfs\n"), "cgroup"); err == nil {
+		t.Error("a malformed line of another type: no error")
+	}
+	if ms, err := ParseMountinfoOf([]byte(in)); err != nil || ms != nil {
+		t.Errorf("no type asked for: %+v, %v; want nothing", ms, err)
+	}
+}
+
 func TestParseMountinfo(t *testing.T) {
 	in := "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n" +
 		"\n" +

@@ -172,9 +172,12 @@ func (p *IO) StartOutput() error {
 	p.mu.Lock()
 	pending := p.pendingOut
 	p.pendingOut = nil
+	for _, c := range pending {
+		p.setStageLocked(c.role, stageReading)
+	}
 	p.mu.Unlock()
 	for _, c := range pending {
-		go p.copyOut(c.dst, c.src, c.closeDst)
+		go p.copyOut(c.role, c.dst, c.src, c.closeDst)
 	}
 	if p.console == nil {
 		return nil
@@ -184,31 +187,43 @@ func (p *IO) StartOutput() error {
 		p.giveUpConsoleCopy()
 		return err
 	}
-	var dst io.Writer = io.Discard
-	out := p.console.out
-	if out != nil {
-		dst = out
-	}
+	p.startConsoleCopies(master)
+	return nil
+}
+
+// startConsoleCopies starts the pty copy, unless stopOutputs gave its
+// place up, and the stdin copy into master.
+func (p *IO) startConsoleCopies(master *os.File) {
 	p.mu.Lock()
-	start := p.consolePending
-	p.consolePending = false
+	start := p.stage[roleOut] == stagePending
 	in := p.stdinFifo
+	if start {
+		p.setStageLocked(roleOut, stageReading)
+		if in != nil {
+			p.setStageLocked(roleIn, stageReading)
+		}
+	}
 	p.mu.Unlock()
 	if !start {
 		// Stopped or closed before the master came: Close closes it.
-		return nil
+		return
 	}
 	// The copy takes over the place Open counted in outputs.
-	go p.copyOut(dst, master, func() {
-		if out != nil {
-			p.closeFifoWhenRead(out)
-		}
-	})
+	dst, closeDst := p.consoleDst()
+	go p.copyOut(roleOut, dst, master, closeDst)
 	if in != nil {
 		p.input.Add(1)
 		go p.copyInConsole(in, master)
 	}
-	return nil
+}
+
+// consoleDst is where the pty copy writes, and what it runs at the end.
+func (p *IO) consoleDst() (io.Writer, func()) {
+	out := p.console.out
+	if out == nil {
+		return io.Discard, nil
+	}
+	return out, func() { p.closeFifoWhenRead(out) }
 }
 
 // eot is ^D, the terminal's end-of-file character in canonical mode.
@@ -221,13 +236,21 @@ const eot = 0x04
 // closing the master would hang up the terminal and lose its output.
 func (p *IO) copyInConsole(src *stdinFifo, dst io.Writer) {
 	defer p.input.Done()
+	defer p.setStage(roleIn, stageDone)
 	get, put := p.lease()
-	var last byte = '\n'
+	last := byte('\n')
+	if p.partialIn.Load() {
+		last = 0
+	}
 	for {
+		if p.paused.Load() && !p.park(false) {
+			return
+		}
 		buf, n, err := pollRead(src.rc, get, put)
 		if n > 0 {
 			_, werr := dst.Write((*buf)[:n])
 			last = (*buf)[n-1]
+			p.partialIn.Store(last != '\n')
 			if werr != nil {
 				put(buf)
 				return
@@ -237,12 +260,18 @@ func (p *IO) copyInConsole(src *stdinFifo, dst io.Writer) {
 			put(buf)
 		}
 		if err != nil {
+			if n == 0 && p.pauseWoke(err, false) {
+				continue
+			}
 			// EOF, or CloseStdin closed the fifo: the client's input ended.
 			if !errors.Is(err, io.EOF) && !src.closed.Load() {
 				return
 			}
 			break
 		}
+	}
+	if p.abandoned.Load() {
+		return
 	}
 	eof := []byte{eot}
 	if last != '\n' {

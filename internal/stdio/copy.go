@@ -89,34 +89,54 @@ func pollRead(rc syscall.RawConn, get func() *[]byte, put func(*[]byte)) (buf *[
 
 // copyOut copies a process's output into dst until the source reports EOF
 // (or EIO, a pty whose last slave closed) or is stopped, then runs closeDst.
-func (p *IO) copyOut(dst io.Writer, src *os.File, closeDst func()) {
+// With a nil src it only runs closeDst: an adopted copy that had read to
+// the end. Its stage is ro's.
+func (p *IO) copyOut(ro role, dst io.Writer, src *os.File, closeDst func()) {
 	defer p.outputs.Done()
-	defer func() {
-		if closeDst != nil {
-			closeDst()
+	defer p.setStage(ro, stageDone)
+	if src != nil {
+		if rc, err := src.SyscallConn(); err == nil {
+			p.pump(rc, dst, true, true)
 		}
-	}()
-	rc, err := src.SyscallConn()
-	if err != nil {
+	}
+	if closeDst == nil || p.abandoned.Load() {
 		return
 	}
-	p.pump(rc, dst, true)
+	p.setStage(ro, stageClosing)
+	closeDst()
+}
+
+// startCopyIn starts copying the client's stdin into dst, a pipe.
+func (p *IO) startCopyIn(src *stdinFifo, dst io.WriteCloser) {
+	p.mu.Lock()
+	p.setStageLocked(roleIn, stageReading)
+	p.mu.Unlock()
+	p.input.Add(1)
+	go p.copyIn(src, dst)
 }
 
 // copyIn copies the client's stdin into the process, and closes dst at EOF
 // so that the process sees EOF (a pty gets ^D instead, see copyInConsole).
 func (p *IO) copyIn(src *stdinFifo, dst io.WriteCloser) {
 	defer p.input.Done()
-	defer dst.Close()
-	p.pump(src.rc, dst, false)
+	defer p.setStage(roleIn, stageDone)
+	p.pump(src.rc, dst, false, false)
+	if !p.abandoned.Load() {
+		dst.Close()
+	}
 }
 
 // pump copies from rc into dst until a read or a write fails (EOF
 // included), taking a buffer only while there is data. With track, it
-// counts for Drain the bytes written and the writes under way.
-func (p *IO) pump(rc syscall.RawConn, dst io.Writer, track bool) {
+// counts for Drain the bytes written and the writes under way. While the
+// IO is paused it parks between buffers (see park); output says whether
+// stopOutputs ends it.
+func (p *IO) pump(rc syscall.RawConn, dst io.Writer, track, output bool) {
 	get, put := p.lease()
 	for {
+		if p.paused.Load() && !p.park(output) {
+			return
+		}
 		buf, n, err := pollRead(rc, get, put)
 		if n > 0 {
 			if track {
@@ -138,6 +158,11 @@ func (p *IO) pump(rc syscall.RawConn, dst io.Writer, track bool) {
 			put(buf)
 		}
 		if err != nil {
+			// A read deadline that is not a stop's is Pause's: it woke
+			// the copy without reading.
+			if n == 0 && p.pauseWoke(err, output) {
+				continue
+			}
 			return
 		}
 	}

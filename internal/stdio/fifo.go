@@ -17,8 +17,10 @@ import (
 func (p *IO) openFifos(out, errOut output) error {
 	for _, s := range []struct {
 		o            output
+		role         role
+		fifo         **os.File
 		shim, contnr **os.File
-	}{{out, &p.stdoutR, &p.stdoutW}, {errOut, &p.stderrR, &p.stderrW}} {
+	}{{out, roleOut, &p.stdoutFifo, &p.stdoutR, &p.stdoutW}, {errOut, roleErr, &p.stderrFifo, &p.stderrR, &p.stderrW}} {
 		if s.o.kind != kindFifo {
 			continue
 		}
@@ -26,11 +28,11 @@ func (p *IO) openFifos(out, errOut output) error {
 		if err != nil {
 			return err
 		}
-		p.outFiles = append(p.outFiles, f)
-		if err := p.pipe(s.shim, s.contnr, f, func() { p.closeFifoWhenRead(f) }); err != nil {
+		if err := p.pipe(s.role, s.shim, s.contnr, f, func() { p.closeFifoWhenRead(f) }); err != nil {
 			f.Close()
 			return err
 		}
+		*s.fifo = f
 	}
 	return nil
 }
@@ -119,6 +121,9 @@ func (p *IO) closeFifoWhenRead(f *os.File) {
 	delay := time.Millisecond
 	prev := -1
 	for !p.stopping.Load() {
+		if p.paused.Load() && !p.park(true) {
+			return
+		}
 		var n int
 		var ierr error
 		if err := rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }); err != nil || ierr != nil || n == 0 {

@@ -24,12 +24,12 @@ func (p *IO) openFile(out, errOut output) error {
 	}
 	p.file = f
 	if out.kind == kindFile {
-		if err := p.pipe(&p.stdoutR, &p.stdoutW, f, nil); err != nil {
+		if err := p.pipe(roleOut, &p.stdoutR, &p.stdoutW, f, nil); err != nil {
 			return err
 		}
 	}
 	if errOut.kind == kindFile {
-		if err := p.pipe(&p.stderrR, &p.stderrW, f, nil); err != nil {
+		if err := p.pipe(roleErr, &p.stderrR, &p.stderrW, f, nil); err != nil {
 			return err
 		}
 	}

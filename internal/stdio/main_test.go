@@ -1,6 +1,7 @@
 package stdio
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -30,6 +31,9 @@ import (
 //	gen:N:M  write N bytes of stream 1 to stdout and M bytes of stream 2 to
 //	         stderr, concurrently, then exit 0
 //	tick     write "tick\n" to stdout every 50 ms until killed
+//	echo     for each line of stdin, write it to stdout and, in letters
+//	         (see letters), to stderr; exit 0 at EOF
+//	count:N  write 1..N to stdout and stderr as echo does, then exit 0
 const childEnv = "STDIO_TEST_CHILD"
 
 // bound limits every wait of the tests; reaching it fails the test. It is
@@ -84,6 +88,29 @@ func runChild(mode string) int {
 			return 1
 		}
 		return 0
+	case "echo":
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			if !echoNumber(sc.Text()) {
+				return 1
+			}
+		}
+		if sc.Err() != nil {
+			return 1
+		}
+		return 0
+	case "count":
+		n, err := strconv.Atoi(arg)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bad count %q\n", arg)
+			return 102
+		}
+		for i := 1; i <= n; i++ {
+			if !echoNumber(strconv.Itoa(i)) {
+				return 1
+			}
+		}
+		return 0
 	case "tick":
 		for {
 			if _, err := os.Stdout.WriteString("tick\n"); err != nil {
@@ -94,6 +121,22 @@ func runChild(mode string) int {
 	}
 	fmt.Fprintf(os.Stderr, "unknown %s %q\n", childEnv, mode)
 	return 102
+}
+
+// echoNumber writes s (decimal digits) to stdout as a line and to stderr
+// in letters, each with one write.
+func echoNumber(s string) bool {
+	if _, err := os.Stdout.WriteString(s + "\n"); err != nil {
+		return false
+	}
+	_, err := os.Stderr.WriteString(letters(s) + ";")
+	return err == nil
+}
+
+// letters writes the decimal digits of s as the letters a-j, so that the
+// bytes of stderr and stdout, written into one file, can be told apart.
+func letters(s string) string {
+	return strings.Map(func(r rune) rune { return r - '0' + 'a' }, s)
 }
 
 // stream is n bytes of a deterministic pseudo-random stream.

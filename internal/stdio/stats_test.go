@@ -61,7 +61,7 @@ func TestStatsCountsDrops(t *testing.T) {
 		t.Fatal(err)
 	}
 	var p IO
-	p.pump(rc, &shortWriter{n: 2}, true)
+	p.pump(rc, &shortWriter{n: 2}, true, true)
 	if got := p.Stats(); got != (Stats{OutBytes: 2, Drops: 3}) {
 		t.Errorf("stats %+v, want 2 out and 3 dropped", got)
 	}

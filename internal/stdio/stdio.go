@@ -17,6 +17,10 @@
 //     comes first. Nothing written before that point is dropped.
 //   - A logging binary is a watched child of the shim, stopped (and waited
 //     for, with a deadline) by Close.
+//   - Once Pause returned, no copy reads until Unpause, and every byte a
+//     copy read has been written: an IO that HandOver describes and Adopt
+//     rebuilds in the next image loses no byte and copies none twice
+//     (handover.go).
 package stdio
 
 import (
@@ -47,10 +51,10 @@ const copyBufSize = 32 << 10
 
 // Config is the stdio a client asked for. Empty paths mean no such stream.
 type Config struct {
-	Stdin    string
-	Stdout   string
-	Stderr   string
-	Terminal bool
+	Stdin    string `json:"stdin,omitempty"`
+	Stdout   string `json:"stdout,omitempty"`
+	Stderr   string `json:"stderr,omitempty"`
+	Terminal bool   `json:"terminal,omitempty"`
 }
 
 // IsNull reports whether the process gets no stdio at all. A terminal is
@@ -172,6 +176,8 @@ func (c Config) Validate() error {
 // IO is one process's stdio. It implements go-runc's IO and StartCloser.
 // Create it with Open.
 type IO struct {
+	// cfg is the Config the IO was opened with (handed over).
+	cfg Config
 	// Container-side ends, handed to the runtime by Set and closed in the
 	// shim by CloseAfterStart. Unused with a terminal.
 	stdinR, stdoutW, stderrW *os.File
@@ -184,8 +190,9 @@ type IO struct {
 	// file is the file:// destination, closed after both copies ended.
 	file *os.File
 
-	// outFiles are the client's output fifos the copies write to.
-	outFiles []*os.File
+	// stdoutFifo and stderrFifo are the client's output fifos the copies
+	// write to (a terminal's is console.out).
+	stdoutFifo, stderrFifo *os.File
 	// progress counts the bytes the output copies have written; Drain
 	// waits as long as it grows. Stats reports it too.
 	progress atomic.Int64
@@ -198,6 +205,16 @@ type IO struct {
 	// stopping is set by stopOutputs: the copies, and the waits for the
 	// client to read the fifos empty, end.
 	stopping atomic.Bool
+	// paused is set by Pause and cleared by Unpause, both under mu: the
+	// copies park (see park) instead of reading. Read by the copies'
+	// loops without mu.
+	paused atomic.Bool
+	// partialIn is set by the pty's stdin copy while the last byte it
+	// wrote did not end a line (so its EOF takes two ^D); handed over.
+	partialIn atomic.Bool
+	// abandoned is set by abandon (tests): released copies return without
+	// touching anything shared with the IO that adopted their descriptors.
+	abandoned atomic.Bool
 
 	outputs sync.WaitGroup // the stdout and stderr (or pty) copies
 	input   sync.WaitGroup // the stdin copy
@@ -211,12 +228,24 @@ type IO struct {
 	mu sync.Mutex
 	// stdinFifo is the client's stdin fifo, nil once closed; guarded by mu.
 	stdinFifo *stdinFifo
-	// consolePending is set from Open, for a terminal, until StartOutput
-	// starts the pty copy or stopOutputs gives its place up: Open counts
-	// the copy in outputs already, so that a Drain that comes first (a
-	// quick exec exits before its runtime call returned) waits for it.
-	// Guarded by mu.
-	consolePending bool
+	// stage is where each copy stands, by role (see stage). A terminal's
+	// pty copy is stagePending from Open until StartOutput starts it or
+	// stopOutputs gives its place up: Open counts the copy in outputs
+	// already, so that a Drain that comes first (a quick exec exits
+	// before its runtime call returned) waits for it. Guarded by mu.
+	stage [numRoles]stage
+	// parked counts the copies parked by Pause; guarded by mu.
+	parked int
+	// resume is closed to release the parked copies (Unpause, stopOutputs,
+	// Close, abandon), and made anew while still paused; nil when not
+	// paused. Guarded by mu.
+	resume chan struct{}
+	// parkChanged wakes a Pause waiting for the copies to park; made by
+	// Pause, sent to (never blocking) under mu.
+	parkChanged chan struct{}
+	// endsClosed is set by CloseAfterStart: the container-side ends are
+	// closed in the shim. Guarded by mu.
+	endsClosed bool
 	// closed is set by Close; guarded by mu.
 	closed bool
 	// pendingOut are the output copies of pipes that Open prepared and
@@ -229,6 +258,7 @@ type IO struct {
 
 // pendingCopy is an output copy waiting for StartOutput.
 type pendingCopy struct {
+	role     role
 	dst      io.Writer
 	src      *os.File
 	closeDst func()
@@ -243,7 +273,7 @@ func Open(ctx context.Context, c Config, opts Options) (_ *IO, retErr error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	p := &IO{busy: opts.Busy}
+	p := &IO{cfg: c, busy: opts.Busy}
 	defer func() {
 		if retErr != nil {
 			p.Close()
@@ -260,7 +290,7 @@ func Open(ctx context.Context, c Config, opts Options) (_ *IO, retErr error) {
 			return nil, err
 		}
 		p.console = con
-		p.consolePending = true
+		p.stage[roleOut] = stagePending
 		p.outputs.Add(1)
 		if out, _ := parseOutput(c.Stdout); out.kind == kindFifo {
 			if p.console.out, err = openOutputFifo(out.path); err != nil {
@@ -315,15 +345,14 @@ func (p *IO) openStdin(path string, pipe bool) error {
 		return fmt.Errorf("stdio: pipe: %w", err)
 	}
 	p.stdinR, p.stdinW = r, w
-	p.input.Add(1)
-	go p.copyIn(in, w)
+	p.startCopyIn(in, w)
 	return nil
 }
 
 // pipe makes the pipe of one output stream and prepares its copy into
 // dst, which StartOutput starts; closeDst runs when the copy ends (or
 // gives up without starting).
-func (p *IO) pipe(shim, contnr **os.File, dst io.Writer, closeDst func()) error {
+func (p *IO) pipe(ro role, shim, contnr **os.File, dst io.Writer, closeDst func()) error {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return fmt.Errorf("stdio: pipe: %w", err)
@@ -331,7 +360,8 @@ func (p *IO) pipe(shim, contnr **os.File, dst io.Writer, closeDst func()) error 
 	*shim, *contnr = r, w
 	p.outputs.Add(1)
 	p.mu.Lock()
-	p.pendingOut = append(p.pendingOut, pendingCopy{dst: dst, src: r, closeDst: closeDst})
+	p.pendingOut = append(p.pendingOut, pendingCopy{role: ro, dst: dst, src: r, closeDst: closeDst})
+	p.stage[ro] = stagePending
 	p.mu.Unlock()
 	return nil
 }
@@ -407,6 +437,9 @@ func (p *IO) ConsoleSocket() runc.ConsoleSocket {
 // the runtime has handed them to the container, so that the container holds
 // the last writer and its exit produces EOF.
 func (p *IO) CloseAfterStart() error {
+	p.mu.Lock()
+	p.endsClosed = true
+	p.mu.Unlock()
 	for _, f := range []*os.File{p.stdinR, p.stdoutW, p.stderrW} {
 		if f != nil {
 			f.Close()
@@ -480,8 +513,16 @@ func (p *IO) stopOutputs() {
 	p.stopping.Store(true)
 	p.giveUpConsoleCopy()
 	p.giveUpOutputCopies()
+	p.setStopDeadlines()
+	p.mu.Lock()
+	p.releaseParked()
+	p.mu.Unlock()
+}
+
+// setStopDeadlines makes the output copies' reads and writes return.
+func (p *IO) setStopDeadlines() {
 	now := time.Now()
-	for _, f := range append([]*os.File{p.stdoutR, p.stderrR}, p.outFiles...) {
+	for _, f := range []*os.File{p.stdoutR, p.stderrR, p.stdoutFifo, p.stderrFifo} {
 		if f != nil {
 			_ = f.SetReadDeadline(now)
 			_ = f.SetWriteDeadline(now)
@@ -497,8 +538,10 @@ func (p *IO) stopOutputs() {
 // that has not started, so that nothing waits for it any more.
 func (p *IO) giveUpConsoleCopy() {
 	p.mu.Lock()
-	pending := p.consolePending
-	p.consolePending = false
+	pending := p.console != nil && p.stage[roleOut] == stagePending
+	if pending {
+		p.setStageLocked(roleOut, stageDone)
+	}
 	p.mu.Unlock()
 	if pending {
 		p.outputs.Done()
@@ -512,6 +555,9 @@ func (p *IO) giveUpOutputCopies() {
 	p.mu.Lock()
 	pending := p.pendingOut
 	p.pendingOut = nil
+	for _, c := range pending {
+		p.setStageLocked(c.role, stageDone)
+	}
 	p.mu.Unlock()
 	for _, c := range pending {
 		if c.closeDst != nil {
@@ -530,6 +576,8 @@ func (p *IO) Close() error {
 		return nil
 	}
 	p.closed = true
+	// Parked copies end (see park).
+	p.releaseParked()
 	p.mu.Unlock()
 	p.CloseStdin()
 	p.stopOutputs()

@@ -213,3 +213,36 @@ func fine(a *syscall.SysProcAttr, r struct{ PdeathSignal int }) (syscall.Signal,
 		t.Fatalf("scan found %q, want %q", got, want)
 	}
 }
+
+// costlyPackages are packages the shim must not link, each with what it
+// would cost: their init allocates heap that stays for the shim's
+// lifetime, which every idle shim would pay (docs/performance.md, "What
+// the 2026-12-07 refactor and tools cost an idle shim";
+// GODEBUG=inittrace=1 on the shim shows each package's init).
+var costlyPackages = map[string]string{
+	"google.golang.org/protobuf/types/known/wrapperspb": "about 12 kB: its init registers nine message types; carry bytes in the anypb.Any linked anyway (introspect.BytesType, upgrade's JSON type)",
+	"runtime/metrics": "about 15 kB: its init copies the table of metric descriptions; runtime.ReadMemStats gives the same heap and total figures",
+	"google.golang.org/protobuf/reflect/protodesc": "about 160 kB: its init builds the editions' feature defaults",
+}
+
+// TestNoCostlyPackagesLinked: the shim links none of costlyPackages.
+func TestNoCostlyPackagesLinked(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", shimPackage)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v\n%s", shimPackage, err, stderr.String())
+	}
+	linked := 0
+	for line := range strings.Lines(string(out)) {
+		pkg := strings.TrimSpace(line)
+		linked++
+		if why, ok := costlyPackages[pkg]; ok {
+			t.Errorf("the shim links %s, which costs every shim %s", pkg, why)
+		}
+	}
+	if linked < 50 {
+		t.Fatalf("go list -deps %s listed %d packages; the shim links far more:\n%s", shimPackage, linked, out)
+	}
+}

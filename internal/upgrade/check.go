@@ -46,22 +46,27 @@ const shimName = "containerd-shim-tether-v2"
 // CheckFlag. It writes the Answer to out and returns the exit code: 0 if this
 // build takes the state version over, 1 if not, 2 on bad arguments.
 func RunCheck(args []string, version string, out io.Writer) int {
-	a := Answer{Shim: shimName, Version: version, Reads: []int{StateVersion}}
+	a := Answer{Shim: shimName, Version: version, Reads: Reads()}
 	if len(args) != 2 {
 		a.Reason = fmt.Sprintf("want %s <state version> <build>, got %d arguments", CheckFlag, len(args))
 		_ = json.NewEncoder(out).Encode(a)
 		return 2
 	}
 	v, err := strconv.Atoi(args[0])
-	switch {
-	case err != nil:
-		a.Reason = fmt.Sprintf("state version %q is not a number", args[0])
-	default:
-		if err := CanTake(v); err != nil {
-			a.Reason = err.Error()
-		} else {
-			a.OK = true
-		}
+	if err != nil {
+		err = fmt.Errorf("state version %q is not a number", args[0])
+	} else {
+		err = CanTake(v)
+	}
+	return answer(out, a, err)
+}
+
+// answer completes a with err (ok without one), writes it to out and
+// returns the dry run's exit code: 0 if ok, 1 if not.
+func answer(out io.Writer, a Answer, err error) int {
+	a.OK = err == nil
+	if err != nil {
+		a.Reason = err.Error()
 	}
 	_ = json.NewEncoder(out).Encode(a)
 	if !a.OK {
@@ -157,4 +162,52 @@ func (l *limited) Write(p []byte) (int, error) {
 		_, _ = l.w.Write(p[:k])
 	}
 	return len(p), nil
+}
+
+// CheckStateFlag is the first argument of the second dry run: the new
+// binary reads the very state document it is to take over on its stdin and
+// answers whether it can (see RunCheckState).
+const CheckStateFlag = "-upgrade-check-state"
+
+// RunCheckState implements the second dry run in the new binary: it reads a
+// state document from in, decodes it (Decode) and gives it to validate,
+// which checks the shim description as the new image would before adopting
+// it, without taking any descriptor. It writes an Answer to out and returns
+// the exit code: 0 if the document would be taken over, 1 if not.
+func RunCheckState(in io.Reader, version string, validate func(State) error, out io.Writer) int {
+	a := Answer{Shim: shimName, Version: version, Reads: Reads()}
+	data, err := io.ReadAll(io.LimitReader(in, maxState+1))
+	if err == nil {
+		var s State
+		if s, err = Decode(data); err == nil && validate != nil {
+			err = validate(s)
+		}
+	}
+	return answer(out, a, err)
+}
+
+// CheckState runs the second dry run: it gives the new binary the state
+// document it is about to take over and fails unless the binary answers
+// that it can read every part of it. It runs after the shim is quiesced, so
+// a binary that would fail after execve with the shim's containers is
+// caught while the old image can still serve on.
+func (b *Binary) CheckState(ctx context.Context, doc []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, fmt.Sprintf("/proc/self/fd/%d", b.f.Fd()), CheckStateFlag)
+	cmd.Stdin = bytes.NewReader(doc)
+	cmd.Stdout = &limited{w: &stdout, n: maxAnswer}
+	cmd.Stderr = &limited{w: &stderr, n: maxAnswer}
+	cmd.Env = []string{"GOMAXPROCS=1"}
+	cmd.WaitDelay = time.Second
+	runErr := cmd.Run()
+	var a Answer
+	if err := json.Unmarshal(stdout.Bytes(), &a); err != nil || a.Shim != shimName {
+		return fmt.Errorf("new binary %s gave no answer to %s: %v: %q", b.Path, CheckStateFlag, runErr, bytes.TrimSpace(stderr.Bytes()))
+	}
+	if !a.OK || runErr != nil {
+		return fmt.Errorf("new binary %s (version %s) cannot take this shim's state over: %s", b.Path, a.Version, a.Reason)
+	}
+	return nil
 }

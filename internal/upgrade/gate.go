@@ -55,8 +55,11 @@ type Quiescer struct {
 	mu sync.Mutex
 	// cond wakes parked readers on Resume; guarded by mu.
 	cond *sync.Cond
-	// changed is closed, and replaced, whenever a gate changes state, so
-	// that Wait can wait with a deadline.
+	// changed, made by Wait so that it can wait with a deadline, is
+	// closed and cleared whenever a gate changes state. It is nil while
+	// nobody waits: a request's state changes then allocate nothing (a
+	// channel made per change was garbage on every request of every
+	// shim, docs/performance.md).
 	changed chan struct{}
 	paused  bool
 	conns   map[*Gate]struct{}
@@ -65,15 +68,17 @@ type Quiescer struct {
 
 // NewQuiescer returns a Quiescer with no connection, not paused.
 func NewQuiescer() *Quiescer {
-	q := &Quiescer{changed: make(chan struct{}), conns: make(map[*Gate]struct{})}
+	q := &Quiescer{conns: make(map[*Gate]struct{})}
 	q.cond = sync.NewCond(&q.mu)
 	return q
 }
 
 // notifyLocked tells Wait that something changed.
 func (q *Quiescer) notifyLocked() {
-	close(q.changed)
-	q.changed = make(chan struct{})
+	if q.changed != nil {
+		close(q.changed)
+		q.changed = nil
+	}
 }
 
 // Gate is the quiescing state of one connection. Its methods may be called
@@ -365,6 +370,9 @@ func (q *Quiescer) Wait(ctx context.Context) ([]Handed, error) {
 			return out, nil
 		} else if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("quiesce: %s: %w", why, err)
+		}
+		if q.changed == nil {
+			q.changed = make(chan struct{})
 		}
 		ch := q.changed
 		q.mu.Unlock()

@@ -262,3 +262,46 @@ func TestRegressionUpgradeAfterCancelLeftServerPaused(t *testing.T) {
 		t.Fatalf("Status after the refusal = %+v, %v (paused?)", st, err)
 	}
 }
+
+// TestGateStateChangesAllocateNothing: while nobody waits for quiescence,
+// a connection's state changes (several per request) allocate nothing;
+// once Wait waits, a change wakes it.
+func TestGateStateChangesAllocateNothing(t *testing.T) {
+	q := NewQuiescer()
+	g := q.Add(nil, 0)
+	if n := testing.AllocsPerRun(100, func() {
+		q.mu.Lock()
+		g.setLocked(stateWaiting)
+		g.setLocked(stateBusy)
+		q.mu.Unlock()
+	}); n != 0 {
+		t.Errorf("a request's state changes allocate %v times, want 0", n)
+	}
+
+	q.Pause()
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, err := q.Wait(ctx)
+		done <- err
+	}()
+	// Park the busy gate once Wait waits (has made its channel): only
+	// that change can wake it.
+	for parked := false; !parked; {
+		select {
+		case err := <-done:
+			t.Fatalf("Wait returned before the gate parked: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+		q.mu.Lock()
+		if q.changed != nil {
+			g.setLocked(stateParked)
+			parked = true
+		}
+		q.mu.Unlock()
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Wait after the gate parked: %v", err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,9 +17,11 @@ import (
 	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/ttrpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tether-shim/tether/internal/testutil"
 )
@@ -58,7 +61,7 @@ import "os"
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "-upgrade-check" {
-		os.Stdout.WriteString(` + "`" + `{"shim":"containerd-shim-tether-v2","version":"future","reads":[2],"ok":false,"reason":"state version 1 is no longer read"}` + "`" + `)
+		os.Stdout.WriteString(` + "`" + `{"shim":"containerd-shim-tether-v2","version":"future","reads":[3],"ok":false,"reason":"state version 2 is no longer read"}` + "`" + `)
 		os.Exit(1)
 	}
 	os.Exit(2)
@@ -440,7 +443,7 @@ func TestShimLiveUpgrade(t *testing.T) {
 		req     Request
 		want    string
 	}{
-		{"a build that cannot read the state", func() { install(t, future, exe, 0o755) }, Request{}, "cannot take over state version 1: state version 1 is no longer read"},
+		{"a build that cannot read the state", func() { install(t, future, exe, 0o755) }, Request{}, "cannot take over state version 2: state version 2 is no longer read"},
 		{"a script", func() { install(t, script, exe, 0o755) }, Request{}, "is not an ELF executable"},
 		{"not a shim", func() { install(t, "/bin/true", exe, 0o755) }, Request{}, "gave no answer to -upgrade-check"},
 		{"not executable", func() { install(t, binB, exe, 0o644) }, Request{}, "is not an executable file"},
@@ -498,49 +501,111 @@ func TestShimLiveUpgrade(t *testing.T) {
 	}
 }
 
-// TestShimWithContainerRefuses: state version 1 carries no container, so a
-// shim that holds one refuses, names why, and keeps the container.
-func TestShimWithContainerRefuses(t *testing.T) {
-	shim := startInstalled(t, buildShim(t, "upgrade-test-a"))
+// TestShimWithContainerUpgrades: a shim that holds a running container
+// (state version 2) is upgraded; the container keeps its pid and its
+// output, a counter every 10 ms to a file:// log, has no gap and no
+// duplicate; after the upgrade an exec runs and a kill's exit is collected
+// with its status.
+func TestShimWithContainerUpgrades(t *testing.T) {
+	binA, binB := buildShim(t, "upgrade-test-a"), buildShim(t, "upgrade-test-b")
+	shim := startInstalled(t, binA)
 	pid, up, tasks := shim.pid, shim.up, shim.tasks
 
 	id := fmt.Sprintf("upgrade-held-%d", os.Getpid())
 	bundle := filepath.Join(shim.dir, id)
-	testutil.BusyboxBundle(t, bundle, "/usr/sbin/runc", "sleep", "1000")
-	created, err := tasks.Create(callCtx(t), &taskapi.CreateTaskRequest{ID: id, Bundle: bundle})
+	testutil.BusyboxBundle(t, bundle, "/usr/sbin/runc", "sh", "-c", "i=0; while :; do echo $i; i=$((i+1)); sleep 0.01; done")
+	logPath := filepath.Join(t.TempDir(), "counter.log")
+	created, err := tasks.Create(callCtx(t), &taskapi.CreateTaskRequest{ID: id, Bundle: bundle, Stdout: "file://" + logPath})
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
 	t.Cleanup(func() {
 		ctx := context.Background()
 		_, _ = tasks.Kill(ctx, &taskapi.KillRequest{ID: id, Signal: uint32(syscall.SIGKILL), All: true})
-		if _, err := tasks.Delete(ctx, &taskapi.DeleteRequest{ID: id}); err != nil {
-			t.Errorf("Delete: %v", err)
-		}
+		_, _ = tasks.Delete(ctx, &taskapi.DeleteRequest{ID: id})
 	})
+	if _, err := tasks.Start(callCtx(t), &taskapi.StartRequest{ID: id}); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	waitLines(t, logPath, 20)
 
-	_, err = up.Upgrade(callCtx(t), Request{})
-	if err == nil || !strings.Contains(err.Error(), "upgrade refused: the shim holds 1 containers") ||
-		!strings.Contains(err.Error(), "state version 1 carries none") {
-		t.Fatalf("Upgrade with a container = %v, want a refusal naming the container", err)
+	install(t, binB, shim.exe, 0o755)
+	if _, err := up.Upgrade(callCtx(t), Request{ExpectVersion: "upgrade-test-b"}); err != nil {
+		t.Fatalf("Upgrade with a container: %v", err)
 	}
 	st, err := up.Status(callCtx(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Pid != pid || st.Generation != 0 || st.LastError != "" {
-		t.Errorf("status after the refusal: %+v", st)
+	if st.Pid != pid || st.Version != "upgrade-test-b" || st.Generation != 1 || st.LastError != "" {
+		t.Fatalf("status after the upgrade: %+v", st)
 	}
 	state, err := tasks.State(callCtx(t), &taskapi.StateRequest{ID: id})
 	if err != nil {
-		t.Fatalf("State after the refusal: %v", err)
+		t.Fatalf("State after the upgrade: %v", err)
 	}
-	if state.Pid != created.Pid || state.Pid == 0 {
-		t.Errorf("container pid %d after the refusal, created as %d", state.Pid, created.Pid)
+	if state.Pid != created.Pid || state.Status != tasktypes.Status_RUNNING {
+		t.Fatalf("container after the upgrade: pid %d status %v, created as %d", state.Pid, state.Status, created.Pid)
 	}
-	if err := syscall.Kill(int(created.Pid), 0); err != nil {
-		t.Errorf("the container's process %d: %v", created.Pid, err)
+	n := countLines(t, logPath)
+	waitLines(t, logPath, n+20)
+
+	execID := "after-upgrade"
+	spec := []byte(`{"args":["sh","-c","exit 7"],"cwd":"/","env":["PATH=/bin"]}`)
+	if _, err := tasks.Exec(callCtx(t), &taskapi.ExecProcessRequest{ID: id, ExecID: execID, Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process", Value: spec}}); err != nil {
+		t.Fatalf("Exec after the upgrade: %v", err)
 	}
+	if _, err := tasks.Start(callCtx(t), &taskapi.StartRequest{ID: id, ExecID: execID}); err != nil {
+		t.Fatalf("exec Start after the upgrade: %v", err)
+	}
+	if w, err := tasks.Wait(callCtx(t), &taskapi.WaitRequest{ID: id, ExecID: execID}); err != nil || w.ExitStatus != 7 {
+		t.Fatalf("exec Wait after the upgrade: %v, %v; want status 7", w, err)
+	}
+	if _, err := tasks.Kill(callCtx(t), &taskapi.KillRequest{ID: id, Signal: uint32(syscall.SIGKILL)}); err != nil {
+		t.Fatalf("Kill after the upgrade: %v", err)
+	}
+	if w, err := tasks.Wait(callCtx(t), &taskapi.WaitRequest{ID: id}); err != nil || w.ExitStatus != 137 {
+		t.Fatalf("Wait after the upgrade: %v, %v; want status 137", w, err)
+	}
+	checkCounter(t, logPath)
+}
+
+// waitLines waits (bounded) until the file at path has n lines.
+func waitLines(t *testing.T, path string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for countLines(t, path) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d lines after 30 s, want %d", path, countLines(t, path), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func countLines(t *testing.T, path string) int {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return strings.Count(string(data), "\n")
+}
+
+// checkCounter checks that the counter log holds 0, 1, 2, ... with no gap
+// and no duplicate.
+func checkCounter(t *testing.T, path string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+	for i, l := range lines {
+		if l != strconv.Itoa(i) {
+			t.Fatalf("counter log line %d is %q, want %d (of %d lines): a gap or a duplicate", i, l, i, len(lines))
+		}
+	}
+	t.Logf("counter log: %d lines in order", len(lines))
 }
 
 // Twenty upgrades in a row, alternating two builds, while requests flow on

@@ -11,9 +11,11 @@
 // (Service). Package bootstrap wires it into the server.
 //
 // Invariant: an upgrade either completes, the new image serving every
-// connection the old one had, or is refused and leaves the shim as it was.
-// What cannot be handed over (StateVersion 1 hands over no container, no
-// process and no queued event) makes the upgrade refused, never lost.
+// connection the old one had and holding every container, process, exit and
+// event the old one held, or is refused (or fails before execve) and leaves
+// the shim as it was. What the state document carries beyond the listener
+// and the connections is package bootstrap's description of the shim
+// (State.Shim), opaque here.
 package upgrade
 
 import (
@@ -23,31 +25,38 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 
 	"golang.org/x/sys/unix"
 )
 
-// StateVersion is the version of the state document this build writes and
-// the only one it reads. Version 1 carries the listening socket and the
-// server's connections; it has no place for a container, a process or an
-// event, so a shim that holds any refuses to upgrade.
-const StateVersion = 1
+// StateVersion is the version of the state document this build writes.
+// Version 1 carried the listening socket and the server's connections only;
+// version 2 adds the shim's description (State.Shim: its containers,
+// processes, exit monitor and undelivered events) and the descriptors it
+// names (State.FDs).
+const StateVersion = 2
+
+// Reads returns the state versions this build takes over: its own, and
+// version 1, which is version 2 with no shim description.
+func Reads() []int { return []int{1, 2} }
 
 // EnvState names the environment variable through which the old image tells
 // the new one the descriptor of the state document. The new image unsets it
 // before it starts any child.
 const EnvState = "TETHER_UPGRADE_STATE"
 
-// maxState bounds the state document a new image reads.
-const maxState = 1 << 20
+// maxState bounds the state document a new image reads: about a hundred
+// thousand undelivered events, or thousands of containers.
+const maxState = 32 << 20
 
 // ErrVersion is returned (wrapped) by Decode for a document of a version
 // this build cannot read.
 var ErrVersion = errors.New("unsupported upgrade state version")
 
 // ErrNotHandedOver is returned (wrapped) when the shim holds something the
-// state document of this version cannot carry.
+// hand-over cannot carry (a Create under way, a container being restored).
 var ErrNotHandedOver = errors.New("state that this version of the hand-over cannot carry")
 
 // State is the document the old image writes for the new one. Descriptor
@@ -71,11 +80,13 @@ type State struct {
 	// request boundary: every request read was answered, no byte of a
 	// later one was read.
 	Conns []Conn `json:"conns"`
-	// Containers and Events are the place of the containers, processes and
-	// undelivered events of a later version; version 1 has them empty, and
-	// Decode refuses a document of version 1 that has any.
-	Containers []json.RawMessage `json:"containers,omitempty"`
-	Events     []json.RawMessage `json:"events,omitempty"`
+	// Shim is the description of the shim's state besides its
+	// connections (version 2), written and read by package bootstrap;
+	// absent in version 1.
+	Shim json.RawMessage `json:"shim,omitempty"`
+	// FDs are the descriptors Shim names (handover.Files), absent in
+	// version 1.
+	FDs []int `json:"fds,omitempty"`
 }
 
 // Conn is one connection handed over.
@@ -94,7 +105,7 @@ func Encode(s State) ([]byte, error) {
 	return json.Marshal(s)
 }
 
-// Decode parses a document. It refuses a version other than StateVersion
+// Decode parses a document. It refuses a version not in Reads
 // (ErrVersion), unknown fields, and descriptors that cannot be right.
 func Decode(data []byte) (State, error) {
 	if len(data) > maxState {
@@ -131,14 +142,14 @@ func Decode(data []byte) (State, error) {
 // CanTake reports whether this build can take over a state document of
 // version v: nil, or an error wrapping ErrVersion.
 func CanTake(v int) error {
-	if v != StateVersion {
-		return fmt.Errorf("%w: %d (this build reads version %d)", ErrVersion, v, StateVersion)
+	if !slices.Contains(Reads(), v) {
+		return fmt.Errorf("%w: %d (this build reads versions %v)", ErrVersion, v, Reads())
 	}
 	return nil
 }
 
 // validate checks what the document promises: its version, a generation,
-// descriptors above stdio and distinct, nothing this version cannot carry.
+// descriptors above stdio and distinct, nothing its version cannot carry.
 func (s State) validate() error {
 	if err := CanTake(s.Version); err != nil {
 		return err
@@ -149,10 +160,13 @@ func (s State) validate() error {
 	if s.Exe == "" || s.Exe[0] != '/' {
 		return fmt.Errorf("upgrade state: exe %q is not an absolute path", s.Exe)
 	}
-	if len(s.Containers) > 0 || len(s.Events) > 0 {
-		return fmt.Errorf("upgrade state: %d containers and %d events: %w", len(s.Containers), len(s.Events), ErrNotHandedOver)
+	if s.Version < 2 && (len(s.Shim) > 0 || len(s.FDs) > 0) {
+		return fmt.Errorf("upgrade state: version %d has no shim description", s.Version)
 	}
-	seen := make(map[int]bool, len(s.Conns)+1)
+	if len(s.Shim) > 0 && !json.Valid(s.Shim) {
+		return errors.New("upgrade state: the shim description is not JSON")
+	}
+	seen := make(map[int]bool, len(s.Conns)+len(s.FDs)+1)
 	check := func(what string, fd int) error {
 		if fd < 3 || fd > 1<<20 {
 			return fmt.Errorf("upgrade state: %s descriptor %d out of range", what, fd)
@@ -171,17 +185,22 @@ func (s State) validate() error {
 			return err
 		}
 	}
+	for _, fd := range s.FDs {
+		if err := check("shim", fd); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
 // Descriptors lists every descriptor the document names: the listener
-// first, then the connections in order.
+// first, then the connections in order, then the shim description's.
 func (s State) Descriptors() []int {
 	fds := []int{s.ListenerFD}
 	for _, c := range s.Conns {
 		fds = append(fds, c.FD)
 	}
-	return fds
+	return append(fds, s.FDs...)
 }
 
 // writeMemfd puts data in a new sealed memfd, close-on-exec (Exec clears

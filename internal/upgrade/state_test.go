@@ -33,7 +33,7 @@ func TestStateRoundTrip(t *testing.T) {
 }
 
 func TestDecodeRefusesOtherVersions(t *testing.T) {
-	for _, v := range []string{"0", "2", "-1", "1000"} {
+	for _, v := range []string{"0", "3", "-1", "1000"} {
 		doc := `{"version":` + v + `,"generation":1,"exe":"/x","listener_fd":3}`
 		_, err := Decode([]byte(doc))
 		if !errors.Is(err, ErrVersion) {
@@ -45,15 +45,49 @@ func TestDecodeRefusesOtherVersions(t *testing.T) {
 	}
 }
 
-func TestDecodeRefusesWhatVersion1CannotCarry(t *testing.T) {
-	s := validState()
-	s.Containers = []json.RawMessage{json.RawMessage(`{"id":"c1"}`)}
-	if _, err := Encode(s); !errors.Is(err, ErrNotHandedOver) {
-		t.Fatalf("Encode with a container = %v, want ErrNotHandedOver", err)
+func TestVersion1HasNoShimDescription(t *testing.T) {
+	// A version 1 document (a shim with no container, before version 2)
+	// is still taken over.
+	v1 := `{"version":1,"generation":1,"exe":"/x","listener_fd":3,"conns":[{"fd":4,"peer_pid":1}]}`
+	if s, err := Decode([]byte(v1)); err != nil || len(s.Shim) != 0 || len(s.Descriptors()) != 2 {
+		t.Fatalf("Decode(version 1) = %+v, %v", s, err)
 	}
-	doc := `{"version":1,"generation":1,"exe":"/x","listener_fd":3,"events":[{"topic":"/tasks/exit"}]}`
-	if _, err := Decode([]byte(doc)); !errors.Is(err, ErrNotHandedOver) {
-		t.Fatalf("Decode with an event = %v, want ErrNotHandedOver", err)
+	for _, doc := range []string{
+		`{"version":1,"generation":1,"exe":"/x","listener_fd":3,"shim":{"containers":[]}}`,
+		`{"version":1,"generation":1,"exe":"/x","listener_fd":3,"fds":[5]}`,
+	} {
+		if _, err := Decode([]byte(doc)); err == nil || !strings.Contains(err.Error(), "no shim description") {
+			t.Errorf("Decode(%s) = %v, want a refusal", doc, err)
+		}
+	}
+}
+
+func TestShimDescriptorsChecked(t *testing.T) {
+	s := validState()
+	s.Shim = json.RawMessage(`{"containers":[{"id":"c1"}]}`)
+	s.FDs = []int{10, 11}
+	data, err := Encode(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := got.Descriptors(); len(d) != 5 || d[3] != 10 || d[4] != 11 || string(got.Shim) != string(s.Shim) {
+		t.Fatalf("round trip: %+v, descriptors %v", got, d)
+	}
+	for name, fds := range map[string][]int{"repeated": {10, 10}, "a connection's": {8}, "stdio": {2}, "huge": {1 << 21}} {
+		bad := s
+		bad.FDs = fds
+		if _, err := Encode(bad); err == nil {
+			t.Errorf("%s descriptors %v accepted", name, fds)
+		}
+	}
+	bad := s
+	bad.Shim = json.RawMessage(`{"containers":`)
+	if _, err := Encode(bad); err == nil {
+		t.Error("a shim description that is not JSON was accepted")
 	}
 }
 
@@ -85,7 +119,8 @@ func TestRunCheck(t *testing.T) {
 		reason string
 	}{
 		{[]string{"1", "old"}, 0, true, ""},
-		{[]string{"2", "old"}, 1, false, "unsupported upgrade state version"},
+		{[]string{"2", "old"}, 0, true, ""},
+		{[]string{"3", "new"}, 1, false, "unsupported upgrade state version"},
 		{[]string{"x", "old"}, 1, false, "not a number"},
 		{[]string{"1"}, 2, false, "arguments"},
 	}

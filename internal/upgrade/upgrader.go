@@ -2,6 +2,7 @@ package upgrade
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,9 +38,18 @@ type Config struct {
 	// its connections.
 	Listener *net.UnixListener
 	Quiescer *Quiescer
-	// Busy returns why the server holds state this version cannot hand
-	// over (containers, children, queued events), or nil.
+	// Busy returns why the server holds state the hand-over cannot carry
+	// (a Create under way), or nil.
 	Busy func() error
+	// Snapshot, once the connections are quiescent, quiesces the rest of
+	// the shim (exits, OOM watches, stdio copies, the event sender) and
+	// returns its description for State.Shim, with every descriptor it
+	// names duplicated into files. If the hand-over fails after Snapshot
+	// was called (even if Snapshot itself failed), Resume undoes its
+	// quiescing before the connections resume. Both may be nil: nothing
+	// but the connections is handed over.
+	Snapshot func(ctx context.Context, files *handover.Files) (json.RawMessage, error)
+	Resume   func()
 	// Hold, if set, keeps the server's reaper from reaping the dry run's
 	// process before os/exec waits for it (exits.Reaper.Hold).
 	Hold func() (release func())
@@ -183,12 +193,28 @@ func (u *Upgrader) handOver(ctx context.Context, bin *Binary) error {
 			unix.Close(fd)
 		}
 	}()
+	var shim json.RawMessage
+	var files handover.Files
+	if u.cfg.Snapshot != nil {
+		// On failure the duplicates are closed and the shim's parts
+		// resumed here, before HandOver resumes the connections.
+		defer func() {
+			files.Close()
+			if u.cfg.Resume != nil {
+				u.cfg.Resume()
+			}
+		}()
+		if shim, err = u.cfg.Snapshot(ctx, &files); err != nil {
+			return fmt.Errorf("quiesce the shim: %w", err)
+		}
+	}
 	lfd, err := handover.Dup(u.cfg.Listener)
 	if err != nil {
 		return fmt.Errorf("listener: %w", err)
 	}
 	fds = append(fds, lfd)
-	s := State{Version: StateVersion, Generation: u.cfg.Generation + 1, From: u.cfg.Version, Exe: u.cfg.Exe, ListenerFD: lfd}
+	s := State{Version: StateVersion, Generation: u.cfg.Generation + 1, From: u.cfg.Version, Exe: u.cfg.Exe, ListenerFD: lfd,
+		Shim: shim, FDs: files.FDs()}
 	for _, c := range conns {
 		fd, err := handover.Dup(c.Conn)
 		if err != nil {
@@ -197,12 +223,21 @@ func (u *Upgrader) handOver(ctx context.Context, bin *Binary) error {
 		fds = append(fds, fd)
 		s.Conns = append(s.Conns, Conn{FD: fd, PeerPID: c.PeerPID})
 	}
+	if len(s.Shim) > 0 {
+		doc, err := Encode(s)
+		if err != nil {
+			return err
+		}
+		if err := bin.CheckState(ctx, doc); err != nil {
+			return err
+		}
+	}
 	if u.cfg.BeforeExec != nil {
 		if err := u.cfg.BeforeExec(); err != nil {
 			return err
 		}
 	}
-	u.cfg.Logger.Info("handing over", "to", bin.Answer.Version, "connections", len(s.Conns), "generation", s.Generation)
+	u.cfg.Logger.Info("handing over", "to", bin.Answer.Version, "connections", len(s.Conns), "descriptors", len(s.FDs), "generation", s.Generation)
 	err = Exec(bin, u.cfg.Argv, u.cfg.Env(), s)
 	if u.cfg.AfterFailedExec != nil {
 		u.cfg.AfterFailedExec()
