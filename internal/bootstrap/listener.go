@@ -66,7 +66,9 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 	if len(l.inherited) > 0 {
 		h := l.inherited[0]
 		l.inherited = l.inherited[1:]
-		return l.wrap(h.Conn, h.PeerPID, l.uid), nil // checked by the image that accepted it
+		fc := l.wrap(h.Conn, h.PeerPID, l.uid) // checked by the image that accepted it
+		fc.replay = h.Replay
+		return fc, nil
 	}
 	for {
 		c, err := l.gate.Accept(l.AcceptUnix)
@@ -128,6 +130,10 @@ type frameConn struct {
 	table *connTable
 	// pending is the rest of the frame being handed to ttrpc.
 	pending []byte
+	// replay are the request frames the old image of a live upgrade read
+	// and left unanswered (upgrade.Handed.Replay), which fill returns
+	// before it reads the socket.
+	replay [][]byte
 }
 
 // Read returns bytes of the current frame, reading the next whole frame
@@ -159,6 +165,16 @@ func (c *frameConn) ended(err error) error {
 
 // fill reads the next whole frame into pending.
 func (c *frameConn) fill() error {
+	if len(c.replay) > 0 {
+		f := c.replay[0]
+		c.replay = c.replay[1:]
+		if len(c.replay) == 0 {
+			c.replay = nil
+		}
+		c.gate.Received(f)
+		c.pending = f
+		return nil
+	}
 	// Between frames: no deadline, containerd's connections idle; a live
 	// upgrade holds the reader here.
 	first, err := c.gate.ReadFirst(c.UnixConn)
@@ -195,7 +211,7 @@ func (c *frameConn) fill() error {
 	if err := c.SetReadDeadline(time.Time{}); err != nil {
 		return err
 	}
-	c.gate.Received(buf[:frameHeader])
+	c.gate.Received(buf)
 	c.pending = buf
 	return nil
 }

@@ -10,6 +10,10 @@ import (
 	"net"
 	"os"
 
+	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/tether-shim/tether/internal/container"
 	"github.com/tether-shim/tether/internal/events"
 	"github.com/tether-shim/tether/internal/exits"
@@ -64,14 +68,47 @@ type shimParts struct {
 	resumes []func()
 }
 
-// snapshot quiesces the shim once its connections are quiescent, in the
-// order docs/design.md gives (exits, then each container's OOM watch and
-// stdio, then the event sender), each bounded by ctx, and describes it.
-func (s *shimParts) snapshot(ctx context.Context, files *handover.Files) (json.RawMessage, error) {
+// replayable reports whether a request frame read and not answered may be
+// left to the new image: a task Wait (v2 or v3) for a process whose exit is
+// not handed on yet. containerd (and its CRI plugin) holds one for every
+// task for the task's whole life, so without it no shim would ever be
+// quiescent. The new image reads the frame first and answers it when the
+// process exits.
+func (s *shimParts) replayable(frame []byte) bool {
+	const header = 10
+	if len(frame) <= header {
+		return false
+	}
+	var req ttrpc.Request
+	if err := proto.Unmarshal(frame[header:], &req); err != nil {
+		return false
+	}
+	if req.Method != "Wait" || (req.Service != taskservice.ServiceV2 && req.Service != taskservice.ServiceV3) {
+		return false
+	}
+	var w taskapi.WaitRequest
+	if err := proto.Unmarshal(req.Payload, &w); err != nil {
+		return false
+	}
+	return s.svc.WaitBlocks(w.GetID(), w.GetExecID())
+}
+
+// settle stops the exit monitor once the connections are quiescent
+// (exits.Reaper.Pause): no exit is collected from then on, so no Wait the
+// hand-over leaves to the new image can be answered by the old one.
+func (s *shimParts) settle(ctx context.Context) error {
 	if err := s.reaper.Pause(ctx); err != nil {
-		return nil, fmt.Errorf("exits: %w", err)
+		return fmt.Errorf("exits: %w", err)
 	}
 	s.resumes = append(s.resumes, s.reaper.Unpause)
+	return nil
+}
+
+// snapshot quiesces the rest of the shim once settle ran and the
+// connections are quiescent again, in the order docs/design.md gives (each
+// container's OOM watch and stdio, then the event sender), each bounded by
+// ctx, and describes it.
+func (s *shimParts) snapshot(ctx context.Context, files *handover.Files) (json.RawMessage, error) {
 	if err := s.svc.Quiesce(ctx); err != nil {
 		return nil, err
 	}
@@ -229,6 +266,8 @@ func newUpgrader(logger *slog.Logger, version string, inherited *upgrade.State, 
 		Quiescer:   q,
 		Hold:       parts.reaper.Hold,
 		Busy:       parts.svc.Busy,
+		Replayable: parts.replayable,
+		Settle:     parts.settle,
 		Snapshot:   parts.snapshot,
 		Resume:     parts.resume,
 		// The new image's runtime must start without huge pages, as one

@@ -82,9 +82,7 @@ var ErrNotQuiescent = errors.New("not quiescent")
 // so that nothing changes the container meanwhile. On error the parts
 // already parked are resumed.
 func (c *Container) Quiesce(ctx context.Context) error {
-	c.mu.Lock()
-	oom := c.oom
-	c.mu.Unlock()
+	oom := c.liveOOM()
 	var undo undo
 	if oom != nil {
 		if err := oom.Pause(ctx); err != nil {
@@ -111,12 +109,24 @@ func (c *Container) Unquiesce() {
 			pipes.Unpause()
 		}
 	}
-	c.mu.Lock()
-	oom := c.oom
-	c.mu.Unlock()
-	if oom != nil {
+	if oom := c.liveOOM(); oom != nil {
 		oom.Unpause()
 	}
+}
+
+// liveOOM returns the OOM watch while the init has not exited: the init's
+// exit closes it (initKind.exiting), and a closed watch has nothing to
+// pause or hand over.
+func (c *Container) liveOOM() *cgroups.OOMWatcher {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.init.mu.Lock()
+	exited := c.init.exitRecordedLocked()
+	c.init.mu.Unlock()
+	if exited {
+		return nil
+	}
+	return c.oom
 }
 
 // processes returns the init and the execs.
@@ -140,8 +150,9 @@ func (c *Container) HandOver(files *handover.Files) (Handed, error) {
 	if c.restore != nil && c.init.Status().State == Created {
 		return Handed{}, fmt.Errorf("container %s is restored from a checkpoint and not yet started: %w", c.id, ErrNotQuiescent)
 	}
+	oom := c.liveOOM()
 	c.mu.Lock()
-	cg, oom := c.cgroup, c.oom
+	cg := c.cgroup
 	execs := make([]*Process, 0, len(c.execs))
 	for _, p := range c.execs {
 		execs = append(execs, p)

@@ -103,3 +103,12 @@ func (s *Service) Adopt(ctx context.Context, hs []container.Handed) error {
 	}
 	return nil
 }
+
+// WaitBlocks reports whether a Wait for process execID of container id
+// would block now: the process exists and its exit is not yet handed on. A
+// live upgrade leaves such a Wait, read and unanswered, to the new image,
+// which replays it (docs/design.md, "Live upgrade").
+func (s *Service) WaitBlocks(id, execID string) bool {
+	_, p, err := s.process(id, execID)
+	return err == nil && !p.Exited()
+}

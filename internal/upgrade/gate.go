@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -93,8 +94,12 @@ type Gate struct {
 	// interrupted: Pause set a read deadline in the past, which the
 	// reader clears before it reads again.
 	interrupted bool
-	// open counts, per stream id, the requests read and not yet answered.
-	open map[uint32]int
+	// open counts, per stream id, the requests read and not yet answered;
+	// frames keeps the last request frame read on each such stream (the
+	// frame buffer the reader made for it, not a copy), which a hand-over
+	// replays in the new image if the request may wait there (Replayable).
+	open   map[uint32]int
+	frames map[uint32][]byte
 	// out follows the frames the server writes.
 	out frameScanner
 }
@@ -105,7 +110,7 @@ func (q *Quiescer) Add(conn *net.UnixConn, peerPID int) *Gate {
 	if q == nil {
 		return nil
 	}
-	g := &Gate{q: q, conn: conn, peerPID: peerPID, open: make(map[uint32]int)}
+	g := &Gate{q: q, conn: conn, peerPID: peerPID, open: make(map[uint32]int), frames: make(map[uint32][]byte)}
 	q.mu.Lock()
 	q.conns[g] = struct{}{}
 	q.notifyLocked()
@@ -198,17 +203,20 @@ func (g *Gate) ReadFirst(conn *net.UnixConn) (byte, error) {
 	}
 }
 
-// Received counts a frame read in full, given its header.
-func (g *Gate) Received(header []byte) {
-	if g == nil || len(header) < frameHeader {
+// Received counts a frame read in full. A request frame is kept until its
+// answer is written: the caller must not modify it afterwards.
+func (g *Gate) Received(frame []byte) {
+	if g == nil || len(frame) < frameHeader {
 		return
 	}
-	if header[8] != typeRequest {
+	if frame[8] != typeRequest {
 		return
 	}
-	id := binary.BigEndian.Uint32(header[4:8])
+	id := binary.BigEndian.Uint32(frame[4:8])
 	g.q.mu.Lock()
 	g.open[id]++
+	g.frames[id] = frame
+	g.q.notifyLocked()
 	g.q.mu.Unlock()
 }
 
@@ -225,6 +233,7 @@ func (g *Gate) Sent(p []byte) {
 				g.open[id]--
 				if g.open[id] == 0 {
 					delete(g.open, id)
+					delete(g.frames, id)
 				}
 			}
 		}
@@ -249,10 +258,40 @@ func (g *Gate) setLocked(s gateState) {
 	g.q.notifyLocked()
 }
 
-// quiescedLocked: the gate is ended, or parked with every request answered
-// and no response half written.
-func (g *Gate) quiescedLocked() bool {
-	return g.state == stateEnded || (g.state == stateParked && len(g.open) == 0 && g.out.atBoundary())
+// quiescedLocked: the gate is ended, or parked with no response half
+// written and every request answered but those replayable (nil: none) says
+// the new image may answer instead.
+func (g *Gate) quiescedLocked(replayable func(frame []byte) bool) bool {
+	if g.state == stateEnded {
+		return true
+	}
+	if g.state != stateParked || !g.out.atBoundary() {
+		return false
+	}
+	for id := range g.open {
+		if replayable == nil || !replayable(g.frames[id]) {
+			return false
+		}
+	}
+	return true
+}
+
+// replayLocked returns the frames of the requests still open, by stream
+// id: the order the peer sent them in, and the order ttrpc accepts them in.
+func (g *Gate) replayLocked() [][]byte {
+	if len(g.open) == 0 {
+		return nil
+	}
+	ids := make([]uint32, 0, len(g.open))
+	for id := range g.open {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	out := make([][]byte, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, g.frames[id])
+	}
+	return out
 }
 
 // ListenerGate is the quiescing state of the server's listener.
@@ -348,23 +387,29 @@ func (q *Quiescer) Resume() {
 type Handed struct {
 	Conn    *net.UnixConn
 	PeerPID int
+	// Replay are the request frames read and not answered, which the new
+	// image reads first, as if they had just arrived.
+	Replay [][]byte
 }
 
 // Wait waits, after Pause, until the server is quiescent: the listener and
-// every connection parked, every request read answered in full. It returns
-// the connections to hand over, or ctx's error.
-func (q *Quiescer) Wait(ctx context.Context) ([]Handed, error) {
+// every connection parked, every request read answered in full, but those
+// replayable says the new image may answer instead (a nil replayable: none).
+// It returns the connections to hand over, with the frames of the requests
+// to replay, or ctx's error. replayable runs with the Quiescer's lock held:
+// it must not call into the Quiescer.
+func (q *Quiescer) Wait(ctx context.Context, replayable func(frame []byte) bool) ([]Handed, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for {
 		if !q.paused {
 			return nil, errors.New("quiesce: not paused")
 		}
-		if ok, why := q.quiescedLocked(); ok {
+		if ok, why := q.quiescedLocked(replayable); ok {
 			var out []Handed
 			for g := range q.conns {
 				if g.state != stateEnded {
-					out = append(out, Handed{Conn: g.conn, PeerPID: g.peerPID})
+					out = append(out, Handed{Conn: g.conn, PeerPID: g.peerPID, Replay: g.replayLocked()})
 				}
 			}
 			return out, nil
@@ -386,12 +431,12 @@ func (q *Quiescer) Wait(ctx context.Context) ([]Handed, error) {
 
 // quiescedLocked reports whether the server is quiescent, or what it waits
 // for.
-func (q *Quiescer) quiescedLocked() (bool, string) {
+func (q *Quiescer) quiescedLocked(replayable func([]byte) bool) (bool, string) {
 	if q.ln != nil && q.ln.state != stateParked {
 		return false, "the listener is accepting a connection"
 	}
 	for g := range q.conns {
-		if !g.quiescedLocked() {
+		if !g.quiescedLocked(replayable) {
 			return false, fmt.Sprintf("a connection (peer pid %d) has %d requests unanswered", g.peerPID, len(g.open))
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/tether-shim/tether/internal/testutil"
@@ -283,7 +284,7 @@ func TestGateStateChangesAllocateNothing(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_, err := q.Wait(ctx)
+		_, err := q.Wait(ctx, nil)
 		done <- err
 	}()
 	// Park the busy gate once Wait waits (has made its channel): only
@@ -303,5 +304,52 @@ func TestGateStateChangesAllocateNothing(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatalf("Wait after the gate parked: %v", err)
+	}
+}
+
+// A request that is not answered but that replayable lets be does not keep
+// the server from being quiescent: Wait hands its frame over, to be read
+// first by the new image; one it does not let be still holds Wait.
+func TestWaitHandsOverReplayableRequests(t *testing.T) {
+	s := startGatedServer(t)
+	blockClient, _ := gatedClient(t, s.sock)
+	blocked := make(chan error, 1)
+	go func() {
+		var out wrapperspb.StringValue
+		blocked <- blockClient.Call(context.Background(), "test.Block", "Block", wrapperspb.String("held"), &out)
+	}()
+	<-s.entered
+	isBlock := func(frame []byte) bool {
+		var req ttrpc.Request
+		return len(frame) > frameHeader && proto.Unmarshal(frame[frameHeader:], &req) == nil && req.Service == "test.Block"
+	}
+	s.q.Pause()
+	defer s.q.Resume()
+	short, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := s.q.Wait(short, func([]byte) bool { return false }); err == nil || !strings.Contains(err.Error(), "1 requests unanswered") {
+		t.Fatalf("Wait with the request not replayable = %v, want it to wait for the answer", err)
+	}
+	ctx, cancel2 := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel2()
+	conns, err := s.q.Wait(ctx, isBlock)
+	if err != nil {
+		t.Fatalf("Wait with the request replayable: %v", err)
+	}
+	var replay [][]byte
+	for _, c := range conns {
+		replay = append(replay, c.Replay...)
+	}
+	if len(replay) != 1 {
+		t.Fatalf("requests to replay: %d, want the held one", len(replay))
+	}
+	id, err := checkRequestFrame(replay[0])
+	if err != nil || !isBlock(replay[0]) {
+		t.Fatalf("the frame to replay (stream %d): %v, %q", id, err, replay[0])
+	}
+	s.q.Resume()
+	close(s.release)
+	if err := <-blocked; err != nil {
+		t.Fatalf("the held request, answered by the old image after all: %v", err)
 	}
 }

@@ -505,7 +505,10 @@ func TestShimLiveUpgrade(t *testing.T) {
 // (state version 2) is upgraded; the container keeps its pid and its
 // output, a counter every 10 ms to a file:// log, has no gap and no
 // duplicate; after the upgrade an exec runs and a kill's exit is collected
-// with its status.
+// with its status, by a Wait sent before the upgrade (containerd holds one
+// for every task: the old image leaves it to the new one) as well as by
+// one sent after. A second container that exited before the upgrade keeps
+// its exit status.
 func TestShimWithContainerUpgrades(t *testing.T) {
 	binA, binB := buildShim(t, "upgrade-test-a"), buildShim(t, "upgrade-test-b")
 	shim := startInstalled(t, binA)
@@ -526,6 +529,31 @@ func TestShimWithContainerUpgrades(t *testing.T) {
 	})
 	if _, err := tasks.Start(callCtx(t), &taskapi.StartRequest{ID: id}); err != nil {
 		t.Fatalf("Start: %v", err)
+	}
+	type waited struct {
+		resp *taskapi.WaitResponse
+		err  error
+	}
+	held := make(chan waited, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		r, err := tasks.Wait(ctx, &taskapi.WaitRequest{ID: id})
+		held <- waited{r, err}
+	}()
+
+	exited := id + "-exited"
+	exitedBundle := filepath.Join(shim.dir, exited)
+	testutil.BusyboxBundle(t, exitedBundle, "/usr/sbin/runc", "sh", "-c", "exit 3")
+	if _, err := tasks.Create(callCtx(t), &taskapi.CreateTaskRequest{ID: exited, Bundle: exitedBundle}); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	t.Cleanup(func() { _, _ = tasks.Delete(context.Background(), &taskapi.DeleteRequest{ID: exited}) })
+	if _, err := tasks.Start(callCtx(t), &taskapi.StartRequest{ID: exited}); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if w, err := tasks.Wait(callCtx(t), &taskapi.WaitRequest{ID: exited}); err != nil || w.ExitStatus != 3 {
+		t.Fatalf("Wait of the container that exits: %v, %v", w, err)
 	}
 	waitLines(t, logPath, 20)
 
@@ -549,6 +577,9 @@ func TestShimWithContainerUpgrades(t *testing.T) {
 	}
 	n := countLines(t, logPath)
 	waitLines(t, logPath, n+20)
+	if st, err := tasks.State(callCtx(t), &taskapi.StateRequest{ID: exited}); err != nil || st.Status != tasktypes.Status_STOPPED || st.ExitStatus != 3 {
+		t.Fatalf("the exited container after the upgrade: %v, %v; want stopped with status 3", st, err)
+	}
 
 	execID := "after-upgrade"
 	spec := []byte(`{"args":["sh","-c","exit 7"],"cwd":"/","env":["PATH=/bin"]}`)
@@ -566,6 +597,9 @@ func TestShimWithContainerUpgrades(t *testing.T) {
 	}
 	if w, err := tasks.Wait(callCtx(t), &taskapi.WaitRequest{ID: id}); err != nil || w.ExitStatus != 137 {
 		t.Fatalf("Wait after the upgrade: %v, %v; want status 137", w, err)
+	}
+	if w := <-held; w.err != nil || w.resp.ExitStatus != 137 {
+		t.Fatalf("the Wait sent before the upgrade: %v, %v; want status 137", w.resp, w.err)
 	}
 	checkCounter(t, logPath)
 }

@@ -20,6 +20,7 @@ package upgrade
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -95,6 +96,11 @@ type Conn struct {
 	FD int `json:"fd"`
 	// PeerPID is the pid of the peer when it connected, for the log.
 	PeerPID int `json:"peer_pid"`
+	// Replay are ttrpc request frames the old image read and did not
+	// answer (a Wait for a process that has not exited), in stream id
+	// order: the new image reads them first, as if they had just arrived,
+	// and answers them (version 2).
+	Replay [][]byte `json:"replay,omitempty"`
 }
 
 // Encode returns the document of s, which must be valid (as Decode checks).
@@ -184,6 +190,20 @@ func (s State) validate() error {
 		if err := check("connection", c.FD); err != nil {
 			return err
 		}
+		if s.Version < 2 && len(c.Replay) > 0 {
+			return fmt.Errorf("upgrade state: version %d replays no request", s.Version)
+		}
+		var last uint32
+		for i, f := range c.Replay {
+			id, err := checkRequestFrame(f)
+			if err != nil {
+				return fmt.Errorf("upgrade state: connection %d, request %d to replay: %w", c.FD, i, err)
+			}
+			if i > 0 && id <= last {
+				return fmt.Errorf("upgrade state: connection %d: requests to replay out of stream order (%d after %d)", c.FD, id, last)
+			}
+			last = id
+		}
 	}
 	for _, fd := range s.FDs {
 		if err := check("shim", fd); err != nil {
@@ -248,3 +268,26 @@ func Inherited() (s State, ok bool, err error) {
 	s, err = Decode(data)
 	return s, true, err
 }
+
+// checkRequestFrame checks that f is one whole ttrpc request frame within
+// ttrpc's size limit, and returns its stream id.
+func checkRequestFrame(f []byte) (uint32, error) {
+	if len(f) < frameHeader {
+		return 0, fmt.Errorf("a frame of %d bytes", len(f))
+	}
+	length := binary.BigEndian.Uint32(f[:4])
+	if int(length) != len(f)-frameHeader || length > maxRequest {
+		return 0, fmt.Errorf("a frame declaring %d bytes with %d", length, len(f)-frameHeader)
+	}
+	if f[8] != typeRequest {
+		return 0, fmt.Errorf("a frame of type %d, not a request", f[8])
+	}
+	id := binary.BigEndian.Uint32(f[4:8])
+	if id%2 != 1 {
+		return 0, fmt.Errorf("stream id %d is not a client's (odd)", id)
+	}
+	return id, nil
+}
+
+// maxRequest is ttrpc's limit on a message.
+const maxRequest = 4 << 20

@@ -2,6 +2,7 @@ package upgrade
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -24,7 +25,7 @@ func TestStateRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got.Version != s.Version || got.Generation != s.Generation || got.From != s.From || got.Exe != s.Exe ||
-		got.ListenerFD != s.ListenerFD || len(got.Conns) != 2 || got.Conns[1] != s.Conns[1] {
+		got.ListenerFD != s.ListenerFD || len(got.Conns) != 2 || got.Conns[1].FD != s.Conns[1].FD || got.Conns[1].PeerPID != s.Conns[1].PeerPID {
 		t.Fatalf("Decode(Encode(%+v)) = %+v", s, got)
 	}
 	if d := got.Descriptors(); len(d) != 3 || d[0] != 7 || d[1] != 8 || d[2] != 9 {
@@ -192,4 +193,45 @@ func FuzzDecode(f *testing.F) {
 			seen[fd] = true
 		}
 	})
+}
+
+func TestReplayFramesChecked(t *testing.T) {
+	frame := func(id uint32, typ byte, payload string) []byte {
+		f := make([]byte, frameHeader, frameHeader+len(payload))
+		binary.BigEndian.PutUint32(f[:4], uint32(len(payload)))
+		binary.BigEndian.PutUint32(f[4:8], id)
+		f[8] = typ
+		return append(f, payload...)
+	}
+	s := validState()
+	s.Conns[0].Replay = [][]byte{frame(3, typeRequest, "wait c1"), frame(7, typeRequest, "wait c2")}
+	data, err := Encode(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(data)
+	if err != nil || len(got.Conns[0].Replay) != 2 || !bytes.Equal(got.Conns[0].Replay[1], s.Conns[0].Replay[1]) {
+		t.Fatalf("round trip of the frames to replay: %+v, %v", got.Conns[0], err)
+	}
+	bad := map[string][][]byte{
+		"short":           {[]byte("abc")},
+		"length mismatch": {append(frame(3, typeRequest, "x"), 'y')},
+		"a response":      {frame(3, typeResp, "x")},
+		"even stream":     {frame(4, typeRequest, "x")},
+		"out of order":    {frame(7, typeRequest, "x"), frame(3, typeRequest, "y")},
+		"repeated":        {frame(3, typeRequest, "x"), frame(3, typeRequest, "y")},
+	}
+	for name, frames := range bad {
+		b := validState()
+		b.Conns[0].Replay = frames
+		if _, err := Encode(b); err == nil {
+			t.Errorf("%s: frames to replay accepted", name)
+		}
+	}
+	v1 := validState()
+	v1.Version = 1
+	v1.Conns[0].Replay = [][]byte{frame(3, typeRequest, "x")}
+	if _, err := Encode(v1); err == nil {
+		t.Error("version 1 with frames to replay accepted")
+	}
 }

@@ -50,6 +50,17 @@ type Config struct {
 	// but the connections is handed over.
 	Snapshot func(ctx context.Context, files *handover.Files) (json.RawMessage, error)
 	Resume   func()
+	// Replayable reports whether a request frame read and not answered
+	// may be left to the new image, which replays it (a Wait for a
+	// process that has not exited: containerd holds one for every task).
+	// It runs with the Quiescer's lock held (Quiescer.Wait). Nil: every
+	// request must be answered before the hand-over.
+	Replayable func(frame []byte) bool
+	// Settle, if set, runs once the connections are quiescent, before
+	// they are waited for again and Snapshot runs: it stops what could
+	// still answer a request Replayable let be (the exit monitor). Resume
+	// undoes it.
+	Settle func(ctx context.Context) error
 	// Hold, if set, keeps the server's reaper from reaping the dry run's
 	// process before os/exec waits for it (exits.Reaper.Hold).
 	Hold func() (release func())
@@ -179,7 +190,7 @@ func (u *Upgrader) HandOver(ctx context.Context, bin *Binary) error {
 func (u *Upgrader) handOver(ctx context.Context, bin *Binary) error {
 	ctx, cancel := context.WithTimeout(ctx, quiesceTimeout)
 	defer cancel()
-	conns, err := u.cfg.Quiescer.Wait(ctx)
+	conns, err := u.cfg.Quiescer.Wait(ctx, u.cfg.Replayable)
 	if err != nil {
 		return err
 	}
@@ -195,7 +206,7 @@ func (u *Upgrader) handOver(ctx context.Context, bin *Binary) error {
 	}()
 	var shim json.RawMessage
 	var files handover.Files
-	if u.cfg.Snapshot != nil {
+	if u.cfg.Snapshot != nil || u.cfg.Settle != nil {
 		// On failure the duplicates are closed and the shim's parts
 		// resumed here, before HandOver resumes the connections.
 		defer func() {
@@ -204,6 +215,19 @@ func (u *Upgrader) handOver(ctx context.Context, bin *Binary) error {
 				u.cfg.Resume()
 			}
 		}()
+	}
+	if u.cfg.Settle != nil {
+		if err := u.cfg.Settle(ctx); err != nil {
+			return fmt.Errorf("quiesce the shim: %w", err)
+		}
+		// A request Replayable let be may have been answered meanwhile,
+		// or be about to (its process exited just before Settle): ask
+		// again, now that nothing can change its answer.
+		if conns, err = u.cfg.Quiescer.Wait(ctx, u.cfg.Replayable); err != nil {
+			return err
+		}
+	}
+	if u.cfg.Snapshot != nil {
 		if shim, err = u.cfg.Snapshot(ctx, &files); err != nil {
 			return fmt.Errorf("quiesce the shim: %w", err)
 		}
@@ -221,7 +245,7 @@ func (u *Upgrader) handOver(ctx context.Context, bin *Binary) error {
 			return fmt.Errorf("connection of peer %d: %w", c.PeerPID, err)
 		}
 		fds = append(fds, fd)
-		s.Conns = append(s.Conns, Conn{FD: fd, PeerPID: c.PeerPID})
+		s.Conns = append(s.Conns, Conn{FD: fd, PeerPID: c.PeerPID, Replay: c.Replay})
 	}
 	if len(s.Shim) > 0 {
 		doc, err := Encode(s)
@@ -263,7 +287,7 @@ func Resumed(s State) (*net.UnixListener, []Handed, error) {
 			ln.Close()
 			return nil, nil, err
 		}
-		conns = append(conns, Handed{Conn: uc, PeerPID: c.PeerPID})
+		conns = append(conns, Handed{Conn: uc, PeerPID: c.PeerPID, Replay: c.Replay})
 	}
 	return ln, conns, nil
 }
