@@ -550,14 +550,15 @@ type churnLife struct {
 	id      string
 	want    uint32
 	status  uint32 // from Status once stopped
+	waited  uint32 // from a Wait held from before Start (every other container), else status
 	deleted uint32 // from Delete
 	err     error
 }
 
 // churnOne starts container ch-i in the group shim and lets it exit by
 // itself (code 1 + i%100, after 0 to 80 ms) or, one in four, kills it
-// (137); it reads the code from Status once stopped (no Wait is held: see
-// TestLiveUpgradeContainers) and from Delete, and deletes it.
+// (137); it reads the code from Status once stopped, from a Wait held
+// from before its start (even i only) and from Delete, and deletes it.
 func (u *upgc) churnOne(i int) churnLife {
 	l := churnLife{id: fmt.Sprintf("ch-%d", i), want: uint32(1 + i%100)}
 	args := []string{"/bin/sh", "-c", fmt.Sprintf("usleep %d; exit %d", (i%5)*20000, l.want)}
@@ -586,6 +587,12 @@ func (u *upgc) churnOne(i int) churnLife {
 		_ = cont.Delete(ctx)
 		return l
 	}
+	var exitC <-chan containerd.ExitStatus
+	if i%2 == 0 {
+		if exitC, err = task.Wait(ctx); err != nil {
+			return fail(fmt.Errorf("wait: %w", err))
+		}
+	}
 	if err := task.Start(ctx); err != nil {
 		return fail(fmt.Errorf("start: %w", err))
 	}
@@ -607,6 +614,18 @@ func (u *upgc) churnOne(i int) churnLife {
 		case <-ctx.Done():
 			return fail(fmt.Errorf("not stopped: %w", ctx.Err()))
 		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	l.waited = l.status
+	if exitC != nil {
+		select {
+		case es := <-exitC:
+			l.waited = es.ExitCode()
+			if es.Error() != nil {
+				return fail(fmt.Errorf("wait: %w", es.Error()))
+			}
+		case <-ctx.Done():
+			return fail(fmt.Errorf("no exit through Wait: %w", ctx.Err()))
 		}
 	}
 	u.markDeleting(l.id)
@@ -639,12 +658,13 @@ func (u *upgc) churnOne(i int) churnLife {
 //     deleted until the end (the CRI plugin keeps exited containers): its
 //     status and code must survive the upgrades.
 //
-// single and tty have a Wait held from before their start to their exit,
-// as the CRI plugin holds one for every container: a Wait request stays in
-// flight at the shim across every upgrade. The others have none, so that a
-// shim that cannot be upgraded for that reason does not hide how the
-// others fare: a shim not upgraded is an error naming why, and the rest of
-// the test goes on with the shims that were.
+// single, g1, tty and every other churn container (below) have a Wait held
+// from before their start to their exit, as the CRI plugin holds one for
+// every container: a Wait request stays in flight at the shim across the
+// upgrades. logbin, counter and exited have none, so that a shim failing
+// for that reason does not hide how the others fare: a shim not upgraded
+// is an error naming why, and the rest of the test goes on with the shims
+// that were.
 //
 // With build A installed and running, build B (the same source with
 // another -X main.version) is installed at the same path and `tether
@@ -660,8 +680,8 @@ func (u *upgc) churnOne(i int) churnLife {
 // code: as a /tasks/exit event, from Delete, and through the held Waits.
 // In between, 20 upgrades in a row alternate A and B while a churn
 // goroutine starts containers in the group shim that exit by themselves or
-// are killed: not one exit lost (Status, Delete and the event give each
-// its code). Through it all containerd's log never says it lost a shim
+// are killed: not one exit lost (Status, Delete, the event and, for every
+// other one, a held Wait give each its code). Through it all containerd's log never says it lost a shim
 // connection of a container the test was not deleting. At the end nothing
 // is left: no shim, socket, mount, bundle, runtime state, cgroup, process
 // or zombie.
@@ -721,7 +741,7 @@ func upgcRun(t *testing.T, v *cdVersion, builds upgcBuilds, logger string) {
 	waitFor(t, 30*time.Second, "the event subscription to see /tasks/start of single", func() (bool, string) {
 		return u.exits.sawStart("single"), fmt.Sprintf("errors %v", u.exits.errors())
 	})
-	g1 := u.start(t, "g1", cio.NullIO, group, false, syscall.SIGTERM, 22, trap(22)...)
+	g1 := u.start(t, "g1", cio.NullIO, group, true, syscall.SIGTERM, 22, trap(22)...)
 	g2 := u.start(t, "g2", cio.NullIO, group, false, syscall.SIGKILL, 137, sleeper...)
 	g3 := u.start(t, "g3", cio.NullIO, group, false, syscall.SIGTERM, 23, trap(23)...)
 
@@ -1028,9 +1048,9 @@ func upgcRun(t *testing.T, v *cdVersion, builds upgcBuilds, logger string) {
 		case l.err != nil:
 			failed++
 			t.Errorf("churn %s: %v", l.id, l.err)
-		case l.status != l.want || l.deleted != l.want:
+		case l.status != l.want || l.waited != l.want || l.deleted != l.want:
 			wrong++
-			t.Errorf("churn %s: Status gave exit %d and Delete %d, want %d", l.id, l.status, l.deleted, l.want)
+			t.Errorf("churn %s: Status gave exit %d, Wait %d and Delete %d, want %d", l.id, l.status, l.waited, l.deleted, l.want)
 		}
 	}
 	if len(churn) == 0 {
