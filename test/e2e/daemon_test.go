@@ -101,7 +101,8 @@ type daemon struct {
 	broken error // set when a start failed; later tests fail fast
 
 	sockets map[string][]string // shim sockets seen per namespace, removed if stale at cleanup
-	path    string              // put on containerd's PATH after shimDir, unless empty
+	path    string              // put on containerd's PATH after the shim's directory, unless empty
+	bin     string              // the shim's directory, first on containerd's PATH; shimDir if empty
 }
 
 // getDaemon returns the running containerd of version v with the default
@@ -173,6 +174,9 @@ func (d *daemon) start(fresh bool) error {
 		}
 	}
 	path := shimDir
+	if d.bin != "" {
+		path = d.bin
+	}
 	if d.path != "" {
 		path += ":" + d.path
 	}
