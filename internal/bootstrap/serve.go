@@ -20,6 +20,7 @@ import (
 	"github.com/tether-shim/tether/internal/bundle"
 	"github.com/tether-shim/tether/internal/container"
 	"github.com/tether-shim/tether/internal/events"
+	"github.com/tether-shim/tether/internal/handover"
 	"github.com/tether-shim/tether/internal/introspect"
 	"github.com/tether-shim/tether/internal/taskservice"
 	"github.com/tether-shim/tether/internal/trim"
@@ -149,6 +150,11 @@ func Serve(ctx context.Context, f Flags, version string) error {
 	quiescer := upgrade.NewQuiescer()
 	parts := &shimParts{logger: logger, svc: svc, reaper: reaper, publisher: publisher, counting: counting}
 	parts.adopt(ctx, handed)
+	if from != nil {
+		if n := handover.CloseUntaken(from.FDs); n > 0 {
+			logger.Error("live upgrade: descriptors no part took are closed", "count", n)
+		}
+	}
 	up, err := newUpgrader(logger, version, from, ln, quiescer, parts)
 	if err != nil {
 		ln.Close()

@@ -211,6 +211,9 @@ func decodeShimState(data []byte) (shimState, error) {
 	if dec.More() {
 		return shimState{}, errors.New("shim description: data after the document")
 	}
+	if err := st.Reaper.Validate(); err != nil {
+		return shimState{}, fmt.Errorf("shim description: exits: %w", err)
+	}
 	for i, e := range st.Events {
 		if err := e.Validate(); err != nil {
 			return shimState{}, fmt.Errorf("shim description: event %d: %w", i, err)

@@ -291,15 +291,18 @@ func AdoptContainer(ctx context.Context, h Handed, parent string, deps Deps) (_ 
 			cleanup.push(func() { _ = oom.Close() })
 		}
 	}
-	// Last, once nothing can fail: an exit collected from here on finds
-	// the container complete. Every process with a pid and no exit is
+	// Last, once nothing else can fail: an exit collected from here on
+	// finds the container complete. Every process with a pid and no exit is
 	// watched: a created init, a running or paused one, a running exec.
 	for _, p := range watch {
 		if p.Exited() || p.Pid() == 0 {
 			continue
 		}
 		if err := deps.Monitor.Watch(p.Pid(), p.onExit); err != nil {
-			return nil, fmt.Errorf("adopt %s: watch process %s (pid %d): %w", h.ID, p.id, p.Pid(), err)
+			// Watches made before it are bound to this container: it is
+			// adopted all the same, and this one process's exit will not
+			// be reported (a pid that is no longer the shim's child).
+			deps.Logger.Error("adopt: process not watched; its exit will not be reported", "id", h.ID, "process", p.id, "pid", p.Pid(), "error", err)
 		}
 	}
 	return c, nil

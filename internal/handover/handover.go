@@ -122,3 +122,26 @@ func Take(fd int, name string) (*os.File, error) {
 	}
 	return os.NewFile(uintptr(fd), name), nil
 }
+
+// CloseUntaken closes, in the image a live upgrade started, every handed
+// descriptor of fds that no part took: upgrade.Exec cleared close-on-exec on
+// all of them and Take sets it again, so one still without it was never
+// taken (a part that could not be adopted). Left open, it would be
+// inherited by every child and hold, say, the read end of a container's
+// stdout pipe that nobody reads. It returns how many it closed.
+func CloseUntaken(fds []int) int {
+	n := 0
+	for _, fd := range fds {
+		if fd < 3 || fd > maxFD {
+			continue
+		}
+		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		if err != nil || flags&unix.FD_CLOEXEC != 0 {
+			continue
+		}
+		if unix.Close(fd) == nil {
+			n++
+		}
+	}
+	return n
+}

@@ -96,3 +96,43 @@ func TestCloseClosesDuplicates(t *testing.T) {
 		t.Errorf("FDs after Close = %v", h.FDs())
 	}
 }
+
+// TestCloseUntakenClosesOnlyWhatNoPartTook: after an upgrade's execve every
+// handed descriptor is without close-on-exec; Take sets it again, and
+// CloseUntaken closes the rest.
+func TestCloseUntakenClosesOnlyWhatNoPartTook(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	var h Files
+	taken, err := h.Add(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err := h.Add(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range h.FDs() { // what upgrade.Exec does
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := Take(taken, "taken")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if n := CloseUntaken(h.FDs()); n != 1 {
+		t.Fatalf("CloseUntaken closed %d, want the one not taken", n)
+	}
+	if _, err := unix.FcntlInt(uintptr(left), unix.F_GETFD, 0); err != unix.EBADF {
+		t.Errorf("the descriptor no part took: %v, want closed", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(taken), unix.F_GETFD, 0); err != nil {
+		t.Errorf("the taken descriptor: %v, want open", err)
+	}
+}

@@ -2,6 +2,7 @@ package taskservice
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/tether-shim/tether/internal/container"
@@ -81,27 +82,29 @@ func (s *Service) HandOver(files *handover.Files) ([]container.Handed, error) {
 }
 
 // Adopt takes over, in the image a live upgrade started, the containers hs
-// describe, before the service serves any request. A container that cannot
-// be adopted is an error, and the ones adopted before it are kept: the
-// caller decides (the server logs it and serves on with the rest, since
-// the old image is gone).
+// describe, before the service serves any request. Each is adopted on its
+// own: one that cannot be is left out (its error joined to the result) and
+// the others are kept, since the old image is gone and nothing can go back.
 func (s *Service) Adopt(ctx context.Context, hs []container.Handed) error {
+	var errs []error
 	for _, h := range hs {
 		s.mu.Lock()
 		_, dup := s.containers[h.ID]
 		s.mu.Unlock()
 		if dup {
-			return fmt.Errorf("adopt: container %q handed over twice", h.ID)
+			errs = append(errs, fmt.Errorf("adopt: container %q handed over twice", h.ID))
+			continue
 		}
 		c, err := container.AdoptContainer(ctx, h, s.cfg.BundleParent, s.cfg.Deps)
 		if err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
 		s.mu.Lock()
 		s.containers[h.ID] = c
 		s.mu.Unlock()
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // WaitBlocks reports whether a Wait for process execID of container id
