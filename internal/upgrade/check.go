@@ -123,22 +123,11 @@ func Probe(ctx context.Context, path, version string) (*Binary, error) {
 		f.Close()
 		return nil, fmt.Errorf("%w: new binary %s is not an ELF executable (a script cannot be re-executed in place)", ErrRefused, path)
 	}
-	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, fmt.Sprintf("/proc/self/fd/%d", f.Fd()), CheckFlag, strconv.Itoa(StateVersion), version)
-	cmd.Stdout = &limited{w: &stdout, n: maxAnswer}
-	cmd.Stderr = &limited{w: &stderr, n: maxAnswer}
-	cmd.Env = []string{"GOMAXPROCS=1"}
-	// Its output goes through pipes: a binary that leaves a child holding
-	// them must not keep Run (and the exit monitor's Hold) past ctx.
-	cmd.WaitDelay = time.Second
-	runErr := cmd.Run()
-	var a Answer
-	if err := json.Unmarshal(stdout.Bytes(), &a); err != nil || a.Shim != shimName {
+	a, stderr, runErr, err := dryRun(ctx, f, nil, CheckFlag, strconv.Itoa(StateVersion), version)
+	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%w: new binary %s gave no answer to %s (not a Tether shim with live upgrade?): %v: %q",
-			ErrRefused, path, CheckFlag, runErr, bytes.TrimSpace(stderr.Bytes()))
+			ErrRefused, path, CheckFlag, runErr, stderr)
 	}
 	if !a.OK || runErr != nil {
 		f.Close()
@@ -192,22 +181,36 @@ func RunCheckState(in io.Reader, version string, validate func(State) error, out
 // a binary that would fail after execve with the shim's containers is
 // caught while the old image can still serve on.
 func (b *Binary) CheckState(ctx context.Context, doc []byte) error {
-	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, fmt.Sprintf("/proc/self/fd/%d", b.f.Fd()), CheckStateFlag)
-	cmd.Stdin = bytes.NewReader(doc)
-	cmd.Stdout = &limited{w: &stdout, n: maxAnswer}
-	cmd.Stderr = &limited{w: &stderr, n: maxAnswer}
-	cmd.Env = []string{"GOMAXPROCS=1"}
-	cmd.WaitDelay = time.Second
-	runErr := cmd.Run()
-	var a Answer
-	if err := json.Unmarshal(stdout.Bytes(), &a); err != nil || a.Shim != shimName {
-		return fmt.Errorf("new binary %s gave no answer to %s: %v: %q", b.Path, CheckStateFlag, runErr, bytes.TrimSpace(stderr.Bytes()))
+	a, stderr, runErr, err := dryRun(ctx, b.f, doc, CheckStateFlag)
+	if err != nil {
+		return fmt.Errorf("new binary %s gave no answer to %s: %v: %q", b.Path, CheckStateFlag, runErr, stderr)
 	}
 	if !a.OK || runErr != nil {
 		return fmt.Errorf("new binary %s (version %s) cannot take this shim's state over: %s", b.Path, a.Version, a.Reason)
 	}
 	return nil
+}
+
+// dryRun runs the binary open as f with args (10 s bound, stdin from
+// stdin if not nil) and decodes its Answer. err is set when it gave none
+// (not a Tether shim); runErr is how it ran, stderr what it said.
+func dryRun(ctx context.Context, f *os.File, stdin []byte, args ...string) (a Answer, stderr []byte, runErr, err error) {
+	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	var stdout, errOut bytes.Buffer
+	cmd := exec.CommandContext(ctx, fmt.Sprintf("/proc/self/fd/%d", f.Fd()), args...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	cmd.Stdout = &limited{w: &stdout, n: maxAnswer}
+	cmd.Stderr = &limited{w: &errOut, n: maxAnswer}
+	cmd.Env = []string{"GOMAXPROCS=1"}
+	// Its output goes through pipes: a binary that leaves a child holding
+	// them must not keep Run (and the exit monitor's Hold) past ctx.
+	cmd.WaitDelay = time.Second
+	runErr = cmd.Run()
+	if err = json.Unmarshal(stdout.Bytes(), &a); err == nil && a.Shim != shimName {
+		err = fmt.Errorf("answer of %q, not %s", a.Shim, shimName)
+	}
+	return a, bytes.TrimSpace(errOut.Bytes()), runErr, err
 }
