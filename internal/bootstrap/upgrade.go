@@ -1,10 +1,8 @@
 package bootstrap
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -203,13 +201,8 @@ func (s *shimParts) adopt(ctx context.Context, st *shimState) {
 // and validates every container in it.
 func decodeShimState(data []byte) (shimState, error) {
 	var st shimState
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&st); err != nil {
+	if err := upgrade.DecodeStrict(data, &st); err != nil {
 		return shimState{}, fmt.Errorf("shim description: %w", err)
-	}
-	if dec.More() {
-		return shimState{}, errors.New("shim description: data after the document")
 	}
 	if err := st.Reaper.Validate(); err != nil {
 		return shimState{}, fmt.Errorf("shim description: exits: %w", err)

@@ -131,13 +131,8 @@ func Decode(data []byte) (State, error) {
 		return State{}, err
 	}
 	var s State
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&s); err != nil {
+	if err := DecodeStrict(data, &s); err != nil {
 		return State{}, fmt.Errorf("upgrade state: %w", err)
-	}
-	if dec.More() {
-		return State{}, errors.New("upgrade state: data after the document")
 	}
 	if err := s.validate(); err != nil {
 		return State{}, err
@@ -291,3 +286,19 @@ func checkRequestFrame(f []byte) (uint32, error) {
 
 // maxRequest is ttrpc's limit on a message.
 const maxRequest = 4 << 20
+
+// DecodeStrict decodes the one JSON document data into v, refusing unknown
+// fields and anything after the document: the state document and every
+// part of it are written by another build, and a field this build does not
+// know is state it would silently drop.
+func DecodeStrict(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("data after the document")
+	}
+	return nil
+}
